@@ -1,0 +1,33 @@
+"""Noise kernels: CT noise shaped by a noise power spectrum, on NumPy or CuPy arrays.
+
+No torch, no I/O. Units: HU, mm, 1/mm, HU^2 mm^2. Every draw is addressed by a
+``NoiseKey(seed, sample_id, level, k)`` (see ``kernels.keys``).
+"""
+
+from kernels.dose import DoseModel, variance_factor
+from kernels.errors import KernelError, MissingExtraError
+from kernels.estimate import NPSEstimate, detrend, estimate_nps, extract_rois, noise_from_repeated_scans
+from kernels.keys import NoiseKey, as_keys
+from kernels.local import LocalNPS, local_nps_noise, sigma_map_noise
+from kernels.nps import (
+    DEFAULT_CUTOFF,
+    PRESET_WINDOWS,
+    GridNPS,
+    NPSSummary,
+    NPSTruncationWarning,
+    RadialNPS,
+    grid_variance,
+    preset,
+    radial_average,
+    texture,
+)
+from kernels.stationary import nps_noise
+from kernels.stress import gaussian_noise, poisson_noise, uniform_noise
+
+__all__ = [
+    "DEFAULT_CUTOFF", "PRESET_WINDOWS", "DoseModel", "GridNPS", "KernelError", "LocalNPS", "MissingExtraError",
+    "NPSEstimate", "NPSSummary", "NPSTruncationWarning", "NoiseKey", "RadialNPS", "as_keys", "detrend",
+    "estimate_nps", "extract_rois", "gaussian_noise", "grid_variance", "local_nps_noise", "noise_from_repeated_scans",
+    "nps_noise", "poisson_noise", "preset", "radial_average", "sigma_map_noise", "texture", "uniform_noise",
+    "variance_factor",
+]
