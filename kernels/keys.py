@@ -8,9 +8,10 @@ smaller than 2**130 bytes, and the numbers a key yields do not depend on the
 batch it travels in, its position, the process or the machine.
 
 The uniforms are always drawn by NumPy on the host, also when the noise is then
-shaped on a GPU with CuPy: a perturbation found on a GPU replays its white noise
-bit for bit on a laptop (the shaped noise then agrees to FFT rounding, about
-1e-6 relative, since cuFFT and pocketfft round differently).
+shaped on a GPU with CuPy: a perturbation found on a GPU replays from the same
+uniform bits on a laptop. The noise itself then agrees to float32 rounding
+(about 1e-6 relative): CUDA's and NumPy's log/sin/cos and cuFFT's and
+pocketfft's transforms round differently.
 
 To regenerate one perturbation from a report, call the same kernel with the
 same noise spec and the single key ``NoiseKey(seed, sample_id, level, k)``.
@@ -82,6 +83,48 @@ def uniforms(keys: np.ndarray, count: int, *, workers: int | None = None) -> np.
             generator(keys[b]).random(dtype=np.float32, out=out[b])
 
     parallel_rows(keys.shape[0], fill, workers=workers, min_items=count)
+    return out
+
+
+_BLOCK = 1 << 15  # Box-Muller block: temporaries stay in cache and on the heap
+
+
+def complex_normals(keys: np.ndarray, m: int, *, xp=np, workers: int | None = None):
+    """``m`` circular complex normals per key (E|z|^2 = 1): a ``(B, m)`` complex64 ``xp`` array.
+
+    Box-Muller on the key's float32 uniforms: the first ``m`` set the modulus
+    sqrt(-ln(1 - u)), the next ``m`` the phase 2 pi u. The real and imaginary
+    parts, times sqrt(2), are independent standard normals (tails end at 5.8
+    sigma, the float32 resolution of u). On NumPy the work runs in cache-sized
+    blocks per key; on CuPy the uniforms travel to the device and the
+    transform runs there.
+    """
+    if xp is not np:
+        u = xp.asarray(uniforms(keys, 2 * m, workers=workers))
+        r = xp.sqrt(-xp.log1p(-u[:, :m]))
+        theta = u[:, m:] * xp.float32(2 * np.pi)
+        z = xp.empty((keys.shape[0], m, 2), dtype=xp.float32)
+        xp.multiply(r, xp.cos(theta), out=z[..., 0])
+        xp.multiply(r, xp.sin(theta), out=z[..., 1])
+        return z.view(xp.complex64)[..., 0]
+    out = np.empty((keys.shape[0], m), dtype=np.complex64)
+    two_pi = np.float32(2 * np.pi)
+
+    def fill(rows: range) -> None:
+        u = np.empty(2 * m, dtype=np.float32)
+        for b in rows:
+            generator(keys[b]).random(dtype=np.float32, out=u)
+            pairs = out[b].view(np.float32).reshape(m, 2)
+            for lo in range(0, m, _BLOCK):
+                hi = min(lo + _BLOCK, m)
+                r = np.log1p(-u[lo:hi])
+                np.negative(r, out=r)
+                np.sqrt(r, out=r)
+                theta = u[m + lo : m + hi] * two_pi
+                np.multiply(r, np.cos(theta), out=pairs[lo:hi, 0])
+                np.multiply(r, np.sin(theta, out=theta), out=pairs[lo:hi, 1])
+
+    parallel_rows(keys.shape[0], fill, workers=workers, min_items=2 * m)
     return out
 
 

@@ -32,9 +32,9 @@ from kernels import _checks
 from kernels._xp import fft_module, is_numpy, namespace, to_numpy
 from kernels.errors import KernelError
 from kernels.estimate import noise_from_repeated_scans
-from kernels.keys import as_keys, parallel_rows, uniforms
+from kernels.keys import as_keys, complex_normals, parallel_rows
 from kernels.nps import GridNPS, RadialNPS, grid_variance
-from kernels.stationary import _complex_normals, nps_noise
+from kernels.stationary import nps_noise, real_normals
 
 MIN_SCANS = 2
 _CHUNK_ELEMENTS = 1 << 23
@@ -143,7 +143,7 @@ def local_nps_noise(
     wy, wx = 2 * py, 2 * px
     my, mx = py // 2, px // 2
     field_shape = (ny + wy - py, nx + wx - px)  # white noise padded by the window margins
-    per_key = 2 * math.ceil(math.prod(field_shape) / 2)
+    per_key = math.ceil(math.prod(field_shape) / 2)  # complex normals = 2 real each
     transfer = xp.asarray(local.transfer_functions()).reshape(-1, wy, wx // 2 + 1)
     grid_y, grid_x = np.meshgrid(local.starts_y, local.starts_x, indexing="ij")
     origins = np.stack([grid_y.ravel(), grid_x.ravel()], axis=1)
@@ -163,10 +163,9 @@ def local_nps_noise(
         step = max(1, _CHUNK_ELEMENTS // (origins.shape[0] * wy * wx))
         for start in range(batch_rows.start, batch_rows.stop, step):
             sub = slice(start, min(start + step, batch_rows.stop))
-            u = xp.asarray(uniforms(keys[sub], per_key, workers=1 if is_numpy(xp) else workers))
-            b = u.shape[0]
-            white = _complex_normals(u, xp).view(xp.float32).reshape(b, -1)[:, : math.prod(field_shape)]
-            white = white.reshape(b, *field_shape) * xp.float32(math.sqrt(2))
+            z = complex_normals(keys[sub], per_key, xp=xp, workers=1 if is_numpy(xp) else workers)
+            b = z.shape[0]
+            white = real_normals(z, math.prod(field_shape), xp).reshape(b, *field_shape)
             windows = white[:, rows[:, :, None], cols[:, None, :]]  # (b, P, wy, wx)
             spec = fft.rfft2(windows, **kw)
             spec *= transfer

@@ -26,7 +26,7 @@ import numpy as np
 from kernels import _checks
 from kernels._xp import fft_module, is_numpy, namespace
 from kernels.errors import KernelError
-from kernels.keys import NoiseKey, as_keys, parallel_rows, uniforms
+from kernels.keys import NoiseKey, as_keys, complex_normals, parallel_rows
 from kernels.nps import GridNPS, RadialNPS
 
 NPS = Union[RadialNPS, GridNPS]
@@ -70,15 +70,16 @@ def nps_noise(
         raise KernelError("z_nps: only applies to 3D shapes (nz, ny, nx)")
     xp = namespace(xp)
     amp, fft_shape = _amplitude(nps, shape, spacing, z_nps, xp)
-    per_key = math.prod(shape[:-1]) * (shape[-1] // 2 + 1) * 2 if method == "spectral" else 2 * math.ceil(math.prod(shape) / 2)
+    # Complex normals per key: one per one-sided spectrum bin, or two real normals each.
+    per_key = math.prod(shape[:-1]) * (shape[-1] // 2 + 1) if method == "spectral" else math.ceil(math.prod(shape) / 2)
     out = xp.empty((keys.shape[0], *shape), dtype=xp.float32)
 
     def run(rows: range) -> None:
         step = max(1, _CHUNK_UNIFORMS // per_key)
         for start in range(rows.start, rows.stop, step):
             sub = slice(start, min(start + step, rows.stop))
-            u = xp.asarray(uniforms(keys[sub], per_key, workers=1 if is_numpy(xp) else workers))
-            out[sub] = _shape_noise(u, amp, shape, fft_shape, method, xp)
+            z = complex_normals(keys[sub], per_key, xp=xp, workers=1 if is_numpy(xp) else workers)
+            out[sub] = _shape_noise(z, amp, shape, fft_shape, method, xp)
 
     if is_numpy(xp):
         parallel_rows(keys.shape[0], run, workers=workers, min_items=per_key)
@@ -114,15 +115,9 @@ def _amplitude(nps: NPS, shape, spacing, z_nps, xp):
     return xp.sqrt(s * (n / dv)).astype(xp.float32), fft_shape
 
 
-def _complex_normals(u, xp):
-    """Box-Muller: uniforms (b, 2m) -> circular complex normals (b, m), E|z|^2 = 1."""
-    m = u.shape[1] // 2
-    r = xp.sqrt(-xp.log1p(-u[:, :m]))
-    theta = u[:, m:] * xp.float32(2 * np.pi)
-    z = xp.empty((u.shape[0], m, 2), dtype=xp.float32)
-    xp.multiply(r, xp.cos(theta), out=z[..., 0])
-    xp.multiply(r, xp.sin(theta), out=z[..., 1])
-    return z.view(xp.complex64)[..., 0]
+def real_normals(z, n: int, xp):
+    """Standard normals from complex ones ``(b, m)``: the first ``n`` of the interleaved parts, times sqrt 2."""
+    return z.view(xp.float32).reshape(z.shape[0], -1)[:, :n] * xp.float32(math.sqrt(2))
 
 
 def _hermitian(z, fft_ndim: int, nx: int, xp):
@@ -139,22 +134,21 @@ def _hermitian(z, fft_ndim: int, nx: int, xp):
     return z
 
 
-def _shape_noise(u, amp, shape, fft_shape, method, xp):
-    """Uniforms (b, per_key) -> noise (b, *shape), float32."""
+def _shape_noise(z, amp, shape, fft_shape, method, xp):
+    """Complex normals (b, per_key) -> noise (b, *shape), float32."""
     fft = fft_module(xp)
-    b = u.shape[0]
+    b = z.shape[0]
     fft_ndim = len(fft_shape)
     axes = tuple(range(-fft_ndim, 0))
     half = (*fft_shape[:-1], fft_shape[-1] // 2 + 1)
     kw = {"workers": 1} if is_numpy(xp) else {}
     if method == "spectral":
-        z = _complex_normals(u, xp).reshape(-1, *half)
+        z = z.reshape(-1, *half)
         z = _hermitian(z, fft_ndim, fft_shape[-1], xp)
         z *= amp
         n = fft.irfftn(z, s=fft_shape, axes=axes, overwrite_x=True, **kw)
     else:
-        white = _complex_normals(u, xp).view(xp.float32).reshape(b, -1)[:, : math.prod(shape)]
-        white = white.reshape(-1, *fft_shape) * xp.float32(math.sqrt(2))
+        white = real_normals(z, math.prod(shape), xp).reshape(-1, *fft_shape)
         spec = fft.rfftn(white, axes=axes, **kw)
         spec *= amp * xp.float32(1 / math.sqrt(math.prod(fft_shape)))
         n = fft.irfftn(spec, s=fft_shape, axes=axes, overwrite_x=True, **kw)

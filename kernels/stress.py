@@ -15,8 +15,8 @@ import numpy as np
 from kernels import _checks
 from kernels._xp import array_namespace, namespace, to_numpy
 from kernels.errors import KernelError
-from kernels.keys import as_keys, generator, uniforms
-from kernels.stationary import _complex_normals
+from kernels.keys import as_keys, complex_normals, generator, uniforms
+from kernels.stationary import real_normals
 
 
 def uniform_noise(keys, shape: Sequence[int], amplitude: float, *, xp: str | ModuleType | None = None):
@@ -36,9 +36,8 @@ def gaussian_noise(keys, shape: Sequence[int], sigma: float, *, xp: str | Module
     s = _checks.positive("sigma", sigma)
     xp = namespace(xp)
     n = math.prod(shape)
-    u = xp.asarray(uniforms(keys, 2 * math.ceil(n / 2)))
-    white = _complex_normals(u, xp).view(xp.float32).reshape(keys.shape[0], -1)[:, :n]
-    return (white * xp.float32(s * math.sqrt(2))).reshape(keys.shape[0], *shape)
+    white = real_normals(complex_normals(keys, math.ceil(n / 2), xp=xp), n, xp)
+    return (white * xp.float32(s)).reshape(keys.shape[0], *shape)
 
 
 def poisson_noise(keys, images, lam: float, *, hu_range: tuple[float, float] | None = None, xp=None):
