@@ -137,7 +137,7 @@ def check_variant(entry: ModelEntry, variant: str | None) -> str:
 def _check_recipe(r: Recipe) -> None:
     for key, low in (("samples", 8), ("epochs", 1), ("folds", 1), ("repeats", 1), ("batch_size", 1)):
         if int(getattr(r, key)) < low:
-            raise ConfigError(f"{key}: expected an integer >= {low}, got {getattr(r, key)!r}")
+            raise ConfigError(f"--{key.replace('_', '-')}: expected an integer >= {low}, got {getattr(r, key)!r}")
     if not 0.0 < r.test_fraction < 0.9 or not 0.0 < r.val_fraction < 0.9:
         raise ConfigError("test_fraction and val_fraction: expected values in (0, 0.9)")
     if not r.lr > 0:
