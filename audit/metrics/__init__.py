@@ -1,0 +1,106 @@
+"""Metrics of an audit: plain functions over NumPy arrays.
+
+- ``robustness``: n_i, SAR_i, SAN (study 1), SAR_c and the CMR (study 2),
+  exceedance curves, and ``robustness_summary``, the per-level block of report.json.
+- ``intervals``: Wilson and Clopper-Pearson intervals for binomial rates;
+  cluster-aware intervals (design-effect Wilson, bootstrap over samples) for
+  rates pooled over samples.
+- ``hypothesis``: the two-proportion Z-test for CMR entries and DeLong's test
+  for two correlated AUCs.
+- ``classification``: clean performance (AUC, accuracy, sensitivity,
+  specificity, confusion matrix, per-class and macro F1).
+- ``segmentation``: Dice of binary masks.
+
+Bad input raises ``audit.errors.InputError`` naming the argument and the expectation.
+"""
+
+from __future__ import annotations
+
+from audit.metrics.classification import (
+    PerClassScores,
+    accuracy,
+    auc,
+    binary_performance,
+    confusion_matrix,
+    macro_f1,
+    precision_recall_f1,
+    sensitivity_specificity,
+)
+from audit.metrics.hypothesis import (
+    AUCVariance,
+    DeLongTest,
+    ZTest,
+    cmr_z_test,
+    delong_auc_variance,
+    delong_test,
+    two_proportion_z_test,
+)
+from audit.metrics.intervals import (
+    BINOMIAL_METHODS,
+    POOLED_METHODS,
+    binomial_interval,
+    bootstrap_interval,
+    clopper_pearson_interval,
+    cluster_wilson_interval,
+    design_effect,
+    effective_draws,
+    pooled_rate_interval,
+    wilson_interval,
+)
+from audit.metrics.robustness import (
+    DEFAULT_THRESHOLDS,
+    RobustnessSummary,
+    class_attack_rate,
+    class_attack_rate_intervals,
+    cmr_counts,
+    confusion_matrix_for_robustness,
+    exceedance_curve,
+    flip_counts,
+    robustness_summary,
+    sample_attack_rate,
+    san_fraction,
+    successful_attack_number,
+)
+from audit.metrics.segmentation import batch_dice, dice
+
+__all__ = [
+    "AUCVariance",
+    "BINOMIAL_METHODS",
+    "DEFAULT_THRESHOLDS",
+    "DeLongTest",
+    "POOLED_METHODS",
+    "PerClassScores",
+    "RobustnessSummary",
+    "ZTest",
+    "accuracy",
+    "auc",
+    "batch_dice",
+    "binary_performance",
+    "binomial_interval",
+    "bootstrap_interval",
+    "class_attack_rate",
+    "class_attack_rate_intervals",
+    "clopper_pearson_interval",
+    "cluster_wilson_interval",
+    "cmr_counts",
+    "cmr_z_test",
+    "confusion_matrix",
+    "confusion_matrix_for_robustness",
+    "delong_auc_variance",
+    "delong_test",
+    "design_effect",
+    "dice",
+    "effective_draws",
+    "exceedance_curve",
+    "flip_counts",
+    "macro_f1",
+    "pooled_rate_interval",
+    "precision_recall_f1",
+    "robustness_summary",
+    "sample_attack_rate",
+    "san_fraction",
+    "sensitivity_specificity",
+    "successful_attack_number",
+    "two_proportion_z_test",
+    "wilson_interval",
+]

@@ -1,0 +1,269 @@
+"""Confidence intervals for attack rates: Wilson, Clopper-Pearson, and cluster-aware ones for pooled rates.
+
+A per-sample rate SAR_i = n_i / K counts K independent noise draws on one
+image: a binomial proportion, for which Wilson and Clopper-Pearson are the
+standard intervals. A pooled rate (per class SAR_c, or over all samples) adds
+the n_i of many images, and draws of one image are *not* independent of each
+other: some images flip often, most never. Treating the N_c K draws as
+independent then gives intervals that are far too narrow, so pooled rates get
+a cluster-aware interval: a design-effect-corrected Wilson interval (default,
+deterministic) or a bootstrap over samples (seeded).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import special, stats
+
+from audit.errors import InputError
+from audit.metrics import _checks
+
+#: Interval methods for a pooled rate over samples (see ``pooled_rate_interval``).
+POOLED_METHODS = ("cluster_wilson", "bootstrap", "wilson", "clopper_pearson")
+#: Interval methods for a binomial proportion (see ``binomial_interval``).
+BINOMIAL_METHODS = ("wilson", "clopper_pearson")
+
+
+def _z(confidence: float) -> float:
+    return float(special.ndtri(0.5 + confidence / 2.0))
+
+
+def _counts(successes, trials) -> tuple[np.ndarray, np.ndarray]:
+    x = _checks.integer_array("successes", successes)
+    n = _checks.integer_array("trials", trials)
+    try:
+        x, n = np.broadcast_arrays(x, n)
+    except ValueError:
+        raise InputError(f"successes, trials: expected broadcastable shapes, got {x.shape} and {n.shape}") from None
+    if np.any(n < 0) or np.any(x < 0) or np.any(x > n):
+        raise InputError("successes, trials: expected 0 <= successes <= trials")
+    return x, n
+
+
+def _wilson_bounds(p: np.ndarray, n: np.ndarray, z: float) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson bounds for observed proportion ``p`` out of ``n`` (may be fractional, an effective size)."""
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2.0 * n)) / denom
+    half = z / denom * np.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n))
+    # At p = 0 (p = 1) the lower (upper) bound is exactly 0 (1); clip rounding elsewhere.
+    lo = np.where(p == 0.0, 0.0, np.clip(centre - half, 0.0, 1.0))
+    hi = np.where(p == 1.0, 1.0, np.clip(centre + half, 0.0, 1.0))
+    return lo, hi
+
+
+def _out(lo: np.ndarray, hi: np.ndarray, scalar: bool):
+    if scalar:
+        return float(lo), float(hi)
+    return lo, hi
+
+
+def wilson_interval(successes, trials, confidence: float = 0.95):
+    """Wilson score interval for a binomial proportion ``successes / trials``: ``(low, high)``.
+
+    Inputs broadcast; scalars give floats, arrays give arrays. Where
+    ``trials == 0`` the interval is NaN (no information), so a class with no
+    samples carries NaN through a vectorised call.
+
+    Notes
+    -----
+    With p = x/n and z the normal quantile of (1 + confidence)/2:
+    centre = (p + z^2/(2n)) / (1 + z^2/n), half-width = z/(1 + z^2/n) *
+    sqrt(p(1-p)/n + z^2/(4n^2)) (Wilson 1927; Newcombe 1998, method 3). Unlike
+    the Wald interval it stays inside [0, 1] and is not degenerate at 0/n, which
+    is where attack rates of robust models live.
+    """
+    conf = _checks.confidence(confidence)
+    scalar = np.ndim(successes) == 0 and np.ndim(trials) == 0
+    x, n = _counts(successes, trials)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lo, hi = _wilson_bounds(x / n.astype(np.float64), n.astype(np.float64), _z(conf))
+    empty = n == 0
+    lo, hi = np.where(empty, np.nan, lo), np.where(empty, np.nan, hi)
+    return _out(lo, hi, scalar)
+
+
+def clopper_pearson_interval(successes, trials, confidence: float = 0.95):
+    """Clopper-Pearson ("exact") interval for a binomial proportion: ``(low, high)``.
+
+    Inputs broadcast; scalars give floats, arrays give arrays; NaN where ``trials == 0``.
+
+    Notes
+    -----
+    low = Beta quantile(alpha/2; x, n - x + 1) (0 when x = 0), high = Beta
+    quantile(1 - alpha/2; x + 1, n - x) (1 when x = n), alpha = 1 - confidence
+    (Clopper & Pearson 1934). Coverage is at least nominal for every p, so it is
+    wider than Wilson; use it where a guaranteed bound matters more than length.
+    """
+    conf = _checks.confidence(confidence)
+    scalar = np.ndim(successes) == 0 and np.ndim(trials) == 0
+    x, n = _counts(successes, trials)
+    alpha = 1.0 - conf
+    xf, nf = x.astype(np.float64), n.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lo = np.where(x == 0, 0.0, stats.beta.ppf(alpha / 2.0, np.maximum(xf, 1e-300), nf - xf + 1.0))
+        hi = np.where(x == n, 1.0, stats.beta.ppf(1.0 - alpha / 2.0, xf + 1.0, np.maximum(nf - xf, 1e-300)))
+    empty = n == 0
+    lo, hi = np.where(empty, np.nan, lo), np.where(empty, np.nan, hi)
+    return _out(lo, hi, scalar)
+
+
+def binomial_interval(successes, trials, confidence: float = 0.95, method: str = "wilson"):
+    """``wilson_interval`` or ``clopper_pearson_interval`` by name (``method`` in ``BINOMIAL_METHODS``)."""
+    if method == "wilson":
+        return wilson_interval(successes, trials, confidence)
+    if method == "clopper_pearson":
+        return clopper_pearson_interval(successes, trials, confidence)
+    raise InputError(f"method: expected one of {', '.join(BINOMIAL_METHODS)}, got {method!r}")
+
+
+def design_effect(flip_counts, draws: int) -> float:
+    """Design effect of a pooled rate over samples: its variance over the variance if all draws were independent.
+
+    ``flip_counts``: n_i per sample, shape (N,); ``draws``: K per sample.
+    Returns a float in [1, K].
+
+    Notes
+    -----
+    The pooled rate is p = sum n_i / (N K). Across samples (the clusters) its
+    variance is estimated by s^2 / N, s^2 the sample variance (ddof 1) of
+    SAR_i = n_i / K; under independence it would be p (1 - p) / (N K). Their
+    ratio is the design effect deff = 1 + (K - 1) ICC (Kish 1965), which lies
+    in [1, K]: 1 when flips are spread evenly over the samples, K when every
+    sample either always or never flips. The estimate is clipped to that
+    range. Where it cannot be estimated the conventions are: p = 0 or 1 (no
+    spread at all in the data) gives 1; N = 1 (between-sample spread
+    unobservable) gives K, the worst case, so the interval is that of one
+    Bernoulli trial per sample.
+    """
+    k = _checks.draws("draws", draws)
+    n_i = _checks.flip_counts("flip_counts", flip_counts, k)
+    n = n_i.size
+    if n == 0:
+        raise InputError("flip_counts: expected at least one sample")
+    p = n_i.sum() / (n * k)
+    if p in (0.0, 1.0):
+        return 1.0
+    if n == 1:
+        return float(k)
+    var_cluster = np.var(n_i / k, ddof=1) / n
+    var_binomial = p * (1.0 - p) / (n * k)
+    return float(np.clip(var_cluster / var_binomial, 1.0, float(k)))
+
+
+def effective_draws(flip_counts, draws: int, confidence: float = 0.95) -> float:
+    """Effective number of independent draws behind a pooled rate: N K / deff, times (z / t_{N-1})^2 for N >= 2.
+
+    ``flip_counts``: n_i per sample (N,), ``draws``: K. This is the n that
+    ``cluster_wilson_interval`` puts into Wilson's formula.
+
+    Notes
+    -----
+    N K / deff is Kish's effective sample size. The factor (z / t_{N-1})^2, z
+    and t the two-sided quantiles of the normal and of Student's t with N - 1
+    degrees of freedom, accounts for the design effect being estimated from
+    only N samples (Korn & Graubard 1998); it matters for classes with few
+    clean predictions and vanishes as N grows. For N = 1 it is left out (no
+    degrees of freedom; deff = K already makes the one sample one trial).
+    """
+    conf = _checks.confidence(confidence)
+    k = _checks.draws("draws", draws)
+    n_i = _checks.flip_counts("flip_counts", flip_counts, k)
+    n = n_i.size
+    n_eff = n * k / design_effect(n_i, k)
+    if n >= 2:
+        n_eff *= (_z(conf) / float(stats.t.ppf(0.5 + conf / 2.0, n - 1))) ** 2
+    return float(n_eff)
+
+
+def cluster_wilson_interval(flip_counts, draws: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson interval for a pooled rate p = sum n_i / (N K) on the effective number of draws.
+
+    ``flip_counts``: n_i per sample (N,), ``draws``: K. Deterministic; the
+    default for per-class SAR. NaN for N = 0.
+
+    Notes
+    -----
+    Study 2's per-class SAR_c pools N_c K perturbed inferences that are
+    clustered by sample. Wilson's formula with n replaced by the effective
+    number of draws n_eff (``effective_draws``: N K / deff, deff from
+    ``design_effect``, with Korn & Graubard's degrees-of-freedom factor) and p
+    kept as the observed pooled rate keeps Wilson's good behaviour near 0 and
+    1 while widening the interval by the clustering the data show. In
+    simulations with strongly clustered flips (SAR_i ~ Beta(0.3, 3), K = 50)
+    coverage of the 95% interval is about 0.93 at N = 30 and 0.91 at N = 10,
+    against about 0.4 for naive Wilson on the N K draws; with very rare,
+    concentrated flips and N ~ 10 no method covers well.
+    """
+    conf = _checks.confidence(confidence)
+    k = _checks.draws("draws", draws)
+    n_i = _checks.flip_counts("flip_counts", flip_counts, k)
+    if n_i.size == 0:
+        return float("nan"), float("nan")
+    n_eff = effective_draws(n_i, k, conf)
+    p = n_i.sum() / (n_i.size * k)
+    lo, hi = _wilson_bounds(np.float64(p), np.float64(n_eff), _z(conf))
+    return float(lo), float(hi)
+
+
+def bootstrap_interval(
+    flip_counts, draws: int, confidence: float = 0.95, *, n_boot: int = 2000, seed: int | np.random.Generator = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval for a pooled rate sum n_i / (N K), resampling whole samples.
+
+    ``flip_counts``: n_i per sample (N,), ``draws``: K, ``n_boot`` resamples,
+    ``seed``: an int or a ``numpy.random.Generator`` (turned into one generator
+    once; the same seed gives the same interval).
+
+    Notes
+    -----
+    Resampling samples, not draws, keeps each image's draws together, so the
+    interval reflects the between-image spread of SAR_i (Efron & Tibshirani
+    1993, ch. 13). It makes no distributional assumption but is degenerate
+    when the pooled rate is 0 or 1 (the interval is [0, 0] or [1, 1]) and
+    under-covers for few samples, which is why it is an option, not the default.
+    """
+    conf = _checks.confidence(confidence)
+    k = _checks.draws("draws", draws)
+    n_i = _checks.flip_counts("flip_counts", flip_counts, k)
+    if isinstance(n_boot, (bool, np.bool_)) or not isinstance(n_boot, (int, np.integer)) or n_boot < 10:
+        raise InputError(f"n_boot: expected an integer >= 10 (number of bootstrap resamples), got {n_boot!r}")
+    n = n_i.size
+    if n == 0:
+        return float("nan"), float("nan")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    rates = np.empty(int(n_boot), dtype=np.float64)
+    chunk = max(1, (1 << 22) // n)  # about 4M indices (32 MiB) at a time, whatever N is
+    for start in range(0, int(n_boot), chunk):
+        stop = min(int(n_boot), start + chunk)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        rates[start:stop] = n_i[idx].sum(axis=1) / (n * k)
+    alpha = 1.0 - conf
+    lo, hi = np.quantile(rates, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return float(lo), float(hi)
+
+
+def pooled_rate_interval(
+    flip_counts,
+    draws: int,
+    confidence: float = 0.95,
+    *,
+    method: str = "cluster_wilson",
+    n_boot: int = 2000,
+    seed: int | np.random.Generator = 0,
+) -> tuple[float, float]:
+    """Interval for a pooled rate sum n_i / (N K) by ``method`` (one of ``POOLED_METHODS``).
+
+    ``"cluster_wilson"`` (default) and ``"bootstrap"`` respect the clustering of
+    draws by sample; ``"wilson"`` and ``"clopper_pearson"`` treat all N K draws
+    as independent and are only right when flips are spread evenly over the
+    samples. NaN for N = 0 (e.g. a class with no clean predictions).
+    """
+    k = _checks.draws("draws", draws)
+    n_i = _checks.flip_counts("flip_counts", flip_counts, k)
+    if method == "cluster_wilson":
+        return cluster_wilson_interval(n_i, k, confidence)
+    if method == "bootstrap":
+        return bootstrap_interval(n_i, k, confidence, n_boot=n_boot, seed=seed)
+    if method in BINOMIAL_METHODS:
+        return binomial_interval(int(n_i.sum()), int(n_i.size * k), confidence, method)
+    raise InputError(f"method: expected one of {', '.join(POOLED_METHODS)}, got {method!r}")

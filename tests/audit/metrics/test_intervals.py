@@ -1,0 +1,144 @@
+"""Wilson, Clopper-Pearson and cluster-aware intervals against published values, hand cases and coverage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from audit.errors import InputError
+from audit.metrics import (
+    binomial_interval,
+    bootstrap_interval,
+    clopper_pearson_interval,
+    cluster_wilson_interval,
+    design_effect,
+    effective_draws,
+    pooled_rate_interval,
+    wilson_interval,
+)
+
+# Newcombe (1998), Stat Med 17:857, Table I, 95% intervals: method 3 (Wilson score) and method 5 (Clopper-Pearson).
+NEWCOMBE = [
+    # x, n, Wilson, Clopper-Pearson
+    (81, 263, (0.2553, 0.3662), (0.2527, 0.3676)),
+    (15, 148, (0.0624, 0.1605), (0.0578, 0.1617)),
+    (0, 20, (0.0, 0.1611), (0.0, 0.1684)),
+    (1, 29, (0.0061, 0.1718), (0.0009, 0.1776)),
+]
+
+
+@pytest.mark.parametrize(("x", "n", "wilson", "cp"), NEWCOMBE)
+def test_published_values_newcombe_1998(x, n, wilson, cp):
+    assert wilson_interval(x, n) == pytest.approx(wilson, abs=5e-5)
+    assert clopper_pearson_interval(x, n) == pytest.approx(cp, abs=5e-5)
+
+
+def test_small_counts_by_hand():
+    # Wilson 0/10: z^2 = 3.8415, centre = (z^2/20) / (1 + z^2/10) = 0.13876 = half-width -> [0, 0.2775].
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=5e-5)
+    # Wilson 5/10: half = 1.4160 * sqrt(0.025 + 0.0096) = 0.2634 around 0.5.
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=5e-5)
+    # Clopper-Pearson 0/10: upper solves (1 - p)^10 = 0.025, p = 1 - 0.025^(1/10) = 0.3085.
+    lo, hi = clopper_pearson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(1 - 0.025 ** 0.1, abs=1e-12) and round(hi, 4) == 0.3085
+    # x = n mirrors x = 0.
+    assert clopper_pearson_interval(10, 10) == pytest.approx((1 - hi, 1.0), abs=1e-12)
+    assert wilson_interval(10, 10) == pytest.approx((1 - 0.2775, 1.0), abs=5e-5)
+
+
+def test_vectorised_agrees_with_scipy_and_handles_zero_trials():
+    x = np.array([0, 3, 7, 12, 0])
+    n = np.array([12, 12, 12, 12, 0])
+    for method, name in (("wilson", "wilson"), ("clopper_pearson", "exact")):
+        lo, hi = binomial_interval(x, n, 0.9, method)
+        for i in range(4):
+            ref = binomtest(int(x[i]), int(n[i])).proportion_ci(confidence_level=0.9, method=name)
+            assert (lo[i], hi[i]) == pytest.approx((ref.low, ref.high), abs=1e-10)
+        assert np.isnan(lo[4]) and np.isnan(hi[4])
+
+
+def _wilson(p, n, z=1.959963984540054):
+    """Wilson's formula written out, for a fractional (effective) n."""
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def test_design_effect_by_hand():
+    # n_i = [1, 3], K = 4: SAR_i = [0.25, 0.75], s^2 = 0.125, var = s^2/N = 0.0625;
+    # p = 0.5, binomial var = 0.25 / 8 = 0.03125 -> deff = 2.
+    assert design_effect([1, 3], 4) == pytest.approx(2.0)
+    # Flips spread evenly (s^2 = 0): deff clips to 1, no clustering in the data.
+    assert design_effect([2, 2, 2, 2], 4) == 1.0
+    # All-or-nothing samples: raw deff 64/12 > K clips to K = 4, one Bernoulli trial per sample.
+    assert design_effect([0, 0, 4, 4], 4) == 4.0
+    # Conventions: no flips at all -> 1; one sample -> K.
+    assert design_effect([0, 0, 0], 5) == 1.0
+    assert design_effect([2], 5) == 5.0
+
+
+def test_cluster_wilson_by_hand():
+    # n_i = [1, 3, 1, 3] (K = 4): SAR_i = .25 .75 .25 .75, s^2 = 1/12, var = 1/48; p = 0.5,
+    # binomial var = 0.25/16 = 1/64 -> deff = 4/3; n_eff = 16 / (4/3) = 12 draws, times
+    # (z / t_3)^2 = (1.959964 / 3.182446)^2 = 0.379292 for N = 4 samples -> n_eff = 4.551507.
+    assert design_effect([1, 3, 1, 3], 4) == pytest.approx(4 / 3)
+    assert effective_draws([1, 3, 1, 3], 4) == pytest.approx(4.551507, abs=1e-6)
+    assert cluster_wilson_interval([1, 3, 1, 3], 4) == pytest.approx(_wilson(0.5, 4.551507), abs=1e-6)
+    # One sample: deff = K, no degrees-of-freedom factor: Wilson of one trial.
+    assert cluster_wilson_interval([3], 4) == pytest.approx(_wilson(0.75, 1.0), abs=1e-12)
+    # Many samples, flips spread evenly: deff = 1 and t -> z, so it tends to naive Wilson on all draws.
+    even = np.full(2000, 2)
+    assert cluster_wilson_interval(even, 10) == pytest.approx(wilson_interval(4000, 20000), abs=2e-5)
+    # No flips: the lower bound is 0 and the upper bound is that of 0 flips in n_eff draws.
+    lo, hi = cluster_wilson_interval([0] * 50, 20)
+    assert lo == 0.0 and hi == pytest.approx(_wilson(0.0, effective_draws([0] * 50, 20))[1], abs=1e-12)
+    assert hi > wilson_interval(0, 1000)[1]
+
+
+def test_cluster_intervals_cover_when_naive_wilson_does_not():
+    # Flip tendency varies strongly between images (SAR_i ~ Beta(0.3, 3)): draws cluster by image.
+    rng = np.random.default_rng(11)
+    reps, n, k = 1000, 30, 50
+    true_rate = 0.3 / 3.3
+    hits = {"cluster_wilson": 0, "wilson": 0, "bootstrap": 0}
+    for r in range(reps):
+        n_i = rng.binomial(k, rng.beta(0.3, 3.0, n))
+        for method in hits:
+            lo, hi = pooled_rate_interval(n_i, k, method=method, n_boot=200, seed=r)
+            hits[method] += lo <= true_rate <= hi
+    coverage = {m: h / reps for m, h in hits.items()}
+    assert coverage["cluster_wilson"] >= 0.9, coverage
+    assert coverage["bootstrap"] >= 0.85, coverage
+    assert coverage["wilson"] <= 0.6, coverage
+
+
+def test_bootstrap_is_seeded_and_sane():
+    n_i = np.random.default_rng(0).binomial(10, np.random.default_rng(1).beta(0.5, 3.0, 60))
+    a = bootstrap_interval(n_i, 10, seed=1)
+    assert a == bootstrap_interval(n_i, 10, seed=1)
+    assert a == bootstrap_interval(n_i, 10, seed=np.random.default_rng(1))
+    assert a != bootstrap_interval(n_i, 10, seed=2)
+    assert a[0] < n_i.sum() / 600 < a[1]
+    # It reflects the between-image spread about as the design-effect interval does.
+    assert np.allclose(a, cluster_wilson_interval(n_i, 10), atol=0.03)
+    assert bootstrap_interval([0, 0, 0], 10) == (0.0, 0.0)  # degenerate, as documented
+
+
+@pytest.mark.parametrize(
+    ("call", "fragment"),
+    [
+        (lambda: wilson_interval(11, 10), "0 <= successes <= trials"),
+        (lambda: wilson_interval(1, 10, confidence=1.0), "confidence: expected a number in (0, 1)"),
+        (lambda: wilson_interval(0.5, 10), "successes: expected integer"),
+        (lambda: binomial_interval(1, 10, method="wald"), "method: expected one of wilson, clopper_pearson"),
+        (lambda: pooled_rate_interval([1, 2], 4, method="wald"), "method: expected one of cluster_wilson"),
+        (lambda: cluster_wilson_interval([1, 5], 4), "flip_counts: expected counts in [0, K] = [0, 4]"),
+        (lambda: cluster_wilson_interval([1, 2], 0), "draws: expected the number of perturbations"),
+        (lambda: bootstrap_interval([1, 2], 4, n_boot=3), "n_boot: expected an integer >= 10"),
+    ],
+)
+def test_bad_input_names_the_argument(call, fragment):
+    with pytest.raises(InputError, match=None) as info:
+        call()
+    assert fragment in str(info.value)
