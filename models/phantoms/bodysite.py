@@ -130,8 +130,8 @@ def _head_neck(cv: _Canvas, u: float, p: Patient, rng: np.random.Generator) -> N
             cv.ellipse(-0.55 * ay, 0, 12, 8, _AIR)  # nasal cavity
     neck = _bump(u, 0.5, 1.2, 0.08)
     if neck > 0:
-        t = np.clip((u - 0.85) / 0.25, 0, 1)  # widening towards the shoulders
-        ay, ax = (55 + 30 * t) * p.sy, (55 + 120 * t) * p.sx
+        t = np.clip((u - 0.75) / 0.25, 0, 1)  # widening towards the shoulders
+        ay, ax = (55 + 55 * t) * p.sy, (55 + 110 * t) * p.sx
         cv.ellipse(10, 0, ay, ax, _FAT)
         cv.ellipse(10, 0, ay - p.fat * 0.5, ax - p.fat * 0.5, _MUSCLE)
         if u < 0.62:  # mandible
@@ -141,14 +141,21 @@ def _head_neck(cv: _Canvas, u: float, p: Patient, rng: np.random.Generator) -> N
         for side in (-1, 1):
             cv.ellipse(-12, side * 22, 5, 5, 60.0)  # carotids
         if t > 0.5:  # clavicles and humeral heads
+            _shoulders(cv, ax)
+        if u > 0.9:  # lung apices
             for side in (-1, 1):
-                cv.ellipse(-10, side * 0.55 * ax, 6, 35, _BONE, angle=side * 0.2)
-                cv.ring(20, side * 0.85 * ax, 22, 22, 4.0, _BONE, 200.0)
+                cv.ellipse(25, side * 0.42 * ax, 0.3 * ay * (u - 0.85) / 0.15, 0.15 * ax * (u - 0.85) / 0.15, _LUNG)
+
+
+def _shoulders(cv: _Canvas, ax: float) -> None:
+    for side in (-1, 1):
+        cv.ellipse(-10, side * 0.55 * ax, 6, 35, _BONE, angle=side * 0.2)
+        cv.ring(20, side * 0.85 * ax, 22, 22, 4.0, _BONE, 200.0)
 
 
 def _chest(cv: _Canvas, u: float, p: Patient, rng: np.random.Generator) -> None:
     t = u - 1.0
-    ay, ax = 110 * p.sy, 160 * p.sx
+    ay, ax = (112 + 18 * p.fat / 25) * p.sy, (155 + 15 * p.fat / 25) * p.sx
     cv.ellipse(5, 0, ay, ax, _FAT)
     cv.ellipse(5, 0, ay - p.fat, ax - p.fat, _MUSCLE)
     size = float(np.clip(np.sin(np.pi * np.clip(t + 0.15, 0, 1.1) / 1.25), 0.15, 1.0))
@@ -159,28 +166,43 @@ def _chest(cv: _Canvas, u: float, p: Patient, rng: np.random.Generator) -> None:
         for _ in range(int(30 * size)):  # vessels in the lung
             r, phi = np.sqrt(rng.random()) * 0.85, rng.uniform(0, 2 * np.pi)
             cv.ellipse(cy + r * ly * np.sin(phi), cx + r * lx * np.cos(phi), rng.uniform(1, 3), rng.uniform(1, 3), 40.0, edge=0.5)
-    if t > 0.3:
-        cv.ellipse(-0.2 * ay, 0.12 * ax, 0.35 * ay * min(1, (t - 0.2) * 3), 0.28 * ax, 45.0)  # heart
+    if t < 0.12:
+        _shoulders(cv, ax)
+    heart = _bump(t, 0.35, 0.85, 0.15)
+    if heart > 0:
+        cv.ellipse(-0.2 * ay, 0.12 * ax, 0.35 * ay * heart, 0.28 * ax * heart, 45.0)
     cv.ellipse(0.1 * ay, -0.1 * ax, 12, 12, 45.0)  # aorta
-    if t > 0.75:  # liver dome rising under the right lung
+    if t > 0.75:  # liver dome rising under the right lung, stomach under the left
         d = (t - 0.75) / 0.25
-        cv.ellipse(0.15 * ay, -0.35 * ax, 0.6 * ay * d, 0.45 * ax * d, 55.0)
-    _vertebra(cv, 0.62 * ay, 1.0)
-    for k in range(9):  # ribs along the wall
-        phi = np.pi * (0.1 + 0.8 * k / 8)
-        for side in (-1, 1):
-            cv.ellipse(5 + (ay - p.fat - 6) * np.cos(phi) * -1, side * (ax - p.fat - 6) * np.sin(phi), 4, 6, 800.0)
+        cv.ellipse(-0.05 * ay, -0.35 * ax, 0.6 * ay * d, 0.42 * ax * d, 58.0)
+        cv.ellipse(-0.2 * ay, 0.35 * ax, 0.3 * ay * d, 0.25 * ax * d, _AIR)
+    _vertebra(cv, 0.6 * ay, 1.1)
+    _ribs(cv, ay, ax, p.fat, 1.0)
     if p.arms_down:
         for side in (-1, 1):
             cv.ellipse(10, side * (ax + 45), 40, 38, _MUSCLE)
             cv.ring(10, side * (ax + 45), 12, 12, 4.0, _BONE, 100.0)
 
 
+def _ribs(cv: _Canvas, ay: float, ax: float, fat: float, extent: float) -> None:
+    """Ribs along the body wall; ``extent`` < 1 keeps only the lateral-posterior ones (lower ribs)."""
+    for k in range(9):
+        phi = np.pi * (0.1 + 0.8 * k / 8)
+        if phi < np.pi * (1 - extent):
+            continue
+        for side in (-1, 1):
+            cv.ellipse(5 - (ay - fat - 6) * np.cos(phi), side * (ax - fat - 6) * np.sin(phi), 4, 6, 800.0)
+
+
 def _abdomen_pelvis(cv: _Canvas, u: float, p: Patient, rng: np.random.Generator) -> None:
     t = u - 2.0
-    ay, ax = (115 + 20 * p.fat / 25) * p.sy, (155 + 15 * p.fat / 25) * p.sx
+    narrow = 1.0 - 0.2 * max(0.0, t - 0.8) / 0.2  # the pelvis narrows towards the groin
+    ay, ax = (112 + 18 * p.fat / 25) * p.sy * narrow, (155 + 15 * p.fat / 25) * p.sx
     cv.ellipse(5, 0, ay, ax, _FAT)
-    cv.ellipse(5, 0, ay - p.fat * 1.3, ax - p.fat * 1.3, 35.0)
+    cv.ellipse(5, 0, ay - p.fat, ax - p.fat, _MUSCLE)
+    cv.ellipse(5, 0, ay - p.fat - 12, ax - p.fat - 12, 35.0)
+    if t < 0.3:  # lower ribs
+        _ribs(cv, ay, ax, p.fat, 0.7 - t)
     if t < 0.08:  # lung bases behind the liver
         for side in (-1, 1):
             cv.ellipse(0.4 * ay, side * 0.45 * ax, 0.3 * ay * (0.08 - t) / 0.08 + 2, 0.2 * ax, _LUNG)
@@ -214,8 +236,13 @@ def _abdomen_pelvis(cv: _Canvas, u: float, p: Patient, rng: np.random.Generator)
 
 def _legs(cv: _Canvas, u: float, p: Patient, rng: np.random.Generator) -> None:
     t = u - 3.0
-    if t < 0.1:  # groin: the legs still joined by soft tissue
-        cv.ellipse(0, 0, 90 * p.sy, 120 * p.sx, _FAT)
+    if t < 0.1:  # groin: the legs still joined by soft tissue, ischial bones, bladder base
+        g = 1.0 - t / 0.1
+        cv.ellipse(5, 0, (90 + 10 * g) * p.sy, (120 + 40 * g) * p.sx, _FAT)
+        cv.ellipse(5, 0, (75 + 10 * g) * p.sy, (100 + 40 * g) * p.sx, _MUSCLE)
+        cv.ellipse(-30, 0, 25 * g, 40 * g, 5.0)
+        for side in (-1, 1):
+            cv.ring(40, side * 40, 18 * g + 1, 22 * g + 1, 5.0, _BONE, 250.0)
     if t < 0.85:
         r = (95 - 50 * t) if t < 0.45 else (60 - 30 * (t - 0.45) / 0.4)
         sep = 85 * p.sx - 10 * t

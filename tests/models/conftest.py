@@ -1,0 +1,25 @@
+"""Fixtures for tests/models: one quick NoduleNet3D build per session; slow tests only with AUDIT_RUN_SLOW=1."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _skip_slow_unless_asked(request):
+    if request.node.get_closest_marker("slow") and os.environ.get("AUDIT_RUN_SLOW") != "1":
+        pytest.skip("slow: full-size build; set AUDIT_RUN_SLOW=1 to run it")
+
+
+@pytest.fixture(scope="session")
+def quick_nodule(tmp_path_factory):
+    """The CI-sized NoduleNet3D build (the recipe ``audit demo`` uses), in a private cache; with its wall time."""
+    import models
+
+    cache = tmp_path_factory.mktemp("model-cache")
+    t0 = time.perf_counter()
+    result = models.cached_build("nodule3d", quick=True, cache_dir=cache)
+    return result, time.perf_counter() - t0, cache
