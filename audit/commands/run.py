@@ -1,0 +1,27 @@
+"""``audit run CONFIG.toml [--out DIR] [--resume]``: a campaign from a config file, then its reports."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="audit the models of a config file (TOML) and write the reports")
+    p.add_argument("config", type=Path, help="audit config (TOML); see README for every key")
+    p.add_argument("--out", type=Path, default=Path("audit-out"), help="output folder (default: audit-out)")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted run in --out, reusing finished shards")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: on a terminal, off under CI)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from audit.config import load_config
+    from audit.runner import run_config, summary_table
+
+    config = load_config(args.config)
+    report = run_config(config, args.out, resume=args.resume, progress=args.progress)
+    print(summary_table(report))
+    print(f"reports: {args.out / 'report.json'}, {args.out / 'report.html'}, {args.out / 'junit.xml'}")
+    return 0

@@ -1,0 +1,96 @@
+"""The one Engine interface every backend implements.
+
+An engine reports what it accepts (``input_spec``) and maps a batch to raw
+outputs (``run``). The public ``run`` validates the batch against the spec (rank,
+fixed dimensions, dtype) and then calls the backend's ``_run``, so every backend
+rejects bad data with the same clear message (after Polygraphy's runners).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from audit.errors import EngineError, InputError
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Name, shape (``None`` for a dynamic dimension) and NumPy dtype of an engine's input."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: np.dtype
+
+    def check(self, batch: Any) -> None:
+        """Raise ``InputError`` if ``batch`` (NumPy or CuPy) does not fit this input."""
+        shape, dtype = tuple(batch.shape), np.dtype(str(batch.dtype))
+        if len(shape) != len(self.shape):
+            raise InputError(
+                f"input '{self.name}': received a batch of rank {len(shape)} {shape}; expected rank {len(self.shape)} "
+                f"{self.describe_shape()} (e.g. 2D slices given to a 3D model?)"
+            )
+        for axis, (got, want) in enumerate(zip(shape, self.shape)):
+            if want is not None and got != want:
+                raise InputError(f"input '{self.name}': dimension {axis} is {got}; expected {want} in {self.describe_shape()}")
+        if dtype != self.dtype:
+            raise InputError(f"input '{self.name}': received dtype {dtype}; expected {self.dtype}")
+
+    def describe_shape(self) -> str:
+        return "(" + ", ".join("?" if d is None else str(d) for d in self.shape) + ")"
+
+
+@dataclass
+class Engine:
+    """Base class: subclasses set the fields and implement ``_run``."""
+
+    input_spec: InputSpec
+    output_names: tuple[str, ...]
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    source: str = ""
+
+    #: Short backend name recorded in reports.
+    backend = "base"
+
+    def run(self, batch: Any) -> dict[str, np.ndarray]:
+        """Raw outputs for ``batch``: a dict output name -> NumPy array with the batch on axis 0."""
+        self.input_spec.check(batch)
+        outputs = self._run(batch)
+        for name, value in outputs.items():
+            if value.shape[:1] != tuple(batch.shape[:1]):
+                raise EngineError(f"{self.source}: output '{name}' has batch size {value.shape[:1]}, expected {batch.shape[0]}")
+        return outputs
+
+    def _run(self, batch: Any) -> dict[str, np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """What a report records about the engine."""
+        return {"backend": self.backend, "source": self.source, "input": self.input_spec.name,
+                "input_shape": list(self.input_spec.shape), "outputs": list(self.output_names)}
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pick_output(outputs: Mapping[str, np.ndarray], name: str | None, source: str) -> np.ndarray:
+    """The output called ``name``, or the only/first output when ``name`` is None."""
+    if name is None:
+        return next(iter(outputs.values()))
+    if name not in outputs:
+        raise InputError(f"{source}: no output named '{name}'; outputs are {sorted(outputs)}")
+    return outputs[name]
+
+
+def dims(shape: Sequence[Any]) -> tuple[int | None, ...]:
+    """Normalise symbolic/unknown dimensions to None."""
+    return tuple(d if isinstance(d, int) and d > 0 else None for d in shape)

@@ -1,0 +1,116 @@
+"""ONNX Runtime engine: the embedded default, runs everywhere.
+
+Providers are tried in the order TensorRT -> CUDA -> CPU, keeping those this
+onnxruntime build offers. CuPy batches on a CUDA session are bound with IO
+binding so GPU-generated noise never leaves the device.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from audit.engines.base import Engine, InputSpec, dims, sha256_file
+from audit.errors import EngineError, InputError
+
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8}
+
+
+def check_external_data(path: Path) -> None:
+    """Refuse ONNX files whose external-data locations point outside the model's folder."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - onnx raises several types for a bad file
+        raise EngineError(f"{path}: not a readable ONNX model ({exc.__class__.__name__}: {exc})") from None
+    folder = path.resolve().parent
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            target = (folder / location).resolve()
+            if folder not in target.parents:
+                raise EngineError(f"{path}: tensor '{tensor.name}' keeps external data at '{location}', outside the model's folder")
+
+
+def available_providers(requested: Sequence[str] | None = None) -> list[str]:
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    order = list(requested) if requested else list(PREFERRED_PROVIDERS)
+    unknown = [p for p in order if p not in available and p not in PREFERRED_PROVIDERS]
+    if unknown:
+        raise EngineError(f"providers: {unknown} are not offered by this onnxruntime build; available: {sorted(available)}")
+    chosen = [p for p in order if p in available]
+    return chosen or ["CPUExecutionProvider"]
+
+
+class OnnxRuntimeEngine(Engine):
+    """An ``onnxruntime.InferenceSession`` behind the Engine interface."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | Path, *, providers: Sequence[str] | None = None, threads: int = 0,
+                 optimization: str = "all", session: Any = None) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        if session is None:
+            if not path.is_file():
+                raise InputError(f"{path}: model file not found")
+            check_external_data(path)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+            levels = {"none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                      "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+            if optimization not in levels:
+                raise EngineError(f"optimization: expected one of {sorted(levels)}, got {optimization!r}")
+            options.graph_optimization_level = levels[optimization]
+            options.log_severity_level = 3
+            try:
+                session = ort.InferenceSession(str(path), sess_options=options, providers=available_providers(providers))
+            except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+                raise EngineError(f"{path}: onnxruntime cannot load the model ({exc})") from None
+        inputs = session.get_inputs()
+        if len(inputs) != 1:
+            raise EngineError(f"{path}: expected a model with one input, found {[i.name for i in inputs]}")
+        inp = inputs[0]
+        if inp.type not in _ORT_TYPES:
+            raise EngineError(f"{path}: input '{inp.name}' has unsupported type {inp.type}")
+        meta = dict(session.get_modelmeta().custom_metadata_map)
+        super().__init__(InputSpec(inp.name, dims(inp.shape), np.dtype(_ORT_TYPES[inp.type])),
+                         tuple(o.name for o in session.get_outputs()), meta, str(path))
+        self.session = session
+        self.path = path
+        self.sha256 = sha256_file(path) if path.is_file() else ""
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    def _run(self, batch: Any) -> dict[str, np.ndarray]:
+        if type(batch).__module__.startswith("cupy") and "CUDAExecutionProvider" in self.providers:
+            return self._run_device(batch)
+        if not isinstance(batch, np.ndarray):
+            batch = batch.get()  # CuPy batch on a CPU session
+        values = self.session.run(None, {self.input_spec.name: np.ascontiguousarray(batch)})
+        return dict(zip(self.output_names, values))
+
+    def _run_device(self, batch: Any) -> dict[str, np.ndarray]:
+        """IO binding: feed a CuPy array by device pointer; outputs come back to the host."""
+        binding = self.session.io_binding()
+        batch = batch if batch.flags.c_contiguous else batch.copy()
+        binding.bind_input(self.input_spec.name, "cuda", batch.device.id, self.input_spec.dtype, list(batch.shape), batch.data.ptr)
+        for name in self.output_names:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "path": str(self.path), "sha256": self.sha256, "providers": self.providers}

@@ -1,0 +1,214 @@
+"""Heads: raw engine outputs -> decisions, and when a perturbed decision counts as a flip.
+
+A head knows its task. Classification heads (binary, multiclass, rating) give
+class labels and a flip is a changed label. Regression flips when the value
+moves more than a tolerance from the clean one; segmentation flips when the
+Dice between the perturbed and the clean mask falls below a set value (study 4).
+Heads are built from the model's ONNX metadata (``audit.*`` keys written by
+``models.export``) and a config section, the config winning.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from audit.engines.base import pick_output
+from audit.errors import ConfigError
+
+TASKS = ("binary", "multiclass", "rating", "regression", "segmentation")
+ACTIVATIONS = ("none", "sigmoid", "softmax")
+
+
+@dataclass
+class Decisions:
+    """Per-item decisions: ``labels`` (B,) int64 (-1 where the task has none), ``scores`` (B,) float32, ``masks`` (segmentation)."""
+
+    labels: np.ndarray
+    scores: np.ndarray
+    masks: np.ndarray | None = None
+
+    def take(self, index: np.ndarray) -> "Decisions":
+        return Decisions(self.labels[index], self.scores[index], None if self.masks is None else self.masks[index])
+
+
+@dataclass(frozen=True)
+class Head:
+    """How to read one output of a model. See ``head_from`` for the keys."""
+
+    task: str
+    class_names: tuple[str, ...] = ()
+    threshold: float = 0.5
+    activation: str = "none"
+    output: str | None = None
+    rating_edges: tuple[float, ...] = (1.5, 2.5, 3.5, 4.5)
+    tolerance: float = 0.0
+    min_dice: float = 0.9
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes for CMR and per-class SAR; 0 for regression and segmentation."""
+        if self.task == "binary":
+            return 2
+        if self.task == "rating":
+            return len(self.rating_edges) + 1
+        if self.task == "multiclass":
+            return len(self.class_names)
+        return 0
+
+    @property
+    def labels_names(self) -> tuple[str, ...]:
+        if self.class_names and len(self.class_names) == self.n_classes:
+            return self.class_names
+        return tuple(str(i) for i in range(self.n_classes))
+
+    def decide(self, outputs: Mapping[str, np.ndarray], source: str = "model") -> Decisions:
+        raw = np.asarray(pick_output(outputs, self.output, source), dtype=np.float64)
+        b = raw.shape[0]
+        if self.task == "segmentation":
+            prob = _activate(raw, self.activation)
+            if prob.ndim >= 3 and prob.shape[1] > 1:  # (B, C, ...) class maps: foreground = argmax > 0
+                masks = np.argmax(prob, axis=1) > 0
+            else:
+                masks = prob.reshape(b, *prob.shape[-2:]) > self.threshold if prob.ndim >= 3 else prob > self.threshold
+            return Decisions(np.full(b, -1, np.int64), masks.reshape(b, -1).mean(axis=1).astype(np.float32), masks)
+        flat = raw.reshape(b, -1)
+        if self.task == "binary":
+            if flat.shape[1] == 1:
+                p = _activate(flat[:, 0], self.activation)
+            elif flat.shape[1] == 2:
+                p = _activate(flat, "softmax" if self.activation == "none" and not _is_prob(flat) else self.activation)[:, 1]
+            else:
+                raise ConfigError(f"{source}: binary head expects 1 or 2 output values per item, got {flat.shape[1]}")
+            return Decisions((p >= self.threshold).astype(np.int64), p.astype(np.float32))
+        if self.task == "multiclass":
+            p = _activate(flat, self.activation)
+            if self.class_names and p.shape[1] != len(self.class_names):
+                raise ConfigError(f"{source}: {p.shape[1]} outputs but {len(self.class_names)} class names")
+            return Decisions(np.argmax(p, axis=1).astype(np.int64), p.max(axis=1).astype(np.float32))
+        value = flat[:, 0]
+        if self.task == "rating":
+            return Decisions(np.digitize(value, self.rating_edges).astype(np.int64), value.astype(np.float32))
+        return Decisions(np.full(b, -1, np.int64), value.astype(np.float32))  # regression
+
+    def flipped(self, clean: Decisions, noisy: Decisions) -> tuple[np.ndarray, np.ndarray | None]:
+        """(flip flags (B,), per-item Dice for segmentation else None)."""
+        if self.task == "regression":
+            return np.abs(noisy.scores - clean.scores) > self.tolerance, None
+        if self.task == "segmentation":
+            d = dice(clean.masks, noisy.masks)
+            return d < self.min_dice, d
+        return noisy.labels != clean.labels, None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "class_names": list(self.labels_names), "threshold": self.threshold,
+                "activation": self.activation, "output": self.output, "rating_edges": list(self.rating_edges),
+                "tolerance": self.tolerance, "min_dice": self.min_dice}
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dice per item of two batches of boolean masks; 1 when both are empty."""
+    a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+    inter = np.logical_and(a, b).sum(axis=1)
+    total = a.sum(axis=1) + b.sum(axis=1)
+    return np.where(total == 0, 1.0, 2.0 * inter / np.maximum(total, 1)).astype(np.float32)
+
+
+def _is_prob(x: np.ndarray) -> bool:
+    return bool(np.all(x >= 0) and np.allclose(x.sum(axis=1), 1.0, atol=1e-4))
+
+
+def _activate(x: np.ndarray, activation: str) -> np.ndarray:
+    if activation == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-x))
+    if activation == "softmax":
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    return x
+
+
+_META_TASKS = {"probability": "binary", "probabilities": "multiclass", "rating": "rating", "beta": "binary"}
+
+
+def head_from(metadata: Mapping[str, str], config: Mapping[str, Any] | None = None, source: str = "model") -> Head:
+    """Build a head from ONNX metadata (``audit.task``, ``audit.class_names``, ``audit.threshold``,
+    ``audit.rating_edges``, ``audit.output``) overridden by a config mapping with keys
+    task, class_names, threshold, activation, output, rating_edges, tolerance, min_dice."""
+    config = dict(config or {})
+    meta = {k.removeprefix("audit."): v for k, v in metadata.items() if k.startswith("audit.")}
+    task = config.pop("task", None) or meta.get("task")
+    if task is None:
+        raise ConfigError(f"{source}: the model's metadata names no task; set head.task to one of {TASKS}")
+    if task not in TASKS:
+        raise ConfigError(f"head.task: expected one of {TASKS}, got {task!r}")
+    kwargs: dict[str, Any] = {"task": task}
+    try:
+        if "class_names" in meta:
+            kwargs["class_names"] = tuple(json.loads(meta["class_names"]))
+        if meta.get("threshold") not in (None, "", "null"):
+            kwargs["threshold"] = float(meta["threshold"])
+        if "rating_edges" in meta:
+            kwargs["rating_edges"] = tuple(float(v) for v in json.loads(meta["rating_edges"]))
+        if meta.get("output"):
+            kwargs["output"] = meta["output"]
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{source}: unreadable audit metadata ({exc})") from None
+    for key, value in config.items():
+        if key not in {"class_names", "threshold", "activation", "output", "rating_edges", "tolerance", "min_dice"}:
+            raise ConfigError(f"head.{key}: unknown key")
+        kwargs[key] = tuple(value) if key in ("class_names", "rating_edges") else value
+    if kwargs.get("activation", "none") not in ACTIVATIONS:
+        raise ConfigError(f"head.activation: expected one of {ACTIVATIONS}, got {kwargs['activation']!r}")
+    return Head(**kwargs)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """HU -> model input: ``clip((hu - lo) / (hi - lo), 0, 1)`` (or no clip), float32, channel axis added.
+
+    The same function as the training pipeline's (``models.registry.preprocess``);
+    noise is added in HU before it.
+    """
+
+    window: tuple[float, float]
+    clip: bool = True
+
+    def __call__(self, hu: Any, input_rank: int) -> Any:
+        lo, hi = self.window
+        xp = _namespace(hu)
+        x = (hu - xp.float32(lo)) * xp.float32(1.0 / (hi - lo))
+        if self.clip:
+            x = xp.clip(x, 0.0, 1.0)
+        while x.ndim < input_rank:
+            x = x[:, None]
+        return x.astype(xp.float32, copy=False)
+
+
+def _namespace(a: Any):
+    if type(a).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy
+    return np
+
+
+def preprocess_from(metadata: Mapping[str, str], config: Mapping[str, Any] | None = None, source: str = "model") -> Preprocess:
+    """HU window from config ``hu_window`` or metadata ``audit.hu_window`` (JSON [lo, hi])."""
+    config = dict(config or {})
+    for key in config:
+        if key not in ("hu_window", "clip"):
+            raise ConfigError(f"preprocess.{key}: unknown key")
+    window = config.get("hu_window")
+    if window is None and "audit.hu_window" in metadata:
+        try:
+            window = json.loads(metadata["audit.hu_window"])
+        except ValueError:
+            raise ConfigError(f"{source}: unreadable audit.hu_window metadata {metadata['audit.hu_window']!r}") from None
+    if window is None:
+        raise ConfigError(f"{source}: no HU window in the model metadata; set preprocess.hu_window = [lo, hi]")
+    if len(window) != 2 or not float(window[1]) > float(window[0]):
+        raise ConfigError(f"preprocess.hu_window: expected [lo, hi] with hi > lo, got {window!r}")
+    return Preprocess((float(window[0]), float(window[1])), bool(config.get("clip", True)))

@@ -1,0 +1,162 @@
+"""Assemble ``report.json`` (schema ``audit-report/1``) from the records of a campaign.
+
+The HTML report and the gate read only this file. Per model and level it holds
+K, N, SAN, the SAN fraction, per-sample SAR, per-class SAR, the CMR with its
+class order, the exceedance curve and confidence intervals (from
+``audit.metrics.robustness_summary``); plus clean performance, the worst
+cases with the keys that regenerate their noise, the spread over several
+models (study 2) and timing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import platform
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from audit import records
+from audit.atomic import atomic_path
+from audit.campaign import AuditedModel, CampaignStats
+from audit.metrics import accuracy, binary_performance, macro_f1, precision_recall_f1, robustness_summary
+from audit.noise_spec import NoiseSpec
+
+SCHEMA = "audit-report/1"
+WORST_CASES = 6
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return _plain(v.tolist())
+    if isinstance(v, (np.bool_, bool)):
+        return bool(v)
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v) if math.isfinite(float(v)) else None
+    return v
+
+
+def clean_performance(model: AuditedModel, clean: records.CleanRecords) -> dict[str, Any]:
+    known = clean.true_labels >= 0
+    out: dict[str, Any] = {"N_labelled": int(known.sum()), "class_counts_predicted": np.bincount(
+        clean.labels[clean.labels >= 0], minlength=max(model.head.n_classes, 1)).tolist()}
+    if not known.any():
+        return out
+    y, pred, score = clean.true_labels[known], clean.labels[known], clean.scores[known]
+    task = model.head.task
+    try:
+        if task == "binary":
+            out.update(binary_performance(y, score, model.head.threshold))
+        elif task in ("multiclass", "rating"):
+            c = model.head.n_classes
+            yy = y if task == "multiclass" else np.clip(y, 0, c - 1)
+            out["accuracy"] = accuracy(yy, pred)
+            out["macro_f1"] = macro_f1(yy, pred, c)
+            per = precision_recall_f1(yy, pred, c)
+            out["per_class"] = {name: {"precision": per.precision[i], "recall": per.recall[i], "f1": per.f1[i]}
+                                for i, name in enumerate(model.head.labels_names)}
+    except ValueError as exc:  # e.g. one class only in the labelled set
+        out["note"] = str(exc)
+    return _plain(out)
+
+
+def level_block(model: AuditedModel, clean: records.CleanRecords, rec: records.LevelRecords, k: int) -> dict[str, Any]:
+    head = model.head
+    if head.n_classes:
+        summary = robustness_summary(clean.labels, rec.labels, head.n_classes, head.labels_names).to_dict()
+    else:  # regression / segmentation: a flip is defined per draw; no classes, no CMR
+        flips = rec.flipped.astype(np.int64)
+        summary = robustness_summary(np.zeros(len(flips), np.int64), flips, 2, ("unchanged", "flipped")).to_dict()
+        for key in ("per_class", "CMR"):
+            summary.pop(key, None)
+        if rec.dice is not None:
+            summary["dice_mean"] = float(np.nanmean(rec.dice))
+    summary["level"] = rec.level
+    return summary
+
+
+def worst_cases(rec_by_level: dict[float, records.LevelRecords], noise: NoiseSpec, ids: Sequence[str], limit: int) -> list[dict]:
+    """The samples that flip most at the lowest dose (or largest stress), with one flipping draw's key."""
+    levels = sorted(rec_by_level, reverse=noise.kind != "nps")
+    cases: list[dict] = []
+    for level in levels:
+        rec = rec_by_level[level]
+        n_i = rec.flipped.sum(axis=1)
+        for i in np.argsort(-n_i, kind="stable"):
+            if n_i[i] == 0 or len(cases) >= limit:
+                break
+            if any(c["sample"] == int(i) for c in cases):
+                continue
+            k = int(np.argmax(rec.flipped[i]))
+            cases.append({"sample": int(i), "id": ids[i], "level": level, "k": k, "SAR": float(n_i[i] / rec.flipped.shape[1]),
+                          "noisy_label": int(rec.labels[i, k]), "noisy_score": float(rec.scores[i, k]),
+                          "key": [noise.seed, int(i), noise.level_key(level), k]})
+        if len(cases) >= limit:
+            break
+    return cases
+
+
+def spread(model_blocks: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Study 2's spread over several models: mean and std of CMR entries, models with any flip, per level."""
+    if len(model_blocks) < 2:
+        return None
+    out = []
+    for j, level in enumerate(b["level"] for b in model_blocks[0]["levels"]):
+        blocks = [m["levels"][j] for m in model_blocks]
+        entry: dict[str, Any] = {"level": level, "models": len(blocks),
+                                 "models_with_any_flip": int(sum(1 for b in blocks if b["SAN"] > 0)),
+                                 "SAR_overall_mean": float(np.mean([b["SAR_overall"] for b in blocks])),
+                                 "SAR_overall_std": float(np.std([b["SAR_overall"] for b in blocks], ddof=1))}
+        if all("CMR" in b for b in blocks):
+            mats = np.array([[[np.nan if v is None else v for v in row] for row in b["CMR"]["matrix"]] for b in blocks])
+            entry["CMR_mean"] = _plain(np.nanmean(mats, axis=0))
+            entry["CMR_std"] = _plain(np.nanstd(mats, axis=0, ddof=1))
+        out.append(entry)
+    return {"per_level": out}
+
+
+def build_report(out: Path, models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, stats: CampaignStats,
+                 *, extra: dict[str, Any] | None = None, worst: int = WORST_CASES) -> dict[str, Any]:
+    n, k = len(source), noise.draws
+    model_blocks = []
+    for m in models:
+        clean = records.load_clean(out, m.name, n)
+        by_level = {lv: records.load_level(out, m.name, lv, noise.level_key(lv), n, k) for lv in noise.levels}
+        model_blocks.append({
+            **m.describe(),
+            "clean": clean_performance(m, clean),
+            "levels": [level_block(m, clean, by_level[lv], k) for lv in noise.levels],
+            "worst_cases": worst_cases(by_level, noise, source.ids, worst),
+        })
+    labels = getattr(source, "labels", None)
+    data = {"source": getattr(source, "name", "data"), "N": n, "shape": list(source.shape), "spacing_mm": list(source.spacing),
+            "class_names": list(getattr(source, "class_names", ()) or ()),
+            "true_label_counts": np.bincount(labels[labels >= 0]).tolist() if labels is not None and (labels >= 0).any() else None}
+    report = {
+        "schema": SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "tool": {"name": "ct-robustness-audit", "python": platform.python_version()},
+        "data": data,
+        "noise": noise.to_dict(),
+        "models": model_blocks,
+        "spread": spread(model_blocks),
+        "attacks": [],
+        "timing": stats.to_dict(),
+    }
+    if extra:
+        report.update(extra)
+    return _plain(report)
+
+
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(report, indent=1, allow_nan=False))

@@ -1,0 +1,89 @@
+"""``report.html``: one self-contained page (figures embedded as PNG data URIs) from report.json."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from audit import figures
+from audit.atomic import atomic_path
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}
+th{background:#f3f3f3}img{max-width:100%;margin:.4em 0}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}
+.small{color:#666;font-size:12px}"""
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(report: dict[str, Any], *, nps_curves: tuple[np.ndarray, dict] | None = None,
+                case_images: Callable[[dict, dict], bytes | None] | None = None) -> str:
+    """The HTML page. ``case_images(model, case)`` renders a worst case's panel (None to skip)."""
+    noise = report["noise"]
+    unit = noise["level_unit"]
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Robustness audit</title><style>{CSS}</style></head><body>",
+             "<h1>Robustness audit</h1>",
+             f"<p class='small'>schema {report['schema']} &middot; created {report['created']} &middot; "
+             f"{report['data']['N']} samples of shape {report['data']['shape']} at {report['data']['spacing_mm']} mm &middot; "
+             f"noise: {html.escape(noise['kind'])}, K = {noise['draws']} draws per level, seed {noise['seed']}</p>"]
+    if nps_curves is not None:
+        f, curves = nps_curves
+        parts.append("<h2>Noise used</h2>" + _img(figures.nps_used(f, curves, "radial NPS per dose"), "NPS per dose"))
+    for model in report["models"]:
+        parts.append(f"<h2>Model {html.escape(model['name'])}</h2>")
+        eng = model["engine"]
+        parts.append(f"<p class='small'>{html.escape(eng.get('path', eng.get('source', '')))} &middot; sha256 "
+                     f"{html.escape(str(eng.get('sha256', ''))[:16])} &middot; {html.escape(eng['backend'])} "
+                     f"{html.escape(', '.join(eng.get('providers', [])))} &middot; task {html.escape(model['head']['task'])}</p>")
+        clean = {k: v for k, v in model["clean"].items() if not isinstance(v, (dict, list))}
+        if clean:
+            parts.append("<h3>Clean performance</h3>" + _table(clean.keys(), [clean.values()]))
+        rows = [[b["level"], b["N"], b["K"], b["SAN"], b["SAN_fraction"], b["SAR_overall"],
+                 f"[{_fmt(b['SAR_overall_ci'][0])}, {_fmt(b['SAR_overall_ci'][1])}]"] for b in model["levels"]]
+        parts.append("<h3>Robustness per level</h3>" + _table([unit, "N", "K", "SAN", "SAN fraction", "SAR", "SAR CI"], rows))
+        log_x = noise["kind"] == "nps"
+        parts.append(_img(figures.sar_vs_level(model, unit, log_x), "SAR versus level"))
+        if "CMR" in model["levels"][0]:
+            parts.append("<h3>Confusion Matrix for Robustness</h3>" + _img(figures.cmr_heatmaps(model, unit), "CMR heat maps"))
+        parts.append(_img(figures.exceedance_curves(model, unit), "exceedance curves"))
+        if model["worst_cases"]:
+            parts.append("<h3>Flipped cases</h3>")
+            parts.append(_table(["sample", "level", "SAR_i", "noisy label", "noisy score", "key (seed, sample, level, k)"],
+                                [[c["id"], c["level"], c["SAR"], c["noisy_label"], c["noisy_score"], str(c["key"])] for c in model["worst_cases"]]))
+            if case_images is not None:
+                for case in model["worst_cases"]:
+                    png = case_images(model, case)
+                    if png:
+                        parts.append(_img(png, f"case {case['id']}"))
+    if report.get("spread"):
+        rows = [[e["level"], e["models"], e["models_with_any_flip"], e["SAR_overall_mean"], e["SAR_overall_std"]] for e in report["spread"]["per_level"]]
+        parts.append("<h2>Spread over models</h2>" + _table([unit, "models", "with any flip", "SAR mean", "SAR std"], rows))
+    t = report["timing"]
+    parts.append(f"<p class='small'>{t['inferences']} inferences in {t['wall_seconds']} s ({t['images_per_second']} images/s)</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_html(path: Path, page: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")

@@ -1,0 +1,109 @@
+"""From a validated config to finished reports: open engines, load data, run the campaign, write reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from audit.campaign import AuditedModel, CampaignStats, run_campaign
+from audit.config import AuditConfig
+from audit.data import ArraySource, ManifestSource
+from audit.engines import load_engine
+from audit.heads import head_from, preprocess_from
+from audit.noise_spec import NoiseSpec
+from audit.report import build_report, render_html, write_html, write_json, write_junit
+from kernels import radial_average
+
+
+def open_models(config: AuditConfig) -> list[AuditedModel]:
+    out = []
+    for entry in config.models:
+        engine = load_engine(entry.path, entry.engine, **dict(entry.options))
+        head = head_from(engine.metadata, config.head, str(entry.path))
+        prep = preprocess_from(engine.metadata, config.preprocess, str(entry.path))
+        out.append(AuditedModel(entry.name, engine, head, prep))
+    return out
+
+
+def open_source(data: dict[str, Any]):
+    if "manifest" in data:
+        return ManifestSource(data["manifest"], data.get("spacing"), data.get("class_names", ()))
+    n, seed = int(data.get("n", 100)), int(data.get("seed", 1))
+    if data["phantom"] == "nodules":
+        from models.phantoms.nodules import nodule_cubes
+
+        s = nodule_cubes(n, seed)
+        return ArraySource(s.images, tuple(s.spacing), s.labels, name=f"phantom nodules (n={n}, seed={seed})",
+                           class_names=tuple(s.class_names))
+    from models.phantoms.bodysite import bodysite_slices
+
+    s = bodysite_slices(n, seed)
+    return ArraySource(s.images, tuple(s.spacing), s.labels, name=f"phantom body-site slices (n={n}, seed={seed})",
+                       class_names=tuple(getattr(s, "class_names", ())))
+
+
+def nps_curves(noise: NoiseSpec, shape: Sequence[int], spacing: Sequence[float]):
+    if noise.kind != "nps":
+        return None
+    model = noise.dose_model(shape, spacing)
+    grid = tuple(shape[-2:]), tuple(spacing[-2:])
+    curves = {}
+    f = None
+    for level in noise.levels:
+        f, s, _ = radial_average(model.nps_at(level).on_grid(*grid, half=False), grid[1])
+        curves[f"{level:g} mAs"] = np.maximum(s, 1e-6)
+    return f, curves
+
+
+def case_renderer(source: Any, noise: NoiseSpec, models: Sequence[AuditedModel]):
+    """Regenerate a worst case's noise from its key and draw clean / noisy / difference."""
+    from audit import figures
+
+    by_name = {m.name: m for m in models}
+
+    def render(model: dict, case: dict) -> bytes:
+        hu = source.load([case["sample"]])
+        key = np.array([case["key"]], dtype=np.uint64)
+        noisy = hu + noise.sample(key, case["level"], hu, source.spacing)
+        m = by_name[model["name"]]
+        clean_dec = m.decide(hu)
+        title = (f"{case['id']} at {case['level']:g} {noise.to_dict()['level_unit']}, draw {case['k']}: "
+                 f"label {int(clean_dec.labels[0])} ({float(clean_dec.scores[0]):.3f}) -> {case['noisy_label']} ({case['noisy_score']:.3f})")
+        return figures.case_panel(hu[0], noisy[0], m.preprocess.window, title)
+
+    return render
+
+
+def write_reports(out: Path, models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, stats: CampaignStats,
+                  worst: int = 6, extra: dict | None = None) -> dict[str, Any]:
+    report = build_report(out, models, source, noise, stats, worst=worst, extra=extra)
+    write_json(out / "report.json", report)
+    page = render_html(report, nps_curves=nps_curves(noise, source.shape, source.spacing),
+                       case_images=case_renderer(source, noise, models))
+    write_html(out / "report.html", page)
+    write_junit(out / "junit.xml", report, list(source.ids))
+    return report
+
+
+def run_config(config: AuditConfig, out: Path, *, resume: bool = False, progress: bool | None = None) -> dict[str, Any]:
+    models = open_models(config)
+    source = open_source(dict(config.data))
+    options = config.run if progress is None else type(config.run)(**{**config.run.__dict__, "progress": progress})
+    stats = run_campaign(models, source, config.noise, out, options, resume=resume)
+    return write_reports(out, models, source, config.noise, stats, config.worst)
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    unit = report["noise"]["level_unit"]
+    lines = []
+    for model in report["models"]:
+        lines.append(f"model {model['name']} ({model['head']['task']}): " + ", ".join(
+            f"{k} {v:.3f}" for k, v in model["clean"].items() if isinstance(v, float)))
+        lines.append(f"  {unit:>12} {'SAN':>6} {'SAN frac':>9} {'SAR':>8}  SAR per class")
+        for b in model["levels"]:
+            per = b.get("per_class")
+            cls = "  ".join(f"{n}={'-' if s is None else f'{s:.3f}'}" for n, s in zip(b["class_names"], per["SAR"])) if per else ""
+            lines.append(f"  {b['level']:>12g} {b['SAN']:>6} {b['SAN_fraction']:>9.3f} {b['SAR_overall']:>8.4f}  {cls}")
+    return "\n".join(lines)

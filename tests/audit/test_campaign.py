@@ -1,0 +1,148 @@
+"""The campaign end to end on a planted model whose flip probability is known in closed form."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from audit.campaign import AuditedModel, RunOptions, run_campaign
+from audit.data import ArraySource
+from audit.engines import load_engine
+from audit.heads import head_from, preprocess_from
+from audit.noise_spec import NoiseSpec
+from audit.runner import write_reports
+from tests.audit.conftest import REGION, SHAPE, SPACING, planted_images, write_config, write_manifest
+from tests.audit.planted import region_means
+
+Z99 = 2.576
+
+
+def _open(path):
+    engine = load_engine(path)
+    return AuditedModel("planted", engine, head_from(engine.metadata), preprocess_from(engine.metadata))
+
+
+def _region_mean_sigma(noise: NoiseSpec, level: float) -> float:
+    """Exact sigma of the region mean of NPS noise: sqrt(sum_k |W_k|^2 S_k / (M^2 N dV))."""
+    s = noise.dose_model(SHAPE, (SPACING, SPACING)).nps_at(level).on_grid(SHAPE, (SPACING, SPACING), half=False)
+    w = np.zeros(SHAPE)
+    w[REGION] = 1.0
+    m, n = w.sum(), w.size
+    return float(np.sqrt(np.sum(np.abs(np.fft.fft2(w)) ** 2 * s) / (m * m * n * SPACING * SPACING)))
+
+
+@pytest.mark.parametrize("kind", ["nps", "gaussian"])
+def test_planted_sar_matches_closed_form_per_class_and_dose(tmp_path, planted, kind):
+    images = planted_images(60, spread_hu=6.0)
+    source = ArraySource(images, (SPACING, SPACING))
+    if kind == "nps":
+        noise = NoiseSpec(kind="nps", levels=(25.0, 100.0, 400.0), draws=200, seed=3, preset="standard", sigma_ref=40.0, mas_ref=100.0)
+        sigmas = {lv: _region_mean_sigma(noise, lv) for lv in noise.levels}
+    else:
+        noise = NoiseSpec(kind="gaussian", levels=(20.0, 60.0), draws=200, seed=3)
+        sigmas = {lv: lv / 16.0 for lv in noise.levels}  # white noise: sigma / sqrt(16 * 16)
+    model = _open(planted)
+    run_campaign([model], source, noise, tmp_path / "out", RunOptions(batch_size=128, shard_samples=16))
+    report = write_reports(tmp_path / "out", [model], source, noise, stats=_stats())
+    means = region_means(images, REGION)
+    clean = (means >= 0).astype(int)
+    for block in report["models"][0]["levels"]:
+        p = norm.cdf(-np.abs(means) / sigmas[block["level"]])
+        for c in (0, 1):
+            members = clean == c
+            expected = p[members].mean()
+            half_width = Z99 * np.sqrt(np.sum(p[members] * (1 - p[members])) / noise.draws) / members.sum()
+            measured = block["per_class"]["SAR"][c]
+            assert abs(measured - expected) <= half_width + 1e-12, (kind, block["level"], c, measured, expected, half_width)
+        _check_cmr(block)
+
+
+def _check_cmr(block):
+    cmr = np.array([[np.nan if v is None else v for v in row] for row in block["CMR"]["matrix"]])
+    sar_c = np.array([np.nan if v is None else v for v in block["per_class"]["SAR"]])
+    present = ~np.isnan(sar_c)
+    np.testing.assert_allclose(cmr[:, present].sum(axis=0), 1.0, atol=1e-12)
+    np.testing.assert_allclose(1 - np.diag(cmr)[present], sar_c[present], atol=1e-12)
+
+
+def _stats():
+    from audit.campaign import CampaignStats
+
+    return CampaignStats()
+
+
+def _numbers(report):
+    """The report without what legitimately differs between runs (time stamps, timing)."""
+    r = json.loads(json.dumps(report))
+    r.pop("created")
+    r.pop("timing")
+    for m in r["models"]:
+        m["engine"].pop("path", None)
+        m["engine"].pop("source", None)
+    return r
+
+
+def test_batch_size_does_not_change_the_report(tmp_path, planted):
+    images = planted_images(20, spread_hu=5.0)
+    source = ArraySource(images, (SPACING, SPACING))
+    noise = NoiseSpec(kind="nps", levels=(50.0, 200.0), draws=16, seed=1, sigma_ref=30.0)
+    model = _open(planted)
+    reports = []
+    for batch in (1, 64):
+        out = tmp_path / f"b{batch}"
+        run_campaign([model], source, noise, out, RunOptions(batch_size=batch, shard_samples=8))
+        reports.append(_numbers(write_reports(out, [model], source, noise, _stats())))
+    assert reports[0] == reports[1]
+    assert reports[0]["models"][0]["levels"][0]["SAN"] > 0  # the comparison is not vacuous
+
+
+def _shards(out):
+    return sorted((out / "records").rglob("shard-*.parquet"))
+
+
+def test_killed_run_resumes_without_losing_or_duplicating_records(tmp_path, planted):
+    images = planted_images(48, spread_hu=5.0)
+    labels = (region_means(images, REGION) >= 0).astype(int)
+    manifest = write_manifest(tmp_path / "data", images, labels)
+    noise = "kind = \"nps\"\nlevels = [30, 120, 480]\ndraws = 300\nseed = 7\nsigma_ref = 30.0"
+    config = write_config(tmp_path / "audit.toml", planted, manifest, noise=noise, run="batch_size = 32\nshard_samples = 4")
+    expected_shards = 12 * 3
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "audit", "run", str(config), "--out", str(killed), "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while len(_shards(killed)) < 4 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_at_kill = len(_shards(killed))
+    assert 0 < done_at_kill < expected_shards, f"kill landed outside the run ({done_at_kill} shards)"
+    assert not (killed / "report.json").exists()
+    # Without --resume the folder is refused; with it the run completes.
+    again = subprocess.run([sys.executable, "-m", "audit", "run", str(config), "--out", str(killed)], capture_output=True, text=True)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    resumed = subprocess.run([sys.executable, "-m", "audit", "run", str(config), "--out", str(killed), "--resume"],
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    straight = subprocess.run([sys.executable, "-m", "audit", "run", str(config), "--out", str(tmp_path / "straight")],
+                              capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr
+
+    import pyarrow.parquet as pq
+
+    rows = [pq.read_table(p) for p in _shards(killed)]
+    keys = {(s, lv, k) for t in rows for s, lv, k in zip(t.column("sample").to_pylist(), t.column("level").to_pylist(), t.column("k").to_pylist())}
+    total = sum(t.num_rows for t in rows)
+    assert total == len(keys) == 48 * 300 * 3
+    assert not list(killed.rglob("*.tmp"))
+    a = _numbers(json.loads((killed / "report.json").read_text()))
+    b = _numbers(json.loads((tmp_path / "straight" / "report.json").read_text()))
+    assert a == b
