@@ -124,10 +124,11 @@ def nps_used(f, curves: dict, title: str) -> bytes:
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for label, s in curves.items():
         ax.plot(f, s, label=label)
-    ax.set_yscale("log")
+    ax.set_xlim(0, None)
+    ax.set_ylim(0, None)
     ax.set_xlabel("spatial frequency (1/mm)")
     ax.set_ylabel("NPS (HU$^2$ mm$^2$)")
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title)
     return png_bytes(fig)

@@ -53,7 +53,7 @@ def nps_curves(noise: NoiseSpec, shape: Sequence[int], spacing: Sequence[float])
     f = None
     for level in noise.levels:
         f, s, _ = radial_average(model.nps_at(level).on_grid(*grid, half=False), grid[1])
-        curves[f"{level:g} mAs"] = np.maximum(s, 1e-6)
+        curves[f"{level:g} mAs"] = s
     return f, curves
 
 
