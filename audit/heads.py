@@ -18,9 +18,10 @@ import numpy as np
 
 from audit.engines.base import pick_output
 from audit.errors import ConfigError
+from audit.metrics import batch_dice
 
 TASKS = ("binary", "multiclass", "rating", "regression", "segmentation")
-ACTIVATIONS = ("none", "sigmoid", "softmax")
+ACTIVATIONS = ("none", "sigmoid", "softmax", "beta")
 
 
 @dataclass
@@ -79,6 +80,8 @@ class Head:
         if self.task == "binary":
             if flat.shape[1] == 1:
                 p = _activate(flat[:, 0], self.activation)
+            elif flat.shape[1] == 2 and self.activation == "beta":  # evidential (alpha, beta): P(1) = alpha / (alpha + beta)
+                p = flat[:, 0] / (flat[:, 0] + flat[:, 1])
             elif flat.shape[1] == 2:
                 p = _activate(flat, "softmax" if self.activation == "none" and not _is_prob(flat) else self.activation)[:, 1]
             else:
@@ -99,7 +102,7 @@ class Head:
         if self.task == "regression":
             return np.abs(noisy.scores - clean.scores) > self.tolerance, None
         if self.task == "segmentation":
-            d = dice(clean.masks, noisy.masks)
+            d = batch_dice(clean.masks, noisy.masks).astype(np.float32)
             return d < self.min_dice, d
         return noisy.labels != clean.labels, None
 
@@ -107,14 +110,6 @@ class Head:
         return {"task": self.task, "class_names": list(self.labels_names), "threshold": self.threshold,
                 "activation": self.activation, "output": self.output, "rating_edges": list(self.rating_edges),
                 "tolerance": self.tolerance, "min_dice": self.min_dice}
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Dice per item of two batches of boolean masks; 1 when both are empty."""
-    a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
-    inter = np.logical_and(a, b).sum(axis=1)
-    total = a.sum(axis=1) + b.sum(axis=1)
-    return np.where(total == 0, 1.0, 2.0 * inter / np.maximum(total, 1)).astype(np.float32)
 
 
 def _is_prob(x: np.ndarray) -> bool:
@@ -128,9 +123,6 @@ def _activate(x: np.ndarray, activation: str) -> np.ndarray:
         e = np.exp(x - x.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
     return x
-
-
-_META_TASKS = {"probability": "binary", "probabilities": "multiclass", "rating": "rating", "beta": "binary"}
 
 
 def head_from(metadata: Mapping[str, str], config: Mapping[str, Any] | None = None, source: str = "model") -> Head:
@@ -154,6 +146,11 @@ def head_from(metadata: Mapping[str, str], config: Mapping[str, Any] | None = No
             kwargs["rating_edges"] = tuple(float(v) for v in json.loads(meta["rating_edges"]))
         if meta.get("output"):
             kwargs["output"] = meta["output"]
+        kind = meta.get("output_kind")
+        if kind == "beta":
+            kwargs["activation"] = "beta"
+        elif kind == "mask+contour":
+            kwargs["output"] = kwargs.get("output", "mask")
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{source}: unreadable audit metadata ({exc})") from None
     for key, value in config.items():

@@ -124,14 +124,16 @@ def noise_spec_from(section: Mapping[str, Any], base: Path | None = None) -> Noi
         path = Path(kw["table"])
         path = path if path.is_absolute() or base is None else base / path
         kw["table"] = str(path)
-        kw["table_values"] = _read_table(path)
+        table = read_nps_table(path)
+        kw["table_values"] = tuple(zip(table.freq.tolist(), table.values.tolist()))
     try:
         return NoiseSpec(**kw)
     except TypeError as exc:
         raise ConfigError(f"noise: {exc}") from None
 
 
-def _read_table(path: Path) -> tuple[tuple[float, float], ...]:
+def read_nps_table(path: Path) -> RadialNPS:
+    """A radial NPS from a CSV with columns ``freq`` (1/mm) and ``nps`` (HU^2 mm^2)."""
     import csv
 
     from audit.errors import InputError
@@ -139,11 +141,15 @@ def _read_table(path: Path) -> tuple[tuple[float, float], ...]:
     try:
         with path.open(newline="") as fh:
             rows = list(csv.DictReader(fh))
-        values = tuple((float(r["freq"]), float(r["nps"])) for r in rows)
+        values = [(float(r["freq"]), float(r["nps"])) for r in rows]
     except OSError as exc:
         raise InputError(f"{path}: cannot read the NPS table ({exc.strerror or exc})") from None
     except (KeyError, ValueError, TypeError):
-        raise InputError(f"{path}: expected a CSV with numeric columns 'freq,nps' (1/mm, HU^2 mm^2)") from None
+        raise InputError(f"{path}: expected a CSV with a header 'freq,nps' and numeric values (1/mm, HU^2 mm^2)") from None
     if len(values) < 2:
         raise InputError(f"{path}: expected at least 2 rows in the NPS table")
-    return values
+    try:
+        f, s = zip(*values)
+        return RadialNPS(np.array(f), np.array(s), path.name)
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 from pathlib import Path
 
@@ -11,7 +10,8 @@ import numpy as np
 
 from audit.atomic import atomic_path
 from audit.errors import InputError
-from kernels import DoseModel, NoiseKey, RadialNPS, estimate_nps, nps_noise, preset, radial_average, texture
+from audit.noise_spec import read_nps_table
+from kernels import DoseModel, NoiseKey, estimate_nps, nps_noise, preset, radial_average, texture
 from kernels.nps import PRESET_WINDOWS, grid_variance
 
 
@@ -34,31 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     check.set_defaults(func=run_check)
 
 
-def _read_table(path: Path) -> RadialNPS:
-    try:
-        with path.open(newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the NPS table ({exc.strerror or exc})") from None
-    if not rows or not {"freq", "nps"} <= set(rows[0]):
-        raise InputError(f"{path}: expected a CSV with a header 'freq,nps' (1/mm, HU^2 mm^2)")
-    try:
-        freq = [float(r["freq"]) for r in rows]
-        values = [float(r["nps"]) for r in rows]
-    except ValueError as exc:
-        raise InputError(f"{path}: non-numeric value in the NPS table ({exc})") from None
-    try:
-        return RadialNPS(np.array(freq), np.array(values), path.name)
-    except ValueError as exc:
-        raise InputError(f"{path}: {exc}") from None
-
-
 def run_check(args: argparse.Namespace) -> int:
     if args.size < 16 or args.draws < 10:
         raise InputError(f"--size must be >= 16 and --draws >= 10, got {args.size} and {args.draws}")
     shape, spacing = (args.size, args.size), (args.spacing, args.spacing)
     if args.table is not None:
-        model = DoseModel(_read_table(args.table), args.mas_ref, args.electronic)
+        model = DoseModel(read_nps_table(args.table), args.mas_ref, args.electronic)
         label = f"table {args.table.name}"
     else:
         model = DoseModel(preset(args.preset, args.sigma), args.mas_ref, args.electronic)
