@@ -106,7 +106,7 @@ def build(name: str, variant: str | None = None, *, out: str | os.PathLike, fold
 def _run(recipe: registry.Recipe, out: Path, *, progress: bool | None, log: Callable[[str], None] | None) -> BuildResult:
     bp = registry.get(recipe.model).blueprint(recipe.variant)
     rhash = cache.recipe_hash(recipe)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     data = bp.make_data(recipe.samples, recipe.data_seed)
     splits = training.make_splits(data.strata, recipe)
     t_data = time.perf_counter() - t0
@@ -147,7 +147,7 @@ def _run(recipe: registry.Recipe, out: Path, *, progress: bool | None, log: Call
         "models": records, "summary": summarize([a.test for a in artifacts]),
         "primary": artifacts[0].onnx.name,
         "timing_s": {"data": round(t_data, 2), "train": round(t_train, 2), "export": round(t_export, 2),
-                     "total": round(time.perf_counter() - t0, 2)},
+                     "total": round(time.perf_counter() - t0, 2), "cpu": round(time.process_time() - c0, 2)},
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
     _write_json(out / "metrics.json", metrics)

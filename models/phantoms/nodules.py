@@ -9,10 +9,10 @@ Notes
 -----
 The classes overlap by construction, so that a good model reaches an AUC near
 0.9 rather than 1.0. Every nodule has a latent aggressiveness ``a``: N(0, 1)
-for benign and N(2.2, 1) for malignant nodules, so no classifier of the image
-can exceed the AUC of ``a`` itself, Phi(2.2 / sqrt 2) = 0.94. Size, lobulation,
+for benign and N(2.5, 1) for malignant nodules, so no classifier of the image
+can exceed the AUC of ``a`` itself, Phi(2.5 / sqrt 2) = 0.96. Size, lobulation,
 spiculation, calcification and halo are each a *noisy* function of ``a``, so
-size alone (the volume) reaches only about 0.8. The malignancy rating (1-5) is
+size alone (the volume) reaches only about 0.85-0.9. The malignancy rating (1-5) is
 ``a`` plus reader noise, cut at fixed thresholds, like a radiologist's score.
 """
 
@@ -31,7 +31,7 @@ PARENCHYMA_HU = -850.0
 CLASS_NAMES = ("benign", "malignant")
 FPR_CLASS_NAMES = ("not_nodule", "nodule")
 #: Latent aggressiveness of malignant nodules (benign ones centre on 0, both unit variance).
-MALIGNANT_SHIFT = 2.2
+MALIGNANT_SHIFT = 2.5
 #: Reader thresholds on a + N(0, 0.5) that give ratings 1..5.
 RATING_CUTS = (0.0, 0.8, 1.5, 2.3)
 
