@@ -46,7 +46,13 @@ class AuditedModel:
                 "preprocess": {"hu_window": list(self.preprocess.window), "clip": self.preprocess.clip}}
 
     def decide(self, hu: np.ndarray) -> Decisions:
-        x = self.preprocess(hu, len(self.engine.input_spec.shape))
+        return self.decide_input(self.prepare(hu))
+
+    def prepare(self, hu: np.ndarray) -> np.ndarray:
+        """HU batch -> the engine's input (window, channel axis, float32)."""
+        return self.preprocess(hu, len(self.engine.input_spec.shape))
+
+    def decide_input(self, x: np.ndarray) -> Decisions:
         return self.head.decide(self.engine.run(x), self.name)
 
 
@@ -168,7 +174,13 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
                                         axis=1).astype(np.uint64)
                         noisy = hu[rows] + noise.sample(keys, level, hu[rows], source.spacing, workers=options.noise_workers,
                                                         model=dose_models.get("model"))
-                        put(("batch", level, rows, draws, noisy, time.perf_counter() - t0))
+                        # Preprocess here, off the engine's thread; models sharing a preprocessing share the input.
+                        inputs: dict[Any, np.ndarray] = {}
+                        for m in models:
+                            key = (m.preprocess, len(m.engine.input_spec.shape))
+                            if key not in inputs:
+                                inputs[key] = m.prepare(noisy)
+                        put(("batch", level, rows, draws, inputs, time.perf_counter() - t0))
                     put(("level_end", level))
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
             put(("error", exc))
@@ -202,11 +214,11 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
                                                    "clean_label": clean[m.name].labels, "clean_score": clean[m.name].scores})
                 acc = {m.name: {c: [] for c in records.RECORD_COLUMNS} for m in models}
             elif kind == "batch":
-                _, level, rows, draws, noisy, noise_s = item
+                _, level, rows, draws, inputs, noise_s = item
                 stats.noise_seconds += noise_s
                 for m in models:
                     t0 = time.perf_counter()
-                    dec = m.decide(noisy)
+                    dec = m.decide_input(inputs[(m.preprocess, len(m.engine.input_spec.shape))])
                     stats.engine_seconds += time.perf_counter() - t0
                     ref = clean[m.name].take(rows)
                     flipped, dice = m.head.flipped(ref, dec)
