@@ -22,7 +22,7 @@ import numpy as np
 from audit import records
 from audit.atomic import atomic_path
 from audit.campaign import AuditedModel, CampaignStats
-from audit.metrics import accuracy, binary_performance, macro_f1, precision_recall_f1, robustness_summary
+from audit.metrics import accuracy, binary_performance, macro_f1, precision_recall_f1, robustness_summary, two_proportion_z_test
 from audit.noise_spec import NoiseSpec
 
 SCHEMA = "audit-report/1"
@@ -124,19 +124,67 @@ def spread(model_blocks: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {"per_level": out}
 
 
+MAX_COMPARED_MODELS = 4
+
+
+def compare_models(a: AuditedModel, b: AuditedModel, clean_a: records.CleanRecords, clean_b: records.CleanRecords,
+                   levels_a: dict, levels_b: dict) -> dict[str, Any]:
+    """Decision-level equivalence of two artifacts of one model on the same draws.
+
+    Per level: the agreement of their perturbed decisions, the CMR between them
+    (rows: B's label, columns: A's label, over all perturbed inferences), and the
+    two-proportion Z-test of their SARs overall and per class of A's clean label.
+    """
+    c = a.head.n_classes
+    out: dict[str, Any] = {"a": a.name, "b": b.name, "clean_agreement": float(np.mean(clean_a.labels == clean_b.labels)),
+                           "per_level": []}
+    for level in levels_a:
+        ra, rb = levels_a[level], levels_b[level]
+        n, k = ra.flipped.shape
+        entry: dict[str, Any] = {"level": level, "decision_agreement": float(np.mean(ra.labels == rb.labels)),
+                                 "flip_agreement": float(np.mean(ra.flipped == rb.flipped))}
+        sar_a, sar_b = float(ra.flipped.mean()), float(rb.flipped.mean())
+        z = two_proportion_z_test(sar_a, n * k, sar_b, n * k)
+        entry["SAR"] = {"a": sar_a, "b": sar_b, "z": z.z, "p_value": z.p_value, "rejects_equality_95": bool(z.rejects())}
+        if c and a.head.n_classes == b.head.n_classes:
+            counts = np.zeros((c, c))
+            np.add.at(counts, (rb.labels.ravel(), ra.labels.ravel()), 1)
+            with np.errstate(invalid="ignore"):
+                entry["CMR_between"] = {"matrix": counts / counts.sum(axis=0, keepdims=True), "rows": f"{b.name} label",
+                                        "columns": f"{a.name} label", "class_order": list(a.head.labels_names)}
+            per_class = []
+            for cls in range(c):
+                members = clean_a.labels == cls
+                if members.any():
+                    pa, pb = float(ra.flipped[members].mean()), float(rb.flipped[members].mean())
+                    zc = two_proportion_z_test(pa, int(members.sum()) * k, pb, int(members.sum()) * k)
+                    per_class.append({"class": a.head.labels_names[cls], "SAR_a": pa, "SAR_b": pb, "z": zc.z, "p_value": zc.p_value})
+            entry["per_class"] = per_class
+        out["per_level"].append(entry)
+    return out
+
+
 def build_report(out: Path, models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, stats: CampaignStats,
                  *, extra: dict[str, Any] | None = None, worst: int = WORST_CASES) -> dict[str, Any]:
     n, k = len(source), noise.draws
     model_blocks = []
+    loaded = []
     for m in models:
         clean = records.load_clean(out, m.name, n)
         by_level = {lv: records.load_level(out, m.name, lv, noise.level_key(lv), n, k) for lv in noise.levels}
+        loaded.append((m, clean, by_level))
         model_blocks.append({
             **m.describe(),
             "clean": clean_performance(m, clean),
             "levels": [level_block(m, clean, by_level[lv], k) for lv in noise.levels],
             "worst_cases": worst_cases(by_level, noise, source.ids, worst),
         })
+    comparisons = []
+    if 2 <= len(loaded) <= MAX_COMPARED_MODELS:
+        for i in range(len(loaded)):
+            for j in range(i + 1, len(loaded)):
+                (ma, ca, la), (mb, cb, lb) = loaded[i], loaded[j]
+                comparisons.append(compare_models(ma, mb, ca, cb, la, lb))
     labels = getattr(source, "labels", None)
     data = {"source": getattr(source, "name", "data"), "N": n, "shape": list(source.shape), "spacing_mm": list(source.spacing),
             "class_names": list(getattr(source, "class_names", ()) or ()),
@@ -149,6 +197,7 @@ def build_report(out: Path, models: Sequence[AuditedModel], source: Any, noise: 
         "noise": noise.to_dict(),
         "models": model_blocks,
         "spread": spread(model_blocks),
+        "comparisons": comparisons,
         "attacks": [],
         "timing": stats.to_dict(),
     }
