@@ -25,7 +25,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-SECTIONS = ("model", "head", "preprocess", "data", "noise", "run", "report")
+SECTIONS = ("model", "head", "preprocess", "data", "noise", "run", "report", "scan_arm")
+SCAN_ARM_KEYS = ("source", "mas", "scans", "draws", "seed", "patch_mm", "overlap")
 MODEL_KEYS = ("path", "name", "engine", "threads", "providers", "precision", "max_batch")
 DATA_KEYS = ("manifest", "phantom", "n", "seed", "spacing", "class_names")
 RUN_KEYS = ("batch_size", "shard_samples", "noise_workers", "prefetch")
@@ -50,6 +51,7 @@ class AuditConfig:
     run: RunOptions
     worst: int = 6
     base: Path = Path(".")
+    scan_arm: Mapping[str, Any] | None = None
 
 
 def _section(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -70,7 +72,7 @@ def parse_config(raw: Mapping[str, Any], base: Path) -> AuditConfig:
         if key not in SECTIONS:
             raise ConfigError(f"{key}: unknown section; allowed: {', '.join(SECTIONS)}")
     # Unknown keys anywhere come first: a typo is the likeliest mistake.
-    for name, allowed in (("data", DATA_KEYS), ("run", RUN_KEYS), ("report", ("worst",))):
+    for name, allowed in (("data", DATA_KEYS), ("run", RUN_KEYS), ("report", ("worst",)), ("scan_arm", SCAN_ARM_KEYS)):
         _check_keys(name, _section(raw, name), allowed)
     noise = noise_spec_from(_section(raw, "noise"), base)
     models_raw = raw.get("model")
@@ -101,8 +103,14 @@ def parse_config(raw: Mapping[str, Any], base: Path) -> AuditConfig:
         p = Path(data["manifest"])
         data["manifest"] = p if p.is_absolute() else base / p
     run, report = _section(raw, "run"), _section(raw, "report")
+    arm = _section(raw, "scan_arm") if "scan_arm" in raw else None
+    if arm is not None:
+        if arm.get("source", "phantom_scanner") != "phantom_scanner":
+            raise ConfigError(f"scan_arm.source: expected 'phantom_scanner' (DICOM series come later), got {arm['source']!r}")
+        if not isinstance(arm.get("mas"), (int, float)) or arm["mas"] <= 0:
+            raise ConfigError(f"scan_arm.mas: expected a positive dose in mAs, got {arm.get('mas')!r}")
     return AuditConfig(tuple(models), _section(raw, "head"), _section(raw, "preprocess"), data, noise, RunOptions(**run),
-                       int(report.get("worst", 6)), base)
+                       int(report.get("worst", 6)), base, arm)
 
 
 def load_config(path: str | Path) -> AuditConfig:

@@ -92,7 +92,16 @@ def run_config(config: AuditConfig, out: Path, *, resume: bool = False, progress
     source = open_source(dict(config.data))
     options = config.run if progress is None else type(config.run)(**{**config.run.__dict__, "progress": progress})
     stats = run_campaign(models, source, config.noise, out, options, resume=resume)
-    return write_reports(out, models, source, config.noise, stats, config.worst)
+    extra = None
+    if config.scan_arm is not None:
+        from audit.scan_arm import phantom_scanner_arm, scan_arm
+
+        arm = dict(config.scan_arm)
+        phantoms = phantom_scanner_arm(float(arm["mas"]), int(arm.get("scans", 20)), int(arm.get("seed", 0)))
+        extra = {"scan_arm": [dict(scan_arm(m, phantoms, draws=int(arm.get("draws", 100)), seed=int(arm.get("seed", 0)),
+                                            patch_mm=float(arm.get("patch_mm", 6.8)), overlap=float(arm.get("overlap", 0.3))),
+                                   mas=float(arm["mas"])) for m in models]}
+    return write_reports(out, models, source, config.noise, stats, config.worst, extra)
 
 
 def summary_table(report: dict[str, Any]) -> str:

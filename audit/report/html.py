@@ -75,6 +75,13 @@ def render_html(report: dict[str, Any], *, nps_curves: tuple[np.ndarray, dict] |
                     png = case_images(model, case)
                     if png:
                         parts.append(_img(png, f"case {case['id']}"))
+    for arm in report.get("scan_arm", []):
+        parts.append(f"<h2>Repeated scans vs simulated noise: {html.escape(arm['model'])} at {arm['mas']:g} mAs</h2>")
+        parts.append(_table(["phantom", "scans", "draws", "clean label", "SAR real", "SAR simulated", "sigma (HU)"],
+                            [[p["phantom"], p["scans"], p["draws"], arm["class_order"][p["clean_label"]], p["SAR_real"],
+                              p["SAR_simulated"], p["sigma_real_hu"]] for p in arm["per_phantom"]]))
+        parts.append(f"<p>CMR Z-test, real vs simulated: max |Z| = {_fmt(arm['max_abs_z'])}, "
+                     f"{arm['entries_rejecting_95']} entries reject equality at 95%.</p>")
     if report.get("spread"):
         rows = [[e["level"], e["models"], e["models_with_any_flip"], e["SAR_overall_mean"], e["SAR_overall_std"]] for e in report["spread"]["per_level"]]
         parts.append("<h2>Spread over models</h2>" + _table([unit, "models", "with any flip", "SAR mean", "SAR std"], rows))
