@@ -27,7 +27,7 @@ else:  # pragma: no cover
 
 SECTIONS = ("model", "head", "preprocess", "data", "noise", "run", "report", "scan_arm")
 SCAN_ARM_KEYS = ("source", "mas", "scans", "draws", "seed", "patch_mm", "overlap")
-MODEL_KEYS = ("path", "name", "engine", "threads", "providers", "precision", "max_batch")
+MODEL_KEYS = ("path", "name", "engine", "threads", "providers", "optimization", "precision", "max_batch")
 DATA_KEYS = ("manifest", "phantom", "n", "seed", "spacing", "class_names")
 RUN_KEYS = ("batch_size", "shard_samples", "noise_workers", "prefetch")
 PHANTOMS = ("nodules", "bodysite")
@@ -91,7 +91,7 @@ def parse_config(raw: Mapping[str, Any], base: Path) -> AuditConfig:
         engine = m.get("engine", "onnxruntime")
         if engine not in ("onnxruntime", "tensorrt"):
             raise ConfigError(f"model.engine: expected 'onnxruntime' or 'tensorrt', got {engine!r}")
-        options = {k: m[k] for k in ("threads", "providers") if k in m} if engine == "onnxruntime" else \
+        options = {k: m[k] for k in ("threads", "providers", "optimization") if k in m} if engine == "onnxruntime" else \
                   {k: m[k] for k in ("precision", "max_batch") if k in m}
         models.append(ModelEntry(path, str(m.get("name", path.stem)), engine, options))
     data = _section(raw, "data")

@@ -22,7 +22,7 @@ import numpy as np
 from audit import records
 from audit.atomic import atomic_path
 from audit.campaign import AuditedModel, CampaignStats
-from audit.metrics import accuracy, binary_performance, macro_f1, precision_recall_f1, robustness_summary, two_proportion_z_test
+from audit.metrics import accuracy, binary_performance, macro_f1, precision_recall_f1, delong_test, robustness_summary, two_proportion_z_test
 from audit.noise_spec import NoiseSpec
 
 SCHEMA = "audit-report/1"
@@ -81,6 +81,11 @@ def level_block(model: AuditedModel, clean: records.CleanRecords, rec: records.L
         if rec.dice is not None:
             summary["dice_mean"] = float(np.nanmean(rec.dice))
     summary["level"] = rec.level
+    known = clean.true_labels >= 0
+    if head.task == "binary" and known.any() and len(np.unique(clean.true_labels[known])) == 2:
+        # Clean vs noisy AUC on the same cases (draw k = 0 of each sample), DeLong's test for correlated AUCs.
+        t = delong_test(clean.true_labels[known], clean.scores[known], rec.scores[known, 0])
+        summary["auc"] = {"clean": t.auc_a, "noisy_draw0": t.auc_b, "z": t.z, "p_value": t.p_value, "test": "DeLong"}
     return summary
 
 
@@ -138,6 +143,10 @@ def compare_models(a: AuditedModel, b: AuditedModel, clean_a: records.CleanRecor
     c = a.head.n_classes
     out: dict[str, Any] = {"a": a.name, "b": b.name, "clean_agreement": float(np.mean(clean_a.labels == clean_b.labels)),
                            "per_level": []}
+    known = clean_a.true_labels >= 0
+    if a.head.task == b.head.task == "binary" and known.any() and len(np.unique(clean_a.true_labels[known])) == 2:
+        t = delong_test(clean_a.true_labels[known], clean_a.scores[known], clean_b.scores[known])
+        out["clean_auc"] = {"a": t.auc_a, "b": t.auc_b, "z": t.z, "p_value": t.p_value, "test": "DeLong"}
     for level in levels_a:
         ra, rb = levels_a[level], levels_b[level]
         n, k = ra.flipped.shape
@@ -204,6 +213,21 @@ def build_report(out: Path, models: Sequence[AuditedModel], source: Any, noise: 
     if extra:
         report.update(extra)
     return _plain(report)
+
+
+def check_report(report: dict[str, Any], atol: float = 1e-9) -> None:
+    """Invariants every report must hold (CMR columns sum to 1, 1 - diag = SAR_c); AssertionError names the breach."""
+    for model in report["models"]:
+        for block in model["levels"]:
+            if "CMR" not in block:
+                continue
+            cmr = np.array([[np.nan if v is None else v for v in row] for row in block["CMR"]["matrix"]], float)
+            sar = np.array([np.nan if v is None else v for v in block["per_class"]["SAR"]], float)
+            present = ~np.isnan(sar)
+            if not np.allclose(cmr[:, present].sum(axis=0), 1.0, atol=atol):
+                raise AssertionError(f"{model['name']} level {block['level']}: CMR columns do not sum to 1")
+            if not np.allclose(1.0 - np.diag(cmr)[present], sar[present], atol=atol):
+                raise AssertionError(f"{model['name']} level {block['level']}: 1 - diag(CMR) != SAR_c")
 
 
 def write_json(path: Path, report: dict[str, Any]) -> None:

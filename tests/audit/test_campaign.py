@@ -18,6 +18,7 @@ from audit.data import ArraySource
 from audit.engines import load_engine
 from audit.heads import head_from, preprocess_from
 from audit.noise_spec import NoiseSpec
+from audit.report import check_report
 from audit.runner import write_reports
 from tests.audit.conftest import REGION, SHAPE, SPACING, planted_images, write_config, write_manifest
 from tests.audit.planted import region_means
@@ -63,6 +64,7 @@ def test_planted_sar_matches_closed_form_per_class_and_dose(tmp_path, planted, k
             measured = block["per_class"]["SAR"][c]
             assert abs(measured - expected) <= half_width + 1e-12, (kind, block["level"], c, measured, expected, half_width)
         _check_cmr(block)
+    check_report(report)
 
 
 def _check_cmr(block):

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from audit.report import check_report
+
 from tests.audit.conftest import REGION, planted_images, write_config, write_manifest
 from tests.audit.planted import planted_model, region_means
 
@@ -33,11 +35,14 @@ def test_run_writes_the_three_reports(setup):
     proc = _audit("run", config, "--out", tmp / "out")
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp / "out" / "report.json").read_text())
+    check_report(report)
     assert report["schema"] == "audit-report/1"
     m = report["models"][0]
     assert m["engine"]["sha256"] and m["head"]["task"] == "binary" and report["noise"]["levels"] == [50, 200]
     assert [b["N"] for b in m["levels"]] == [12, 12] and m["clean"]["N_labelled"] == 12
     assert m["clean"]["accuracy"] == 1.0  # labels were made from the planted rule
+    auc = m["levels"][0]["auc"]
+    assert auc["clean"] == 1.0 and auc["test"] == "DeLong" and 0.5 <= auc["noisy_draw0"] <= 1.0
     xml = (tmp / "out" / "junit.xml").read_text()
     assert xml.count("<testcase") == 12 * 2
     assert "<html" in (tmp / "out" / "report.html").read_text()

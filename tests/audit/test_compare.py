@@ -16,7 +16,7 @@ from audit.engines import load_engine
 from audit.heads import head_from, preprocess_from
 from audit.noise_spec import NoiseSpec
 from audit.quantize import quantize_int8
-from audit.report import build_report
+from audit.report import build_report, check_report
 from tests.audit.conftest import SPACING, planted_images
 
 
@@ -76,6 +76,7 @@ def test_int8_artifact_is_compared_to_fp32_at_the_decision_level(tmp_path):
     noise = NoiseSpec(kind="nps", levels=(25.0, 400.0), draws=10, seed=0, sigma_ref=60.0)
     stats = run_campaign(models, source, noise, tmp_path / "out", RunOptions(shard_samples=16))
     report = build_report(tmp_path / "out", models, source, noise, CampaignStats())
+    check_report(report)
     (cmp,) = report["comparisons"]
     assert cmp["a"] == "fp32" and cmp["b"] == "int8"
     for entry in cmp["per_level"]:
@@ -85,3 +86,15 @@ def test_int8_artifact_is_compared_to_fp32_at_the_decision_level(tmp_path):
         np.testing.assert_allclose(mat[:, present].sum(axis=0), 1.0)
         assert 0.0 <= entry["SAR"]["p_value"] <= 1.0
     assert stats.inferences == 2 * 40 * 10 * 2
+
+
+def test_check_report_catches_a_broken_cmr(tmp_path, planted):
+    models = [_open(planted, "a")]
+    source = ArraySource(planted_images(12, spread_hu=5.0), (SPACING, SPACING))
+    noise = NoiseSpec(kind="gaussian", levels=(30.0,), draws=6, seed=2)
+    run_campaign(models, source, noise, tmp_path / "out", RunOptions(shard_samples=8))
+    report = build_report(tmp_path / "out", models, source, noise, CampaignStats())
+    check_report(report)
+    report["models"][0]["levels"][0]["CMR"]["matrix"][0][0] = 0.123
+    with pytest.raises(AssertionError, match="CMR"):
+        check_report(report)
