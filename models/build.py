@@ -59,17 +59,17 @@ class BuildResult:
         return self.artifacts[0].onnx
 
 
-def prepare_out(out: str | os.PathLike) -> Path:
-    """Create ``out`` if needed and check that it is a writable folder; ``InputError`` otherwise."""
+def prepare_out(out: str | os.PathLike, label: str = "--out") -> Path:
+    """Create ``out`` if needed and check that it is a writable folder; ``InputError`` naming ``label`` otherwise."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a directory")
+        raise InputError(f"{label} {out}: exists and is not a directory")
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise InputError(f"--out {out}: cannot write there ({exc.strerror or exc}); expected a writable directory") from None
+        raise InputError(f"{label} {out}: cannot write there ({exc.strerror or exc}); expected a writable directory") from None
     return out
 
 
@@ -225,7 +225,7 @@ def cached_build(name: str, variant: str | None = None, *, quick: bool = False, 
         except InputError:
             pass
         shutil.rmtree(target, ignore_errors=True)
-    prepare_out(target.parent)
+    prepare_out(target.parent, f"model cache (${cache.ENV_VAR})")
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         _run(recipe, tmp, progress=progress, log=log)
