@@ -7,6 +7,8 @@ import importlib
 import numpy as np
 import pytest
 
+pytest_plugins = ["pytester"]  # tests of our own pytest plugin run pytest in a scratch project
+
 
 def _cupy_reason() -> str | None:
     """Why CuPy tests cannot run here, or None if they can."""
