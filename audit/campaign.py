@@ -105,8 +105,13 @@ def _progress(total: int, enabled: bool | None, desc: str):
 
 
 def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, out: Path, options: RunOptions = RunOptions(),
-                 *, resume: bool = False) -> CampaignStats:
-    """Run (or finish, with ``resume``) a campaign; records land under ``out/records``."""
+                 *, resume: bool = False, draws: tuple[int, int] | None = None,
+                 levels: Sequence[float] | None = None) -> CampaignStats:
+    """Run (or finish, with ``resume``) a campaign; records land under ``out/records``.
+
+    ``draws = (k0, k1)`` runs only draws k0 <= k < k1 (the sequential gate's rounds; the keys are
+    those of a full run, so a round is exactly a slice of it) and ``levels`` a subset of the levels.
+    """
     out = Path(out)
     if not models:
         raise ConfigError("models: expected at least one model to audit")
@@ -129,18 +134,24 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
         with atomic_path(marker) as tmp:
             tmp.write_text(json.dumps({"fingerprint": fp, "noise": noise.to_dict(), "models": names}, indent=1))
 
-    n, k = len(source), noise.draws
+    n = len(source)
+    k0, k1 = (0, noise.draws) if draws is None else (int(draws[0]), int(draws[1]))
+    if not 0 <= k0 < k1 <= noise.draws:
+        raise ConfigError(f"draws: expected 0 <= k0 < k1 <= {noise.draws}, got ({k0}, {k1})")
+    k = k1 - k0
+    span = None if (k0, k1) == (0, noise.draws) else (k0, k1)
+    wanted = list(noise.levels) if levels is None else [lv for lv in noise.levels if lv in set(levels)]
     firsts = list(range(0, n, options.shard_samples))
     todo: list[tuple[int, list[float]]] = []
     stats = CampaignStats()
     for first in firsts:
         size = min(options.shard_samples, n - first)
-        levels = [lv for lv in noise.levels if not all(
-            records.shard_done(records.shard_path(out, m.name, noise.level_key(lv), first), size * k) for m in models)]
+        todo_levels = [lv for lv in wanted if not all(
+            records.shard_done(records.shard_path(out, m.name, noise.level_key(lv), first, span), size * k) for m in models)]
         clean_missing = not all(records.shard_done(records.clean_path(out, m.name, first), size) for m in models)
-        stats.shards_reused += len(noise.levels) - len(levels)
-        if levels or clean_missing:
-            todo.append((first, levels))
+        stats.shards_reused += len(wanted) - len(todo_levels)
+        if todo_levels or clean_missing:
+            todo.append((first, todo_levels))
     total = sum(min(options.shard_samples, n - f) * k * len(lv) for f, lv in todo)
     dose_models = {}
     if noise.kind == "nps":
@@ -168,9 +179,9 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
                         if stop.is_set():
                             return
                         flat = np.arange(lo, min(lo + options.batch_size, idx.size * k))
-                        rows, draws = flat // k, flat % k
+                        rows, ks = flat // k, k0 + flat % k
                         t0 = time.perf_counter()
-                        keys = np.stack([np.full(flat.size, noise.seed), idx[rows], np.full(flat.size, noise.level_key(level)), draws],
+                        keys = np.stack([np.full(flat.size, noise.seed), idx[rows], np.full(flat.size, noise.level_key(level)), ks],
                                         axis=1).astype(np.uint64)
                         noisy = hu[rows] + noise.sample(keys, level, hu[rows], source.spacing, workers=options.noise_workers,
                                                         model=dose_models.get("model"))
@@ -180,7 +191,7 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
                             key = (m.preprocess, len(m.engine.input_spec.shape))
                             if key not in inputs:
                                 inputs[key] = m.prepare(noisy)
-                        put(("batch", level, rows, draws, inputs, time.perf_counter() - t0))
+                        put(("batch", level, rows, ks, inputs, time.perf_counter() - t0))
                     put(("level_end", level))
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
             put(("error", exc))
@@ -214,7 +225,7 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
                                                    "clean_label": clean[m.name].labels, "clean_score": clean[m.name].scores})
                 acc = {m.name: {c: [] for c in records.RECORD_COLUMNS} for m in models}
             elif kind == "batch":
-                _, level, rows, draws, inputs, noise_s = item
+                _, level, rows, ks, inputs, noise_s = item
                 stats.noise_seconds += noise_s
                 for m in models:
                     t0 = time.perf_counter()
@@ -225,7 +236,7 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
                     a = acc[m.name]
                     a["sample"].append(shard_idx[rows].astype(np.int64))
                     a["level"].append(np.full(rows.size, float(level)))
-                    a["k"].append(draws.astype(np.int32))
+                    a["k"].append(ks.astype(np.int32))
                     a["clean_label"].append(ref.labels)
                     a["label"].append(dec.labels)
                     a["score"].append(dec.scores)
@@ -236,7 +247,7 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
             elif kind == "level_end":
                 level = item[1]
                 for m in models:
-                    path = records.shard_path(out, m.name, noise.level_key(level), first)
+                    path = records.shard_path(out, m.name, noise.level_key(level), first, span)
                     cols = {c: np.concatenate(v) for c, v in acc[m.name].items()}
                     if not records.shard_done(path, shard_idx.size * k):
                         records.write_table(path, cols)

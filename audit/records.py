@@ -24,8 +24,10 @@ RECORD_COLUMNS = ("sample", "level", "k", "clean_label", "label", "score", "flip
 CLEAN_COLUMNS = ("sample", "true_label", "clean_label", "clean_score")
 
 
-def shard_path(root: Path, model: str, level_key: int, first: int) -> Path:
-    return root / "records" / model / f"level-{level_key}" / f"shard-{first:08d}.parquet"
+def shard_path(root: Path, model: str, level_key: int, first: int, draws: tuple[int, int] | None = None) -> Path:
+    """A shard of all K draws, or of draws k0 <= k < k1 only (a sequential round)."""
+    suffix = "" if draws is None else f"-k{draws[0]:06d}-{draws[1]:06d}"
+    return root / "records" / model / f"level-{level_key}" / f"shard-{first:08d}{suffix}.parquet"
 
 
 def clean_path(root: Path, model: str, first: int) -> Path:
