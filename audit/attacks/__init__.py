@@ -1,0 +1,43 @@
+"""Gradient attacks through torch autograd; the deployed artifact decides what counts as a success.
+
+``ATTACKS`` maps a name to its class (an explicit registry; nothing is built
+from strings). ``build_attack(name, target, **params)`` checks the name and the
+parameters. ``run_attack(attack, model, hu)`` re-runs every candidate through
+the deployed engine and reports both success rates (twin and deployed).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from audit.attacks.base import HU_RANGE, Attack, AttackResult, Candidates, Target, run_attack
+from audit.attacks.nps_ascent import NPSAscent, project_to_nps
+from audit.attacks.pgd import PGD
+from audit.attacks.twin import Twin, torch_twin
+from audit.errors import ConfigError
+
+#: Attack name -> class.
+ATTACKS: dict[str, type[Attack]] = {
+    PGD.name: PGD,
+    NPSAscent.name: NPSAscent,
+}
+
+
+def build_attack(name: str, target: Target, **params: Any) -> Attack:
+    """The attack ``name`` on ``target``; ``ConfigError`` for an unknown name or parameter."""
+    if name not in ATTACKS:
+        raise ConfigError(f"attack.name: unknown attack {name!r}; expected one of {sorted(ATTACKS)}")
+    import inspect
+
+    allowed = [p for p in inspect.signature(ATTACKS[name].__init__).parameters if p not in ("self", "target")]
+    for key in params:
+        if key not in allowed:
+            raise ConfigError(f"attack.{key}: unknown parameter of attack {name!r}; allowed: {', '.join(allowed)}")
+    try:
+        return ATTACKS[name](target, **params)
+    except TypeError as exc:
+        raise ConfigError(f"attack {name!r}: {exc}") from None
+
+
+__all__ = ["ATTACKS", "HU_RANGE", "Attack", "AttackResult", "Candidates", "NPSAscent", "PGD", "Target", "Twin",
+           "build_attack", "project_to_nps", "run_attack", "torch_twin"]

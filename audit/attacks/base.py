@@ -1,0 +1,312 @@
+"""The one small interface every attack implements, and the loop in which the deployed artifact decides.
+
+An ``Attack`` holds a ``Target`` (the differentiable twin with the model's
+preprocessing and head) and maps a batch of clean HU images to candidate
+perturbed inputs: ``perturb(hu, generator) -> Candidates`` with K candidates per
+sample. It works in one of two spaces:
+
+- ``"hu"``: the variable is the HU image; the twin sees ``preprocess(hu + p)``,
+  exactly as in a noise campaign (noise is added in HU before preprocessing);
+  the valid range is ``hu_range`` (default [-1024, 3071] HU);
+- ``"input"``: the variable is the model input after preprocessing (study 4's
+  eps 0.01-0.2 are in these units); the valid range is the preprocessed image of
+  ``hu_range`` ([0, 1] for a clipping window).
+
+No clamping to [0, 1] is assumed: the range follows from the HU range and
+window. A clean pixel outside the range stays where it is (the bound widens to
+include it), so a perturbation never moves the clean image itself.
+
+``run_attack`` then re-runs every candidate through the deployed engine: a
+candidate counts as a success only if the deployed artifact's decision flips
+(``Head.flipped``), and the result keeps both rates (twin and deployed).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from audit.attacks.twin import Twin, torch_twin
+from audit.campaign import AuditedModel
+from audit.errors import ConfigError, InputError
+from audit.heads import Decisions, Head, Preprocess
+
+#: Default valid HU range: air to the top of a 12-bit scanner range.
+HU_RANGE = (-1024.0, 3071.0)
+SPACES = ("hu", "input")
+
+
+@dataclass
+class Target:
+    """The twin plus how the deployed pipeline feeds and reads it.
+
+    ``input_rank`` is the rank of the engine input with the batch axis (e.g. 5
+    for (B, 1, D, H, W)); ``output_index`` which twin output the head reads.
+    """
+
+    twin: Twin
+    head: Head
+    preprocess: Preprocess
+    input_rank: int
+    output_index: int = 0
+    channels_last: bool = True
+
+    @classmethod
+    def from_model(cls, model: AuditedModel, module: Any = None, *, parity_hu: np.ndarray | None = None) -> "Target":
+        """The target of an audited ONNX model: ``module`` (torch) if given, else onnx2torch; parity-checked."""
+        path = getattr(model.engine, "path", None)
+        rank = len(model.engine.input_spec.shape)
+        parity = None if parity_hu is None else model.prepare(np.asarray(parity_hu, np.float32))
+        twin = torch_twin(module if module is not None else path, onnx_path=path, parity_inputs=parity)
+        if path is None:
+            twin.output_names = tuple(model.engine.output_names)
+        names = twin.output_names
+        index = names.index(model.head.output) if model.head.output in names else 0
+        return cls(twin, model.head, model.preprocess, rank, index)
+
+    # --- torch forward --------------------------------------------------------
+    def to_input(self, hu: Any) -> Any:
+        """HU (B, *shape) tensor -> model input (B, C, *shape), the torch version of ``Preprocess``."""
+        lo, hi = self.preprocess.window
+        x = (hu - lo) * (1.0 / (hi - lo))
+        if self.preprocess.clip:
+            x = x.clamp(0.0, 1.0)
+        while x.ndim < self.input_rank:
+            x = x[:, None]
+        return x
+
+    def outputs(self, x: Any) -> tuple[Any, ...]:
+        import torch
+
+        if self.channels_last and x.ndim in (4, 5):
+            x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
+        return self.twin(x)
+
+    def raw(self, x: Any) -> Any:
+        """The output the head reads, for model input ``x``."""
+        return self.outputs(x)[self.output_index]
+
+    def decide(self, x: Any) -> Decisions:
+        """Decisions of the twin (NumPy), read by the same head as the deployed engine."""
+        import torch
+
+        with torch.no_grad():
+            outs = self.outputs(x)
+        return self.head.decide({n: o.detach().cpu().numpy() for n, o in zip(self.twin.output_names, outs)}, "twin")
+
+    def input_range(self, hu_range: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = self.preprocess.window
+        a, b = ((v - lo) / (hi - lo) for v in hu_range)
+        return (max(a, 0.0), min(b, 1.0)) if self.preprocess.clip else (a, b)
+
+
+@dataclass
+class Candidates:
+    """K candidate perturbed variables per sample, in the attack's ``space``: ``values`` (B, K, *shape)."""
+
+    values: Any
+    space: str
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+class Attack:
+    """Base class. Subclasses set ``name`` and implement ``perturb``; the docstring says paper, threat model, defaults."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, target: Target, *, space: str = "hu", hu_range: Sequence[float] = HU_RANGE) -> None:
+        if space not in SPACES:
+            raise ConfigError(f"attack.space: expected one of {SPACES}, got {space!r}")
+        if len(hu_range) != 2 or not float(hu_range[0]) < float(hu_range[1]):
+            raise ConfigError(f"attack.hu_range: expected [lo, hi] with lo < hi (HU), got {list(hu_range)!r}")
+        self.target, self.space = target, space
+        self.hu_range = (float(hu_range[0]), float(hu_range[1]))
+        self.valid_range = self.hu_range if space == "hu" else target.input_range(self.hu_range)
+
+    # --- helpers shared by the attacks ---------------------------------------
+    def start(self, hu: Any) -> Any:
+        """The clean variable in the attack's space."""
+        return hu if self.space == "hu" else self.target.to_input(hu)
+
+    def forward(self, v: Any) -> Any:
+        """Raw head output for a variable in the attack's space."""
+        return self.target.raw(self.target.to_input(v) if self.space == "hu" else v)
+
+    def bounds(self, v0: Any) -> tuple[Any, Any]:
+        """Elementwise valid range, widened to include the clean variable ``v0``."""
+        import torch
+
+        lo, hi = self.valid_range
+        return torch.clamp(v0, max=lo), torch.clamp(v0, min=hi)
+
+    def model_input(self, v: Any) -> Any:
+        return self.target.to_input(v) if self.space == "hu" else v
+
+    def perturb(self, hu: Any, generator: Any) -> Candidates:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "space": self.space, "hu_range": list(self.hu_range),
+                "valid_range": [float(v) for v in self.valid_range]}
+
+
+def positive(name: str, value: Any, *, integer: bool = False) -> Any:
+    """``value`` if it is a positive number (an integer >= 1 with ``integer``), else ``ConfigError`` naming ``name``."""
+    if integer:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"attack.{name}: expected an integer >= 1, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"attack.{name}: expected a number > 0, got {value!r}")
+    return float(value)
+
+
+@dataclass
+class AttackResult:
+    """Per-sample outcome of an attack on N samples with K candidates each.
+
+    ``torch_flips``/``deployed_flips`` (N, K) bool: the twin's and the deployed
+    artifact's decision changed against their own clean decisions.
+    ``clean_labels``/``adv_labels`` are the deployed decisions (adv: of the first
+    flipped candidate, else candidate 0); ``linf``/``l2`` the perturbation norms
+    (N, K) in the attack's space. ``examples`` keeps up to ``keep`` flipped
+    cases as (index, k, clean model input, attacked model input).
+    """
+
+    attack: dict[str, Any]
+    ids: list[str]
+    torch_flips: np.ndarray
+    deployed_flips: np.ndarray
+    clean_labels: np.ndarray
+    adv_labels: np.ndarray
+    clean_scores: np.ndarray
+    adv_scores: np.ndarray
+    linf: np.ndarray
+    l2: np.ndarray
+    seconds: float
+    seed: int
+    notes: dict[str, Any] = field(default_factory=dict)
+    examples: list[tuple[int, int, np.ndarray, np.ndarray]] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return int(self.torch_flips.shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self.torch_flips.shape[1])
+
+    def summary(self) -> dict[str, Any]:
+        """Rates over samples (a sample succeeds if any of its K candidates flips), SAN and SAR (DESIGN.md)."""
+        n_i = self.deployed_flips.sum(axis=1)
+        torch_rate = float(self.torch_flips.any(axis=1).mean()) if self.n else 0.0
+        deployed_rate = float((n_i >= 1).mean()) if self.n else 0.0
+        out = {
+            "n": self.n, "k": self.k, "torch_success_rate": torch_rate, "deployed_success_rate": deployed_rate,
+            "san": int((n_i >= 1).sum()), "san_fraction": deployed_rate,
+            "sar_mean": float((n_i / self.k).mean()) if self.n else 0.0,
+            "torch_only": int((self.torch_flips & ~self.deployed_flips).sum()),
+            "max_linf": float(self.linf.max(initial=0.0)), "max_l2": float(self.l2.max(initial=0.0)),
+            "seconds": round(self.seconds, 3), "seed": self.seed,
+        }
+        if out["san"] == 0:
+            out["verdict"] = (f"no perturbation found by {self.attack.get('name')} flipped the deployed model on any of "
+                              f"{self.n} samples")
+            if self.notes.get("zero_gradient_fraction", 0.0) >= 1.0:
+                out["verdict"] += "; the model's output does not depend on its input (zero gradient everywhere)"
+        else:
+            out["verdict"] = f"{out['san']} of {self.n} samples flipped on the deployed model"
+        return out
+
+
+def run_attack(attack: Attack, model: AuditedModel, hu: np.ndarray, *, seed: int = 0, batch_size: int = 16,
+               ids: Sequence[str] | None = None, keep: int = 4, progress: bool | None = None) -> AttackResult:
+    """Attack the HU images ``hu`` (N, *shape) with ``attack`` and let the deployed ``model`` decide.
+
+    Batch b uses ``torch.Generator().manual_seed(seed + b * 1_000_003)``, so a
+    result depends on ``seed`` and ``batch_size`` only, never on global RNG state.
+    """
+    import torch
+
+    hu = np.asarray(hu, np.float32)
+    if hu.ndim < 2 or len(hu) == 0:
+        raise InputError(f"attack data: expected a non-empty batch of images (N, *shape), got shape {hu.shape}")
+    if not np.isfinite(hu).all():
+        raise InputError("attack data: images contain NaN or inf")
+    n = len(hu)
+    ids = list(ids) if ids is not None else [str(i) for i in range(n)]
+    head = model.head
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("tf", "df", "cl", "al", "cs", "as", "li", "l2")}
+    examples: list[tuple[int, int, np.ndarray, np.ndarray]] = []
+    notes: dict[str, list[float]] = {}
+    t0 = time.perf_counter()
+    bar = _bar(n, attack.name, progress)
+    for b, start in enumerate(range(0, n, batch_size)):
+        chunk = hu[start : start + batch_size]
+        gen = torch.Generator().manual_seed(int(seed) + b * 1_000_003)
+        hu_t = torch.from_numpy(chunk)
+        x_clean_t = attack.target.to_input(hu_t)
+        t_clean = attack.target.decide(x_clean_t)
+        d_clean = model.decide(chunk)
+        cands = attack.perturb(hu_t, gen)
+        for key, value in cands.notes.items():
+            notes.setdefault(key, []).append(float(value) * len(chunk))
+        v = cands.values.detach()
+        v0 = attack.start(hu_t).detach()
+        kk = v.shape[1]
+        tf = np.zeros((len(chunk), kk), bool)
+        df = np.zeros((len(chunk), kk), bool)
+        adv_labels, adv_scores = d_clean.labels.copy(), d_clean.scores.copy()
+        first = np.full(len(chunk), -1)
+        diff = (v - v0[:, None]).reshape(len(chunk), kk, -1)
+        li, l2 = diff.abs().amax(-1).numpy(), diff.norm(dim=-1).numpy()
+        for k in range(kk):
+            vk = v[:, k]
+            x_adv = attack.model_input(vk)
+            tf[:, k] = head.flipped(t_clean, attack.target.decide(x_adv))[0]
+            if cands.space == "hu":
+                d_adv = model.decide(vk.numpy())
+            else:
+                d_adv = model.decide_input(np.ascontiguousarray(x_adv.numpy(), dtype=np.float32))
+            df[:, k] = head.flipped(d_clean, d_adv)[0]
+            new = df[:, k] & (first < 0)
+            first[new] = k
+            take = new | ((k == 0) & ~df[:, k])
+            adv_labels[take], adv_scores[take] = d_adv.labels[take], d_adv.scores[take]
+            for i in np.nonzero(new)[0]:
+                if len(examples) < keep:
+                    examples.append((start + int(i), k, x_clean_t[i].numpy().copy(), x_adv[i].numpy().copy()))
+        for key, val in (("tf", tf), ("df", df), ("cl", d_clean.labels), ("al", adv_labels), ("cs", d_clean.scores),
+                         ("as", adv_scores), ("li", li), ("l2", l2)):
+            parts[key].append(np.asarray(val))
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    cat = {k: np.concatenate(v) for k, v in parts.items()}
+    return AttackResult(attack.describe(), ids, cat["tf"], cat["df"], cat["cl"], cat["al"], cat["cs"], cat["as"],
+                        cat["li"], cat["l2"], time.perf_counter() - t0, int(seed),
+                        {k: sum(v) / n for k, v in notes.items()}, examples)
+
+
+def _bar(total: int, desc: str, enabled: bool | None):
+    import os
+    import sys
+
+    if enabled is None:
+        enabled = sys.stderr.isatty() and not os.environ.get("CI")
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
+
+
+def check_params(name: str, params: Mapping[str, Any], allowed: Sequence[str]) -> None:
+    for key in params:
+        if key not in allowed:
+            raise ConfigError(f"attack.{key}: unknown parameter of attack {name!r}; allowed: {', '.join(allowed)}")
