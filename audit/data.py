@@ -3,7 +3,7 @@
 A source serves batches by index so a campaign's memory stays bounded whatever
 the number of samples. ``ArraySource`` wraps arrays already in memory (phantom
 sets); ``ManifestSource`` reads a CSV of ``path,label`` rows pointing at .npy or
-.npz files (paths relative to the CSV).
+.npz files or DICOM series folders (paths relative to the CSV).
 """
 
 from __future__ import annotations
@@ -58,17 +58,32 @@ class ArraySource:
         return h.hexdigest()
 
 
-class ManifestSource:
-    """Rows of a CSV manifest (columns ``path``, ``label``; optional ``id``) pointing at .npy/.npz HU arrays.
+_MM_COLUMNS = ("x", "y", "z")
+_VOXEL_COLUMNS = ("i", "j", "k")
 
-    An .npz holds the image under ``hu`` (or ``image``, or its only array) and may
-    hold ``spacing``; otherwise ``spacing`` must be given. All images share one shape.
+
+class ManifestSource:
+    """Rows of a CSV manifest (columns ``path``, ``label``; optional ``id``) pointing at HU images.
+
+    A path is an .npy/.npz array or a folder holding one DICOM CT series. An
+    .npz holds the image under ``hu`` (or ``image``, or its only array) and may
+    hold ``spacing``; otherwise ``spacing`` must be given. A DICOM row gives its
+    whole volume at its own spacing or, with lesion coordinates (optional
+    columns ``x,y,z`` patient mm, or ``i,j,k`` = column, row, slice voxel
+    indices), a cube of ``cube`` voxels at ``target_spacing`` mm around the
+    lesion (air outside the scan). All images share one shape.
     """
 
-    def __init__(self, manifest: str | Path, spacing: Sequence[float] | None = None, class_names: Sequence[str] = ()) -> None:
+    def __init__(self, manifest: str | Path, spacing: Sequence[float] | None = None, class_names: Sequence[str] = (),
+                 *, cube: int = 32, target_spacing: float = 1.0) -> None:
         self.manifest = Path(manifest)
         self.name = str(self.manifest)
         self.class_names = tuple(class_names)
+        if int(cube) < 1 or not float(target_spacing) > 0:
+            raise InputError(f"{self.manifest}: cube must be >= 1 voxel and target_spacing > 0 mm, got {cube}, {target_spacing}")
+        self.cube = int(cube)
+        self.target_spacing = float(target_spacing)
+        self._series: dict[Path, object] = {}
         try:
             with self.manifest.open(newline="") as fh:
                 rows = list(csv.DictReader(fh))
@@ -78,14 +93,20 @@ class ManifestSource:
             raise InputError(f"{self.manifest}: expected a CSV with a header naming at least 'path' (and 'label')")
         base = self.manifest.parent
         self.paths = [(base / r["path"]).resolve() if not Path(r["path"]).is_absolute() else Path(r["path"]) for r in rows]
-        self.ids = [r.get("id") or r["path"] for r in rows]
+        self.centers = [self._center(n, r) for n, r in enumerate(rows)]
+        self.ids = [r.get("id") or (r["path"] if c is None else f"{r['path']}@{','.join(f'{v:g}' for v in c[0])}")
+                    for r, c in zip(rows, self.centers)]
         try:
             self.labels = np.array([int(r["label"]) if r.get("label", "") not in ("", None) else -1 for r in rows], np.int64)
         except ValueError as exc:
             raise InputError(f"{self.manifest}: label column must hold integers ({exc})") from None
-        for p in self.paths:
+        for p, c in zip(self.paths, self.centers):
+            if p.is_dir():
+                continue  # a DICOM series folder, read on demand
+            if c is not None:
+                raise InputError(f"{p}: lesion coordinates in {self.manifest.name} apply to DICOM folders only")
             if p.suffix not in (".npy", ".npz"):
-                raise InputError(f"{p}: unsupported file type '{p.suffix}'; expected .npy or .npz")
+                raise InputError(f"{p}: unsupported file type '{p.suffix}'; expected .npy, .npz or a DICOM folder")
             if not p.is_file():
                 raise InputError(f"{p}: file listed in {self.manifest.name} not found")
         first, first_spacing = self._read(0)
@@ -97,6 +118,8 @@ class ManifestSource:
             raise InputError(f"{self.paths[0]}: no spacing in the file; set data.spacing in the config")
         if len(given) != first.ndim or min(given) <= 0:
             raise InputError(f"data.spacing: expected {first.ndim} positive values (mm), got {given}")
+        if first_spacing is not None and self.paths[0].is_dir() and not np.allclose(given, first_spacing, rtol=1e-3):
+            raise InputError(f"data.spacing: {given} mm disagrees with {first_spacing} mm of the DICOM series {self.paths[0]}")
         self.spacing = given
 
     def __len__(self) -> int:
@@ -106,8 +129,44 @@ class ManifestSource:
     def shape(self) -> tuple[int, ...]:
         return tuple(self._shape)
 
+    def _center(self, n: int, row: dict) -> tuple[tuple[float, float, float], str] | None:
+        """Lesion centre of manifest row ``n`` and its units ('mm' or 'voxel'), or None."""
+        if any((row.get(c) or "").strip() for c in _MM_COLUMNS) and any((row.get(c) or "").strip() for c in _VOXEL_COLUMNS):
+            raise InputError(f"{self.manifest}: row {n + 2} gives both x,y,z (mm) and i,j,k (voxels); give one centre")
+        for columns, units in ((_MM_COLUMNS, "mm"), (_VOXEL_COLUMNS, "voxel")):
+            given = [c for c in columns if (row.get(c) or "").strip()]
+            if not given:
+                continue
+            if len(given) != 3:
+                missing = [c for c in columns if c not in given]
+                raise InputError(f"{self.manifest}: row {n + 2} gives {','.join(given)} but not {','.join(missing)}")
+            try:
+                values = tuple(float(row[c]) for c in columns)
+            except ValueError:
+                raise InputError(f"{self.manifest}: row {n + 2} columns {','.join(columns)} must be numbers, "
+                                 f"got {[row[c] for c in columns]}") from None
+            if not all(np.isfinite(values)):
+                raise InputError(f"{self.manifest}: row {n + 2} columns {','.join(columns)} must be finite, got {values}")
+            return values, units  # type: ignore[return-value]
+        return None
+
+    def _read_dicom(self, i: int) -> tuple[np.ndarray, tuple[float, ...]]:
+        from audit.dicom import crop_cube, scan_series
+
+        path = self.paths[i]
+        series = self._series.get(path)
+        if series is None:
+            series = self._series[path] = scan_series(path)
+        if self.centers[i] is None:
+            return series.read(), tuple(series.spacing)
+        center, units = self.centers[i]
+        cube = crop_cube(series, center, self.cube, self.target_spacing, units)
+        return cube.hu, tuple(cube.spacing)
+
     def _read(self, i: int) -> tuple[np.ndarray, tuple[float, ...] | None]:
         path = self.paths[i]
+        if path.is_dir():
+            return self._read_dicom(i)
         try:
             if path.suffix == ".npy":
                 return np.load(path, allow_pickle=False), None
@@ -126,7 +185,9 @@ class ManifestSource:
     def load(self, index: Sequence[int]) -> np.ndarray:
         out = np.empty((len(index), *self._shape), dtype=np.float32)
         for j, i in enumerate(index):
-            img, _ = self._read(int(i))
+            img, sp = self._read(int(i))
+            if sp is not None and self.paths[i].is_dir() and not np.allclose(sp, self.spacing, rtol=1e-3):
+                raise InputError(f"{self.paths[i]}: DICOM spacing {sp} mm differs from the source's {self.spacing}")
             if img.shape != self._shape:
                 raise InputError(f"{self.paths[i]}: shape {img.shape} differs from the first image's {self._shape}")
             if not np.issubdtype(img.dtype, np.number):
@@ -138,8 +199,18 @@ class ManifestSource:
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
-        for p, lab in zip(self.paths, self.labels):
+        dicom = False
+        for p, lab, c in zip(self.paths, self.labels, self.centers):
+            if p.is_dir():  # every file of the series, and the lesion centre
+                dicom = True
+                for f in sorted(p.iterdir()):
+                    st = f.stat()
+                    h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}".encode())
+                h.update(f"{p}|{lab}|{c}".encode())
+                continue
             st = p.stat()
             h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}|{lab}".encode())
         h.update(repr(self.spacing).encode())
+        if dicom:
+            h.update(repr((self.cube, self.target_spacing)).encode())
         return h.hexdigest()
