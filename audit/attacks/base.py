@@ -68,6 +68,13 @@ class Target:
         index = names.index(model.head.output) if model.head.output in names else 0
         return cls(twin, model.head, model.preprocess, rank, index)
 
+    def __post_init__(self) -> None:
+        import torch
+
+        if self.channels_last and self.input_rank in (4, 5):  # conv weights and inputs in the same (faster) layout
+            fmt = torch.channels_last if self.input_rank == 4 else torch.channels_last_3d
+            self.twin.module = self.twin.module.to(memory_format=fmt)
+
     # --- torch forward --------------------------------------------------------
     def to_input(self, hu: Any) -> Any:
         """HU (B, *shape) tensor -> model input (B, C, *shape), the torch version of ``Preprocess``."""
