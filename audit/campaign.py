@@ -106,11 +106,13 @@ def _progress(total: int, enabled: bool | None, desc: str):
 
 def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, out: Path, options: RunOptions = RunOptions(),
                  *, resume: bool = False, draws: tuple[int, int] | None = None,
-                 levels: Sequence[float] | None = None) -> CampaignStats:
+                 levels: Sequence[float] | None = None, blocks: Sequence[int] | None = None) -> CampaignStats:
     """Run (or finish, with ``resume``) a campaign; records land under ``out/records``.
 
     ``draws = (k0, k1)`` runs only draws k0 <= k < k1 (the sequential gate's rounds; the keys are
     those of a full run, so a round is exactly a slice of it) and ``levels`` a subset of the levels.
+    ``blocks`` restricts the run to the sample blocks starting at these indices (multiples of
+    ``shard_samples``): how scale-out workers split a campaign between them.
     """
     out = Path(out)
     if not models:
@@ -142,6 +144,11 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
     span = None if (k0, k1) == (0, noise.draws) else (k0, k1)
     wanted = list(noise.levels) if levels is None else [lv for lv in noise.levels if lv in set(levels)]
     firsts = list(range(0, n, options.shard_samples))
+    if blocks is not None:
+        unknown = sorted(set(blocks) - set(firsts))
+        if unknown:
+            raise ConfigError(f"blocks: {unknown} are not sample-block starts (multiples of {options.shard_samples} below {n})")
+        firsts = [f for f in firsts if f in set(blocks)]
     todo: list[tuple[int, list[float]]] = []
     stats = CampaignStats()
     for first in firsts:

@@ -87,11 +87,18 @@ def write_reports(out: Path, models: Sequence[AuditedModel], source: Any, noise:
     return report
 
 
-def run_config(config: AuditConfig, out: Path, *, resume: bool = False, progress: bool | None = None) -> dict[str, Any]:
+def run_config(config: AuditConfig, out: Path, *, resume: bool = False, progress: bool | None = None,
+               ray: str | None = None, ray_actors: int | None = None, ray_gpus: float = 0.0) -> dict[str, Any]:
+    """Run the campaign (in this process, or over Ray with ``ray`` = "auto" or an address) and write the reports."""
     models = open_models(config)
     source = open_source(dict(config.data))
     options = config.run if progress is None else type(config.run)(**{**config.run.__dict__, "progress": progress})
-    stats = run_campaign(models, source, config.noise, out, options, resume=resume)
+    if ray is not None:
+        from audit.scale import run_on_ray
+
+        stats = run_on_ray(config, out, address=ray, actors=ray_actors, num_gpus=ray_gpus, resume=resume)
+    else:
+        stats = run_campaign(models, source, config.noise, out, options, resume=resume)
     extra = None
     if config.scan_arm is not None:
         from audit.scan_arm import phantom_scanner_arm, scan_arm

@@ -13,6 +13,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="finish an interrupted run in --out, reusing finished shards")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: on a terminal, off under CI)")
+    p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                   help="spread sample blocks over Ray actors: 'auto' (default; joins RAY_ADDRESS or starts a local "
+                        "instance) or a cluster address; needs the ray extra")
+    p.add_argument("--ray-actors", type=int, default=None, help="number of actors (default: the cluster's CPUs)")
+    p.add_argument("--ray-gpus", type=float, default=0.0, help="GPUs per actor (1 = one GPU each)")
     p.set_defaults(func=run)
 
 
@@ -21,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
     from audit.runner import run_config, summary_table
 
     config = load_config(args.config)
-    report = run_config(config, args.out, resume=args.resume, progress=args.progress)
+    report = run_config(config, args.out, resume=args.resume, progress=args.progress, ray=args.ray,
+                        ray_actors=args.ray_actors, ray_gpus=args.ray_gpus)
     print(summary_table(report))
     print(f"reports: {args.out / 'report.json'}, {args.out / 'report.html'}, {args.out / 'junit.xml'}")
     return 0

@@ -1,0 +1,91 @@
+"""Scale-out on Ray: sample blocks spread over actors that each hold their own engine.
+
+Every actor runs ``run_campaign`` on the blocks it is handed and writes into
+the same result store; shards are atomic and keyed, so the records (and the
+report) are identical to a single-process run whatever the placement. Actors
+are restarted by Ray if they die and their pending block is retried; a block
+whose shards were already written is skipped, so nothing is lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+from audit.campaign import CampaignStats, run_campaign
+from audit.config import AuditConfig
+from kernels._xp import optional_import
+
+
+def _open(config: AuditConfig):
+    from audit.runner import open_models, open_source
+
+    return open_models(config), open_source(dict(config.data))
+
+
+def _one_thread_per_actor(config: AuditConfig) -> AuditConfig:
+    """Actors get one CPU each: default ONNX Runtime to one intra-op thread unless the config says otherwise."""
+    models = tuple(m if m.engine != "onnxruntime" or "threads" in m.options else
+                   dataclasses.replace(m, options={**dict(m.options), "threads": 1}) for m in config.models)
+    return dataclasses.replace(config, models=models)
+
+
+def run_on_ray(config: AuditConfig, out: Path, *, address: str = "auto", actors: int | None = None, num_gpus: float = 0.0,
+               resume: bool = False, on_first_result: Callable[[list], None] | None = None) -> CampaignStats:
+    """Run the campaign of ``config`` over Ray actors; returns the summed statistics.
+
+    ``address``: ``"auto"`` (join the cluster in RAY_ADDRESS or start a local one) or a cluster address.
+    ``actors``: how many (default: the cluster's CPUs). ``num_gpus`` per actor (1 = one GPU each).
+    """
+    ray = optional_import("ray")
+    import time
+
+    config = _one_thread_per_actor(config)
+    if not ray.is_initialized():
+        ray.init(address=None if address == "auto" else address, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    models, source = _open(config)
+    options = dataclasses.replace(config.run, progress=False)
+    run_campaign(models, source, config.noise, out, options, resume=resume, blocks=[])  # marker + fingerprint check
+    firsts = list(range(0, len(source), options.shard_samples))
+    count = actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    @ray.remote(num_cpus=1, num_gpus=num_gpus, max_restarts=3, max_task_retries=3)
+    class CampaignWorker:
+        def __init__(self, config: AuditConfig, out: str) -> None:
+            self.config, self.out = config, Path(out)
+            self.models, self.source = _open(config)
+
+        def run(self, block: int) -> dict[str, Any]:
+            stats = run_campaign(self.models, self.source, self.config.noise, self.out, options, resume=True, blocks=[block])
+            return stats.__dict__
+
+    workers = [CampaignWorker.remote(config, str(out)) for _ in range(min(count, len(firsts)))]
+    start = time.perf_counter()
+    pending = {}
+    queue = list(firsts)
+    for w in workers:
+        if queue:
+            pending[w.run.remote(queue.pop(0))] = w
+    total = CampaignStats()
+    first_seen = False
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        worker = pending.pop(ready[0])
+        part = ray.get(ready[0])
+        for key in ("inferences", "shards_run", "shards_reused"):
+            setattr(total, key, getattr(total, key) + part[key])
+        total.noise_seconds += part["noise_seconds"]
+        total.engine_seconds += part["engine_seconds"]
+        if not first_seen and on_first_result is not None:
+            first_seen = True
+            on_first_result(workers)
+        if queue:
+            pending[worker.run.remote(queue.pop(0))] = worker
+    total.seconds = time.perf_counter() - start
+    for w in workers:
+        ray.kill(w)
+    for stale in (out / "records").rglob(".*.tmp"):  # writes cut short by a killed actor
+        stale.unlink(missing_ok=True)
+    return total
