@@ -136,6 +136,9 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
         with atomic_path(marker) as tmp:
             tmp.write_text(json.dumps({"fingerprint": fp, "noise": noise.to_dict(), "models": names}, indent=1))
 
+    if resume and blocks is None and (out / "records").is_dir():
+        for stale in (out / "records").rglob(".*.tmp"):  # writes cut short when the earlier run was killed
+            stale.unlink(missing_ok=True)
     n = len(source)
     k0, k1 = (0, noise.draws) if draws is None else (int(draws[0]), int(draws[1]))
     if not 0 <= k0 < k1 <= noise.draws:
