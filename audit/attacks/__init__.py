@@ -11,7 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from audit.attacks.base import HU_RANGE, Attack, AttackResult, Candidates, Target, run_attack
+from audit.attacks.false_positive import FalsePositive
+from audit.attacks.generator import GeneratorManipulation
+from audit.attacks.latent import LatentSearch
 from audit.attacks.nps_ascent import NPSAscent, project_to_nps
+from audit.attacks.ood import OutOfDistribution
 from audit.attacks.pgd import PGD
 from audit.attacks.twin import Twin, torch_twin
 from audit.errors import ConfigError
@@ -20,6 +24,10 @@ from audit.errors import ConfigError
 ATTACKS: dict[str, type[Attack]] = {
     PGD.name: PGD,
     NPSAscent.name: NPSAscent,
+    FalsePositive.name: FalsePositive,
+    OutOfDistribution.name: OutOfDistribution,
+    LatentSearch.name: LatentSearch,
+    GeneratorManipulation.name: GeneratorManipulation,
 }
 
 
@@ -39,5 +47,6 @@ def build_attack(name: str, target: Target, **params: Any) -> Attack:
         raise ConfigError(f"attack {name!r}: {exc}") from None
 
 
-__all__ = ["ATTACKS", "HU_RANGE", "Attack", "AttackResult", "Candidates", "NPSAscent", "PGD", "Target", "Twin",
+__all__ = ["ATTACKS", "HU_RANGE", "Attack", "AttackResult", "Candidates", "FalsePositive", "GeneratorManipulation",
+           "LatentSearch", "NPSAscent", "OutOfDistribution", "PGD", "Target", "Twin",
            "build_attack", "project_to_nps", "run_attack", "torch_twin"]

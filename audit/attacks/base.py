@@ -113,11 +113,20 @@ class Target:
 
 @dataclass
 class Candidates:
-    """K candidate perturbed variables per sample, in the attack's ``space``: ``values`` (B, K, *shape)."""
+    """K candidate perturbed variables per sample, in the attack's ``space``: ``values`` (B, K, *shape).
+
+    ``reference`` (B, *shape), when set, is what a candidate is compared with
+    instead of the clean image (the uniform-noise start of a false-positive
+    search, an out-of-distribution image). ``mode``: ``"flip"`` (success = the
+    decision differs from the reference's) or ``"match"`` (success = the
+    decision equals the clean image's while the reference's did not).
+    """
 
     values: Any
     space: str
     notes: dict[str, Any] = field(default_factory=dict)
+    reference: Any = None
+    mode: str = "flip"
 
 
 class Attack:
@@ -260,10 +269,16 @@ def run_attack(attack: Attack, model: AuditedModel, hu: np.ndarray, *, seed: int
         t_clean = attack.target.decide(x_clean_t)
         d_clean = model.decide(chunk)
         cands = attack.perturb(hu_t, gen)
+        t_ref, d_ref = t_clean, d_clean
+        if cands.reference is not None:
+            ref = cands.reference.detach()
+            t_ref = attack.target.decide(attack.model_input(ref))
+            d_ref = model.decide(ref.numpy()) if cands.space == "hu" else model.decide_input(
+                np.ascontiguousarray(attack.model_input(ref).numpy(), dtype=np.float32))
         for key, value in cands.notes.items():
             notes.setdefault(key, []).append(float(value) * len(chunk))
         v = cands.values.detach()
-        v0 = attack.start(hu_t).detach()
+        v0 = (attack.start(hu_t) if cands.reference is None else cands.reference).detach()
         kk = v.shape[1]
         tf = np.zeros((len(chunk), kk), bool)
         df = np.zeros((len(chunk), kk), bool)
@@ -274,12 +289,13 @@ def run_attack(attack: Attack, model: AuditedModel, hu: np.ndarray, *, seed: int
         for k in range(kk):
             vk = v[:, k]
             x_adv = attack.model_input(vk)
-            tf[:, k] = head.flipped(t_clean, attack.target.decide(x_adv))[0]
+            t_adv = attack.target.decide(x_adv)
             if cands.space == "hu":
                 d_adv = model.decide(vk.numpy())
             else:
                 d_adv = model.decide_input(np.ascontiguousarray(x_adv.numpy(), dtype=np.float32))
-            df[:, k] = head.flipped(d_clean, d_adv)[0]
+            tf[:, k] = _success(head, cands.mode, t_clean, t_ref, t_adv)
+            df[:, k] = _success(head, cands.mode, d_clean, d_ref, d_adv)
             new = df[:, k] & (first < 0)
             first[new] = k
             take = new | ((k == 0) & ~df[:, k])
@@ -298,6 +314,12 @@ def run_attack(attack: Attack, model: AuditedModel, hu: np.ndarray, *, seed: int
     return AttackResult(attack.describe(), ids, cat["tf"], cat["df"], cat["cl"], cat["al"], cat["cs"], cat["as"],
                         cat["li"], cat["l2"], time.perf_counter() - t0, int(seed),
                         {k: sum(v) / n for k, v in notes.items()}, examples)
+
+
+def _success(head: Head, mode: str, clean: Decisions, ref: Decisions, adv: Decisions) -> np.ndarray:
+    if mode == "match":
+        return ~head.flipped(clean, adv)[0] & head.flipped(clean, ref)[0]
+    return head.flipped(ref, adv)[0]
 
 
 def _bar(total: int, desc: str, enabled: bool | None):

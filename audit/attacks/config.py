@@ -113,7 +113,7 @@ def parse_attack_config(raw: Mapping[str, Any], base: Path) -> AttackConfig:
     explain = attack.pop("explain", True)
     if not isinstance(explain, bool):
         raise ConfigError(f"attack.explain: expected true or false, got {explain!r}")
-    for key in ("generator", "source_model"):
+    for key in ("generator", "ood"):
         if key in attack:
             attack[key] = str(_path(base, attack[key], f"attack.{key}"))
     noise = None

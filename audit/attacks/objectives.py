@@ -10,8 +10,9 @@
 - ``output_distance``: ||D(x + p) - D(x)||^2 on the raw output (study 1, eq. 3),
   task-agnostic.
 
-Each returns a (B,) tensor; larger is "more attacked". Probabilities are
-clamped away from 0 and 1 before logs so saturated outputs keep a gradient sign.
+Each returns a (B,) tensor; larger is "more attacked". Logs take p + 1e-30
+rather than a clamped p: a clamp would zero the gradient of a saturated
+probability (p = 1e-13 after a steep sigmoid), where p + tiny keeps its sign.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from audit.heads import Head
 
-_EPS = 1e-7
+_TINY = 1e-30
 OBJECTIVES = ("task", "output_distance")
 
 
@@ -61,16 +62,16 @@ def task_loss(head: Head, raw: Any, clean_raw: Any, clean_labels: Any | None = N
 
     b = raw.shape[0]
     if head.task == "binary":
-        p = probability(head, raw).clamp(_EPS, 1 - _EPS)
+        p = probability(head, raw)
         if clean_labels is None:
             clean_labels = (probability(head, clean_raw) >= head.threshold).long()
         y = clean_labels.to(p.dtype)
-        return -(y * torch.log(p) + (1 - y) * torch.log1p(-p))
+        return -(y * torch.log(p + _TINY) + (1 - y) * torch.log(1 - p + _TINY))
     if head.task == "multiclass":
-        p = probability(head, raw).clamp_min(_EPS)
+        p = probability(head, raw)
         if clean_labels is None:
             clean_labels = probability(head, clean_raw).argmax(1)
-        return -torch.log(p.gather(1, clean_labels.view(-1, 1))[:, 0])
+        return -torch.log(p.gather(1, clean_labels.view(-1, 1))[:, 0] + _TINY)
     if head.task in ("regression", "rating"):
         ref = clean_raw if target is None else target
         return ((raw - ref.detach()) ** 2).reshape(b, -1).sum(1)

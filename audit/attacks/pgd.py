@@ -56,14 +56,28 @@ class PGD(Attack):
         d = self.target.head.decide({self.target.twin.output_names[self.target.output_index]: clean_raw.numpy()}, "twin")
         return torch.from_numpy(d.labels)
 
+    def origin(self, v_clean: Any, generator: Any) -> Any:
+        """Where the search starts (before the random start): the clean variable; other attacks override it."""
+        return v_clean
+
+    def succeeded(self, v_clean: Any, v0: Any, v: Any) -> Any:
+        """(B,) bool tensor: the twin's decision on ``v`` flipped against the one on ``v0``."""
+        import torch
+
+        t = self.target
+        return torch.from_numpy(t.head.flipped(t.decide(self.model_input(v0)), t.decide(self.model_input(v)))[0])
+
+    mode = "flip"
+
     def perturb(self, hu: Any, generator: Any) -> Candidates:
         import torch
 
-        v0 = self.start(hu).detach()
-        lo, hi = self.bounds(v0)
+        v_clean = self.start(hu).detach()
         with torch.no_grad():
-            clean_raw = self.forward(v0)
+            clean_raw = self.forward(v_clean)
         labels = self.clean_labels(clean_raw)
+        v0 = self.origin(v_clean, generator).detach()
+        lo, hi = self.bounds(v0)
         best = v0.clone()
         best_loss = torch.full((len(v0),), -float("inf"))
         done = torch.zeros(len(v0), dtype=torch.bool)
@@ -74,13 +88,13 @@ class PGD(Attack):
                 break
             v, loss, flat = self.ascend(v0[idx], lo[idx], hi[idx], clean_raw[idx], labels[idx], generator)
             zero_grad[idx] &= flat
-            flipped = torch.from_numpy(self.target.head.flipped(self.target.decide(self.model_input(v0[idx])),
-                                                                 self.target.decide(self.model_input(v)))[0])
+            flipped = self.succeeded(v_clean[idx], v0[idx], v)
             better = flipped | (loss > best_loss[idx])
             best[idx[better]] = v[better]
             best_loss[idx[better]] = loss[better]
             done[idx[flipped]] = True
-        return Candidates(best[:, None], self.space, {"zero_gradient_fraction": float(zero_grad.float().mean())})
+        return Candidates(best[:, None], self.space, {"zero_gradient_fraction": float(zero_grad.float().mean())},
+                          reference=None if v0 is v_clean else v0, mode=self.mode)
 
     def ascend(self, v0: Any, lo: Any, hi: Any, clean_raw: Any, labels: Any, generator: Any) -> tuple[Any, Any, Any]:
         """One PGD run from (random) start; returns (final variable, its loss, per-sample 'gradient was always 0')."""
