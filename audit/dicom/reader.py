@@ -201,9 +201,6 @@ def _headers_by_series(source) -> tuple[dict[str, list[tuple[Path, object]]], st
             raise InputError(f"{path}: cannot read the DICOM header ({type(exc).__name__}: {exc})") from None
         if str(getattr(ds, "SOPClassUID", "")) == _DIRECTORY_SOP:
             continue
-        modality = str(ds.get("Modality", "") or "")
-        if modality != "CT":
-            raise InputError(f"{path}: Modality is {modality or 'missing'!r}; expected 'CT'")
         uid = str(ds.get("SeriesInstanceUID", "") or "")
         if not uid:
             raise InputError(f"{path}: SeriesInstanceUID missing; cannot tell which series the file belongs to")
@@ -255,6 +252,10 @@ def _check_decodable(ds, path: Path) -> None:
 def _validate(headers: list[tuple[Path, object]]) -> SeriesHeaders:
     n = len(headers)
     first_path, first = headers[0]
+    for path, ds in headers:  # checked per series, so a picked series may sit beside an SR or an MR
+        modality = str(ds.get("Modality", "") or "")
+        if modality != "CT":
+            raise InputError(f"{path}: Modality is {modality or 'missing'!r}; expected 'CT'")
     rows = np.empty(n, np.int64)
     cols = np.empty(n, np.int64)
     pixel = np.empty((n, 2))

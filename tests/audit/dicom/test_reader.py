@@ -92,6 +92,14 @@ def test_series_uid_picks_one_series_out_of_a_mixed_folder(tmp_path, series_dir)
     assert vol.hu.shape == (3, 40, 36) and np.abs(vol.hu - ramp_volume((3, 40, 36), seed=5)).max() <= 0.5
 
 
+def test_picked_series_may_sit_beside_a_non_ct_file(series_dir):
+    import shutil
+
+    shutil.copy(bundled("MR_small.dcm"), series_dir / "mr.dcm")
+    uid = pydicom.dcmread(sorted(series_dir.glob("0*.dcm"))[0], stop_before_pixels=True).SeriesInstanceUID
+    assert np.abs(read_series(series_dir, series_uid=uid).hu - ramp_volume()).max() <= 0.5
+
+
 def test_scan_series_reads_only_the_requested_slices(series_dir):
     headers = scan_series(series_dir)
     assert headers.shape == (12, 40, 36)
