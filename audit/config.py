@@ -28,7 +28,7 @@ else:  # pragma: no cover
 SECTIONS = ("model", "head", "preprocess", "data", "noise", "run", "report", "scan_arm")
 SCAN_ARM_KEYS = ("source", "mas", "scans", "draws", "seed", "patch_mm", "overlap")
 MODEL_KEYS = ("path", "name", "engine", "threads", "providers", "optimization", "precision", "max_batch")
-DATA_KEYS = ("manifest", "phantom", "n", "seed", "spacing", "class_names")
+DATA_KEYS = ("manifest", "phantom", "n", "seed", "spacing", "class_names", "cube", "target_spacing")
 RUN_KEYS = ("batch_size", "shard_samples", "noise_workers", "prefetch")
 PHANTOMS = ("nodules", "bodysite")
 
@@ -51,6 +51,7 @@ class AuditConfig:
     run: RunOptions
     worst: int = 6
     base: Path = Path(".")
+    dicom_cases: bool = False
     scan_arm: Mapping[str, Any] | None = None
 
 
@@ -72,7 +73,7 @@ def parse_config(raw: Mapping[str, Any], base: Path) -> AuditConfig:
         if key not in SECTIONS:
             raise ConfigError(f"{key}: unknown section; allowed: {', '.join(SECTIONS)}")
     # Unknown keys anywhere come first: a typo is the likeliest mistake.
-    for name, allowed in (("data", DATA_KEYS), ("run", RUN_KEYS), ("report", ("worst",)), ("scan_arm", SCAN_ARM_KEYS)):
+    for name, allowed in (("data", DATA_KEYS), ("run", RUN_KEYS), ("report", ("worst", "dicom")), ("scan_arm", SCAN_ARM_KEYS)):
         _check_keys(name, _section(raw, name), allowed)
     noise = noise_spec_from(_section(raw, "noise"), base)
     models_raw = raw.get("model")
@@ -110,7 +111,7 @@ def parse_config(raw: Mapping[str, Any], base: Path) -> AuditConfig:
         if not isinstance(arm.get("mas"), (int, float)) or arm["mas"] <= 0:
             raise ConfigError(f"scan_arm.mas: expected a positive dose in mAs, got {arm.get('mas')!r}")
     return AuditConfig(tuple(models), _section(raw, "head"), _section(raw, "preprocess"), data, noise, RunOptions(**run),
-                       int(report.get("worst", 6)), base, arm)
+                       int(report.get("worst", 6)), base, scan_arm=arm, dicom_cases=bool(report.get("dicom", False)))
 
 
 def load_config(path: str | Path) -> AuditConfig:

@@ -29,7 +29,8 @@ def open_models(config: AuditConfig) -> list[AuditedModel]:
 
 def open_source(data: dict[str, Any]):
     if "manifest" in data:
-        return ManifestSource(data["manifest"], data.get("spacing"), data.get("class_names", ()))
+        return ManifestSource(data["manifest"], data.get("spacing"), data.get("class_names", ()),
+                              cube=int(data.get("cube", 32)), target_spacing=float(data.get("target_spacing", 1.0)))
     n, seed = int(data.get("n", 100)), int(data.get("seed", 1))
     if data["phantom"] == "nodules":
         from models.phantoms.nodules import nodule_cubes
@@ -76,9 +77,29 @@ def case_renderer(source: Any, noise: NoiseSpec, models: Sequence[AuditedModel])
     return render
 
 
+def write_dicom_cases(out: Path, report: dict[str, Any], source: Any, noise: NoiseSpec) -> None:
+    """Each worst case as a derived DICOM study (clean and noisy series); the report links them by UID and folder."""
+    from audit.dicom import write_flipped_case
+
+    for model in report["models"]:
+        for case in model["worst_cases"]:
+            hu = source.load([case["sample"]])
+            noisy = hu + noise.sample(np.array([case["key"]], dtype=np.uint64), case["level"], hu, source.spacing)
+            clean, noisy = hu[0], noisy[0]
+            if clean.ndim == 2:
+                clean, noisy = clean[None], noisy[None]
+            spacing = tuple(source.spacing) if len(source.spacing) == 3 else (1.0, *source.spacing)
+            folder = out / "dicom" / model["name"] / f"sample{case['sample']:06d}-level{noise.level_key(case['level'])}-k{case['k']}"
+            attack = "random NPS noise" if noise.kind == "nps" else f"{noise.kind} noise, level {case['level']:g}"
+            case["dicom"] = write_flipped_case(clean, noisy, spacing, folder, level=float(case["level"]), key=tuple(case["key"]),
+                                               attack=attack, overwrite=True)
+
+
 def write_reports(out: Path, models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, stats: CampaignStats,
-                  worst: int = 6, extra: dict | None = None) -> dict[str, Any]:
+                  worst: int = 6, extra: dict | None = None, dicom: bool = False) -> dict[str, Any]:
     report = build_report(out, models, source, noise, stats, worst=worst, extra=extra)
+    if dicom:
+        write_dicom_cases(out, report, source, noise)
     write_json(out / "report.json", report)
     page = render_html(report, nps_curves=nps_curves(noise, source.shape, source.spacing),
                        case_images=case_renderer(source, noise, models))
@@ -108,7 +129,7 @@ def run_config(config: AuditConfig, out: Path, *, resume: bool = False, progress
         extra = {"scan_arm": [dict(scan_arm(m, phantoms, draws=int(arm.get("draws", 100)), seed=int(arm.get("seed", 0)),
                                             patch_mm=float(arm.get("patch_mm", 6.8)), overlap=float(arm.get("overlap", 0.3))),
                                    mas=float(arm["mas"])) for m in models]}
-    return write_reports(out, models, source, config.noise, stats, config.worst, extra)
+    return write_reports(out, models, source, config.noise, stats, config.worst, extra, dicom=config.dicom_cases)
 
 
 def summary_table(report: dict[str, Any]) -> str:

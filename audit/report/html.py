@@ -68,8 +68,10 @@ def render_html(report: dict[str, Any], *, nps_curves: tuple[np.ndarray, dict] |
         parts.append(_img(figures.exceedance_curves(model, unit), "exceedance curves"))
         if model["worst_cases"]:
             parts.append("<h3>Flipped cases</h3>")
-            parts.append(_table(["sample", "level", "SAR_i", "noisy label", "noisy score", "key (seed, sample, level, k)"],
-                                [[c["id"], c["level"], c["SAR"], c["noisy_label"], c["noisy_score"], str(c["key"])] for c in model["worst_cases"]]))
+            parts.append(_table(["sample", "level", "SAR_i", "noisy label", "noisy score", "key (seed, sample, level, k)", "DICOM (clean / noisy series)"],
+                                [[c["id"], c["level"], c["SAR"], c["noisy_label"], c["noisy_score"], str(c["key"]),
+                                  f"{c['dicom']['clean_dir']} / {c['dicom']['noisy_dir']}" if c.get("dicom") else "-"]
+                                 for c in model["worst_cases"]]))
             if case_images is not None:
                 for case in model["worst_cases"]:
                     png = case_images(model, case)

@@ -101,3 +101,23 @@ def test_unwritable_out_dir(setup):
     blocker = tmp / "file"
     blocker.write_text("a file where a folder should be")
     _one_line_exit_2(_audit("run", config, "--out", blocker / "out"), str(blocker))
+
+
+def test_flipped_cases_as_dicom_series_linked_from_the_report(setup):
+    from audit.dicom import read_series
+
+    tmp, model, manifest = setup
+    config = write_config(tmp / "a.toml", model, manifest, noise=NOISE)
+    config.write_text(config.read_text() + "\n[report]\nworst = 2\ndicom = true\n")
+    proc = _audit("run", config, "--out", tmp / "out")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp / "out" / "report.json").read_text())
+    cases = report["models"][0]["worst_cases"]
+    assert cases and all("dicom" in c for c in cases)
+    case = cases[0]
+    clean, noisy = read_series(case["dicom"]["clean_dir"]), read_series(case["dicom"]["noisy_dir"])
+    assert clean.series_uid == case["dicom"]["clean_series_uid"] and noisy.series_uid != clean.series_uid
+    original = np.load(manifest.parent / f"{case['id']}.npz")["hu"]
+    assert np.abs(clean.hu[0] - original).max() <= 0.5  # HU kept to the stored integer
+    assert np.abs(noisy.hu[0] - original).max() > 1.0  # the noise is there
+    assert case["dicom"]["noisy_dir"] in (tmp / "out" / "report.html").read_text()
