@@ -15,7 +15,7 @@ from audit.errors import USER_ERRORS
 
 #: Modules under ``audit.commands`` that each define ``register(subparsers)``;
 #: the parser they add carries the handler as ``func``.
-COMMAND_MODULES = ("demo", "run", "gate", "fast_gate", "models", "noise", "attack")
+COMMAND_MODULES = ("demo", "run", "gate", "fast_gate", "models", "noise", "attack", "retrain")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,264 @@
+"""Retraining on what the attacks find: adaptive training (study 1, Algorithm 2) and adversarial training (study 4).
+
+Each round: attack the training samples through the deployed ONNX artifact
+(``audit.attacks``; the deployed model decides), add perturbed samples with
+their original labels, fine-tune (``epochs``, Adam, best epoch on the
+validation split kept), re-export ONNX with the parity check, and re-run the
+same attack on the training and test samples. Round 0 is the model as built.
+Every round records AUC (or the task's score) and SAN on train and test, so
+robustness and accuracy sit side by side.
+
+Modes: ``adaptive`` adds the successful perturbations only (Algorithm 2);
+``pgd`` adds every PGD sample (clean + adversarial, study 4); ``uniform`` adds
+uniform-noise samples U(-a, a) HU (clean + noise, study 4's baseline).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from audit.errors import ConfigError, InputError
+from models import export, registry, training
+
+build_mod = importlib.import_module("models.build")  # the module; ``models.build`` the attribute is the function
+
+MODES = ("adaptive", "pgd", "uniform")
+SCHEMA = "audit-retrain/1"
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    model: str = "nodule3d"
+    variant: str | None = None
+    quick: bool = True
+    mode: str = "adaptive"
+    rounds: int = 2
+    epochs: int = 10
+    lr: float = 5e-4
+    train_samples: int = 64
+    test_samples: int = 64
+    seed: int = 0
+    uniform_amplitude: float = 50.0
+    attack: Mapping[str, Any] = field(default_factory=lambda: {"name": "pgd", "eps": 0.02, "steps": 10})
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"retrain.mode: expected one of {MODES}, got {self.mode!r}")
+        for key, low in (("rounds", 1), ("epochs", 1), ("train_samples", 2), ("test_samples", 2)):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"retrain.{key}: expected an integer >= {low}, got {v!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ConfigError(f"retrain.lr: expected a number > 0, got {self.lr!r}")
+        if not (isinstance(self.uniform_amplitude, (int, float)) and self.uniform_amplitude > 0):
+            raise ConfigError(f"retrain.uniform_amplitude: expected a number > 0 (HU), got {self.uniform_amplitude!r}")
+        if "name" not in self.attack:
+            raise ConfigError("attack.name: missing")
+
+
+def _audited(path: Path):
+    from audit.campaign import AuditedModel
+    from audit.engines import load_engine
+    from audit.heads import head_from, preprocess_from
+
+    engine = load_engine(path)
+    return AuditedModel(path.stem, engine, head_from(engine.metadata), preprocess_from(engine.metadata))
+
+
+def _attack(config: RetrainConfig, net: torch.nn.Module, onnx_path: Path, hu: np.ndarray, ids: list[str], seed: int):
+    """Run the configured attack on ``hu`` against the ONNX artifact (twin = ``net``); returns (result, model, attack)."""
+    from audit.attacks import Target, build_attack, run_attack
+
+    model = _audited(onnx_path)
+    target = Target.from_model(model, copy.deepcopy(net).eval(), parity_hu=hu[:4])
+    params = {k: v for k, v in config.attack.items() if k != "name"}
+    attack = build_attack(config.attack["name"], target, **params)
+    return run_attack(attack, model, hu, seed=seed, ids=ids, keep=0, progress=False), model, attack
+
+
+def _adversarial_inputs(result, attack, hu: np.ndarray, seed: int) -> np.ndarray:
+    """The model inputs of every sample's first candidate (re-generated from the seed, as run_attack did)."""
+    import torch as _t
+
+    out = []
+    bs = 16
+    for b, start in enumerate(range(0, len(hu), bs)):
+        gen = _t.Generator().manual_seed(int(seed) + b * 1_000_003)
+        cands = attack.perturb(_t.from_numpy(hu[start : start + bs]), gen)
+        out.append(attack.model_input(cands.values[:, 0]).detach().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def _metrics(bp, net, data, idx) -> dict[str, Any]:
+    m = training.evaluate(bp, net, data, idx)
+    return {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def finetune(bp, net: torch.nn.Module, x: np.ndarray, targets: dict[str, np.ndarray], strata: np.ndarray, data,
+             val: np.ndarray, *, epochs: int, lr: float, batch_size: int, seed: int) -> torch.nn.Module:
+    """Fine-tune ``net`` on (x, targets) for ``epochs`` with class-balanced batches; keep the best validation epoch
+    of the fine-tuning (never the start)."""
+    with training.deterministic(seed):
+        for p in net.parameters():
+            p.requires_grad_(True)
+        net = net.to(memory_format=torch.contiguous_format)
+        opt = torch.optim.Adam(net.parameters(), lr=lr)
+        rng = np.random.default_rng([seed, 13])
+        # best among the fine-tuned epochs only: seeding it with the start would keep the old weights whenever
+        # validation does not improve, and the round would change nothing
+        best, best_state = -np.inf, None
+        for epoch in range(epochs):
+            net.train()
+            order = training.balanced_order(strata, rng)
+            for i in range(0, order.size, batch_size):
+                b = order[i : i + batch_size]
+                t = {k: torch.from_numpy(np.ascontiguousarray(v[b])) for k, v in targets.items()}
+                loss = bp.task.loss(net, torch.from_numpy(x[b]), t, epoch)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            score = bp.task.score(_metrics(bp, net, data, val))
+            if score > best:
+                best, best_state = score, copy.deepcopy(net.state_dict())
+        net.load_state_dict(best_state)
+    return net.eval()
+
+
+def retrain(config: RetrainConfig, out: str | Path, *, progress: bool | None = None, log=None) -> dict[str, Any]:
+    """Run ``config.rounds`` rounds of retraining; writes ``retrain.json`` and round ONNX files under ``out``."""
+    out = build_mod.prepare_out(out)
+    built = build_mod.cached_build(config.model, config.variant, quick=config.quick, cache_dir=config.cache_dir,
+                                   progress=progress)
+    art = built.artifacts[0]
+    bp = registry.get(config.model).blueprint(built.recipe.variant)
+    data = bp.make_data(built.recipe.samples, built.recipe.data_seed)
+    split = training.make_splits(data.strata, built.recipe)[0]
+    rng = np.random.default_rng([config.seed, 17])
+    train_idx = np.sort(rng.choice(split.train, min(config.train_samples, split.train.size), replace=False))
+    test_idx = np.sort(rng.choice(split.test, min(config.test_samples, split.test.size), replace=False))
+    net = build_mod.load_checkpoint(config.model, built.recipe.variant, art.checkpoint)
+    onnx_path = art.onnx
+    pool_x, pool_t, pool_s = [], {k: [] for k in data.targets}, []
+    rounds = []
+    for r in range(config.rounds + 1):
+        res_train, _, attack = _attack(config, net, onnx_path, data.hu[train_idx].astype(np.float32),
+                                       [f"train:{i}" for i in train_idx], config.seed + 7 * r)
+        res_test, _, _ = _attack(config, net, onnx_path, data.hu[test_idx].astype(np.float32),
+                                 [f"test:{i}" for i in test_idx], config.seed + 7 * r + 1)
+        rec = {"round": r, "onnx": str(onnx_path), "train": {**_metrics(bp, net, data, split.train),
+               **_san(res_train)}, "test": {**_metrics(bp, net, data, split.test), **_san(res_test)}}
+        rounds.append(rec)
+        if log is not None:
+            log(f"round {r}: train SAN {rec['train']['san']}, test SAN {rec['test']['san']}, "
+                f"test score {bp.task.score(rec['test']):.3f}")
+        if r == config.rounds:
+            break
+        hu_train = data.hu[train_idx].astype(np.float32)
+        if config.mode == "uniform":
+            g = np.random.default_rng([config.seed, r, 23])
+            noisy = hu_train + g.uniform(-config.uniform_amplitude, config.uniform_amplitude, hu_train.shape).astype(np.float32)
+            new_x, keep = registry.preprocess(noisy, bp.hu_window), np.ones(len(train_idx), bool)
+        else:
+            new_x = _adversarial_inputs(res_train, attack, hu_train, config.seed + 7 * r)
+            keep = res_train.deployed_flips.any(1) if config.mode == "adaptive" else np.ones(len(train_idx), bool)
+        pool_x.append(new_x[keep])
+        for k in data.targets:
+            pool_t[k].append(data.targets[k][train_idx][keep])
+        pool_s.append(data.strata[train_idx][keep])
+        rec["added"] = int(keep.sum())
+        x = np.concatenate([data.x[split.train]] + pool_x)
+        targets = {k: np.concatenate([data.targets[k][split.train]] + pool_t[k]) for k in data.targets}
+        strata = np.concatenate([data.strata[split.train]] + pool_s)
+        net = finetune(bp, net, x, targets, strata, data, split.val, epochs=config.epochs, lr=config.lr,
+                       batch_size=built.recipe.batch_size, seed=config.seed + r)
+        onnx_path = out / f"{config.model}-round{r + 1}.onnx"
+        md = export.metadata_for(bp, recipe_hash=built.recipe_hash, weights=training.weights_sha256(net),
+                                 seed=config.seed + r, fold=0, repeat=0, test_metrics=_metrics(bp, net, data, split.test))
+        rec_parity = export.export_onnx(net, onnx_path, input_shape=bp.input_shape, output_names=bp.output_names,
+                                        metadata=md, parity_inputs=data.x[split.test[: export.PARITY_SAMPLES]])
+        torch.save(net.state_dict(), out / f"{config.model}-round{r + 1}.pt")
+        rec["next_parity_max_abs_diff"] = rec_parity
+    report = {"schema": SCHEMA, "model": config.model, "variant": built.recipe.variant, "mode": config.mode,
+              "config": {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in config.__dict__.items()},
+              "base_build": str(built.out), "rounds": rounds}
+    (out / "retrain.json").write_text(json.dumps(report, indent=1))
+    (out / "retrain.html").write_text(render_retrain_html(report), encoding="utf-8")
+    return report
+
+
+def _san(result) -> dict[str, Any]:
+    s = result.summary()
+    return {"san": s["san"], "n": s["n"], "san_fraction": s["san_fraction"],
+            "torch_success_rate": s["torch_success_rate"], "deployed_success_rate": s["deployed_success_rate"]}
+
+
+def render_retrain_html(report: dict[str, Any]) -> str:
+    """Robustness and accuracy per round, side by side."""
+    import html
+
+    keys = [k for k in ("auc", "accuracy", "macro_f1", "mae", "dice") if k in report["rounds"][0]["train"]]
+    head = ["round", "added"] + [f"train {k}" for k in keys] + ["train SAN"] + [f"test {k}" for k in keys] + ["test SAN"]
+    rows = []
+    for r in report["rounds"]:
+        cells = [r["round"], r.get("added", "")] + [f"{r['train'][k]:.3f}" for k in keys] + \
+                [f"{r['train']['san']}/{r['train']['n']}"] + [f"{r['test'][k]:.3f}" for k in keys] + \
+                [f"{r['test']['san']}/{r['test']['n']}"]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>retrain</title></head><body>"
+            f"<h1>Retraining ({html.escape(report['mode'])}) of {html.escape(report['model'])}</h1><table border=1>"
+            "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table></body></html>")
+
+
+RETRAIN_KEYS = ("mode", "rounds", "epochs", "lr", "train_samples", "test_samples", "seed", "uniform_amplitude")
+
+
+def load_retrain_config(path: str | Path) -> RetrainConfig:
+    """``[model]`` name, variant, quick, cache_dir; ``[retrain]`` RETRAIN_KEYS; ``[attack]`` as ``audit attack``'s."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the config ({exc.strerror or exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    for key in raw:
+        if key not in ("model", "retrain", "attack"):
+            raise ConfigError(f"{path}: {key}: unknown section; allowed: model, retrain, attack")
+    model, rt, attack = (dict(raw.get(k, {})) for k in ("model", "retrain", "attack"))
+    for key in model:
+        if key not in ("name", "variant", "quick", "cache_dir"):
+            raise ConfigError(f"{path}: model.{key}: unknown key; allowed: name, variant, quick, cache_dir")
+    for key in rt:
+        if key not in RETRAIN_KEYS:
+            raise ConfigError(f"{path}: retrain.{key}: unknown key; allowed: {', '.join(RETRAIN_KEYS)}")
+    from audit.attacks import ATTACKS
+
+    if attack and attack.get("name") not in ATTACKS:
+        raise ConfigError(f"{path}: attack.name: unknown attack {attack.get('name')!r}; expected one of {sorted(ATTACKS)}")
+    registry.get(model.get("name", "nodule3d"))
+    kw: dict[str, Any] = {"model": model.get("name", "nodule3d"), "variant": model.get("variant"),
+                          "quick": bool(model.get("quick", True)), "cache_dir": model.get("cache_dir"), **rt}
+    if attack:
+        kw["attack"] = attack
+    try:
+        return RetrainConfig(**kw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def retrain_from_config(config: RetrainConfig, out: str | Path, *, progress: bool | None = None) -> dict[str, Any]:
+    return retrain(config, out, progress=progress, log=lambda line: print(line, file=sys.stderr))
