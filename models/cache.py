@@ -2,8 +2,9 @@
 
 Location: ``$AUDIT_CACHE_DIR`` if set, else ``~/.cache/ct-robustness-audit``;
 builds live in ``<root>/models/<name>-<variant>-<hash[:16]>/``. The hash covers
-the recipe, the source code of the ``models`` package and the torch version,
-so a change to the phantoms, nets or training invalidates old builds.
+the recipe, the source code that decides a build's weights and files
+(``FINGERPRINT_SOURCES``) and the torch version, so a change to the phantoms,
+nets, training or export invalidates old builds.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from models.registry import Recipe
 
 ENV_VAR = "AUDIT_CACHE_DIR"
 _PACKAGE = Path(__file__).resolve().parent
+#: Sources (relative to the package) whose text is part of every recipe hash.
+FINGERPRINT_SOURCES = ("phantoms", "nets", "augment.py", "tasks.py", "training.py", "registry.py", "export.py",
+                       "build.py", "metrics.py")
 
 
 def cache_root() -> Path:
@@ -28,9 +32,13 @@ def cache_root() -> Path:
 
 
 def code_fingerprint() -> str:
-    """SHA-256 of the ``models`` package's Python sources (sorted by path)."""
+    """SHA-256 of the ``FINGERPRINT_SOURCES`` Python files (sorted by path)."""
     h = hashlib.sha256()
-    for p in sorted(_PACKAGE.rglob("*.py")):
+    files = []
+    for name in FINGERPRINT_SOURCES:
+        p = _PACKAGE / name
+        files += sorted(p.rglob("*.py")) if p.is_dir() else [p]
+    for p in sorted(files):
         h.update(str(p.relative_to(_PACKAGE)).encode())
         h.update(p.read_bytes())
     return h.hexdigest()
