@@ -5,7 +5,7 @@ Sections (all documented in README.md):
 ``[head]``, ``[preprocess]``: overrides of what the ONNX metadata says;
 ``[data]``: manifest (CSV) or phantom (``nodules`` | ``bodysite``) with n and seed; spacing; class_names;
 ``[noise]``: see ``audit.noise_spec``; ``[run]``: batch_size, shard_samples, noise_workers, prefetch;
-``[report]``: worst (flipped cases shown).
+``[report]``: worst (flipped cases shown); ``[pacs]``: a DICOMweb server (see ``audit.pacs.config``).
 Relative paths are relative to the config file.
 """
 
@@ -25,7 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-SECTIONS = ("model", "head", "preprocess", "data", "noise", "run", "report", "scan_arm")
+SECTIONS = ("model", "head", "preprocess", "data", "noise", "run", "report", "scan_arm", "pacs")
 SCAN_ARM_KEYS = ("source", "mas", "scans", "draws", "seed", "patch_mm", "overlap")
 MODEL_KEYS = ("path", "name", "engine", "threads", "providers", "optimization", "precision", "max_batch")
 DATA_KEYS = ("manifest", "phantom", "n", "seed", "spacing", "class_names", "cube", "target_spacing")
@@ -53,6 +53,7 @@ class AuditConfig:
     base: Path = Path(".")
     dicom_cases: bool = False
     scan_arm: Mapping[str, Any] | None = None
+    pacs: Any = None  # audit.pacs.PacsServer: manifest rows dicomweb:<UID>, and push of flipped cases
 
 
 def _section(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -75,6 +76,11 @@ def parse_config(raw: Mapping[str, Any], base: Path) -> AuditConfig:
     # Unknown keys anywhere come first: a typo is the likeliest mistake.
     for name, allowed in (("data", DATA_KEYS), ("run", RUN_KEYS), ("report", ("worst", "dicom")), ("scan_arm", SCAN_ARM_KEYS)):
         _check_keys(name, _section(raw, name), allowed)
+    pacs = None
+    if "pacs" in raw:
+        from audit.pacs.config import pacs_server_from
+
+        pacs = pacs_server_from(_section(raw, "pacs"), base)
     noise = noise_spec_from(_section(raw, "noise"), base)
     models_raw = raw.get("model")
     if models_raw is None:
@@ -111,7 +117,8 @@ def parse_config(raw: Mapping[str, Any], base: Path) -> AuditConfig:
         if not isinstance(arm.get("mas"), (int, float)) or arm["mas"] <= 0:
             raise ConfigError(f"scan_arm.mas: expected a positive dose in mAs, got {arm.get('mas')!r}")
     return AuditConfig(tuple(models), _section(raw, "head"), _section(raw, "preprocess"), data, noise, RunOptions(**run),
-                       int(report.get("worst", 6)), base, scan_arm=arm, dicom_cases=bool(report.get("dicom", False)))
+                       int(report.get("worst", 6)), base, scan_arm=arm, pacs=pacs,
+                       dicom_cases=bool(report.get("dicom", False)) or bool(pacs is not None and pacs.push))
 
 
 def load_config(path: str | Path) -> AuditConfig:

@@ -3,7 +3,8 @@
 A source serves batches by index so a campaign's memory stays bounded whatever
 the number of samples. ``ArraySource`` wraps arrays already in memory (phantom
 sets); ``ManifestSource`` reads a CSV of ``path,label`` rows pointing at .npy or
-.npz files or DICOM series folders (paths relative to the CSV).
+.npz files or DICOM series folders (paths relative to the CSV), or at series on a
+PACS (``dicomweb:<SeriesUID>``, read through ``audit.pacs``).
 """
 
 from __future__ import annotations
@@ -72,10 +73,15 @@ class ManifestSource:
     columns ``x,y,z`` patient mm, or ``i,j,k`` = column, row, slice voxel
     indices), a cube of ``cube`` voxels at ``target_spacing`` mm around the
     lesion (air outside the scan). All images share one shape.
+
+    A path ``dicomweb:<SeriesUID>`` or ``dicomweb:<StudyUID>/<SeriesUID>``
+    names a series on the PACS ``pacs`` (an ``audit.pacs.PacsServer`` or
+    client); it is retrieved, complete, into the server's bounded cache and
+    then read like a DICOM folder.
     """
 
     def __init__(self, manifest: str | Path, spacing: Sequence[float] | None = None, class_names: Sequence[str] = (),
-                 *, cube: int = 32, target_spacing: float = 1.0) -> None:
+                 *, cube: int = 32, target_spacing: float = 1.0, pacs=None) -> None:
         self.manifest = Path(manifest)
         self.name = str(self.manifest)
         self.class_names = tuple(class_names)
@@ -92,7 +98,10 @@ class ManifestSource:
         if not rows or "path" not in rows[0]:
             raise InputError(f"{self.manifest}: expected a CSV with a header naming at least 'path' (and 'label')")
         base = self.manifest.parent
-        self.paths = [(base / r["path"]).resolve() if not Path(r["path"]).is_absolute() else Path(r["path"]) for r in rows]
+        self._remote = self._pacs_rows(rows, pacs)  # row -> (study UID or None, series UID) on the PACS
+        self.paths = [self._pacs.cache.folder(self._remote[n][1]) if n in self._remote else
+                      (base / r["path"]).resolve() if not Path(r["path"]).is_absolute() else Path(r["path"])
+                      for n, r in enumerate(rows)]
         self.centers = [self._center(n, r) for n, r in enumerate(rows)]
         self.ids = [r.get("id") or (r["path"] if c is None else f"{r['path']}@{','.join(f'{v:g}' for v in c[0])}")
                     for r, c in zip(rows, self.centers)]
@@ -100,9 +109,9 @@ class ManifestSource:
             self.labels = np.array([int(r["label"]) if r.get("label", "") not in ("", None) else -1 for r in rows], np.int64)
         except ValueError as exc:
             raise InputError(f"{self.manifest}: label column must hold integers ({exc})") from None
-        for p, c in zip(self.paths, self.centers):
-            if p.is_dir():
-                continue  # a DICOM series folder, read on demand
+        for n, (p, c) in enumerate(zip(self.paths, self.centers)):
+            if n in self._remote or p.is_dir():
+                continue  # a DICOM series folder (or a PACS series), read on demand
             if c is not None:
                 raise InputError(f"{p}: lesion coordinates in {self.manifest.name} apply to DICOM folders only")
             if p.suffix not in (".npy", ".npz"):
@@ -118,7 +127,7 @@ class ManifestSource:
             raise InputError(f"{self.paths[0]}: no spacing in the file; set data.spacing in the config")
         if len(given) != first.ndim or min(given) <= 0:
             raise InputError(f"data.spacing: expected {first.ndim} positive values (mm), got {given}")
-        if first_spacing is not None and self.paths[0].is_dir() and not np.allclose(given, first_spacing, rtol=1e-3):
+        if first_spacing is not None and self._is_dicom(0) and not np.allclose(given, first_spacing, rtol=1e-3):
             raise InputError(f"data.spacing: {given} mm disagrees with {first_spacing} mm of the DICOM series {self.paths[0]}")
         self.spacing = given
 
@@ -128,6 +137,32 @@ class ManifestSource:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self._shape)
+
+    def _pacs_rows(self, rows: list[dict], pacs) -> dict[int, tuple[str | None, str]]:
+        """Rows naming PACS series, checked against the server now (a missing series fails before any work)."""
+        from audit.pacs.dicomweb import parse_row
+
+        remote = {}
+        for n, r in enumerate(rows):
+            try:
+                uids = parse_row((r.get("path") or "").strip())
+            except InputError as exc:
+                raise InputError(f"{self.manifest}: row {n + 2}: {exc}") from None
+            if uids is not None:
+                remote[n] = uids
+        self._pacs = None
+        if remote:
+            if pacs is None:
+                raise InputError(f"{self.manifest}: row {min(remote) + 2} names a PACS series (dicomweb:...) but no "
+                                 "server is configured; add a [pacs] table with url = ...")
+            from audit.pacs import connect
+
+            self._pacs = connect(pacs)
+            self._counts = {n: self._pacs.locate(series, study).instances for n, (study, series) in remote.items()}
+        return remote
+
+    def _is_dicom(self, i: int) -> bool:
+        return i in self._remote or self.paths[i].is_dir()
 
     def _center(self, n: int, row: dict) -> tuple[tuple[float, float, float], str] | None:
         """Lesion centre of manifest row ``n`` and its units ('mm' or 'voxel'), or None."""
@@ -154,8 +189,11 @@ class ManifestSource:
         from audit.dicom import crop_cube, scan_series
 
         path = self.paths[i]
+        if i in self._remote:  # complete in the cache (retrieved again if it was evicted)
+            study, uid = self._remote[i]
+            path = self._pacs.fetch(uid, study)
         series = self._series.get(path)
-        if series is None:
+        if series is None or not all(f.is_file() for f in series.files[:1]):
             series = self._series[path] = scan_series(path)
         if self.centers[i] is None:
             return series.read(), tuple(series.spacing)
@@ -165,7 +203,7 @@ class ManifestSource:
 
     def _read(self, i: int) -> tuple[np.ndarray, tuple[float, ...] | None]:
         path = self.paths[i]
-        if path.is_dir():
+        if self._is_dicom(i):
             return self._read_dicom(i)
         try:
             if path.suffix == ".npy":
@@ -186,7 +224,7 @@ class ManifestSource:
         out = np.empty((len(index), *self._shape), dtype=np.float32)
         for j, i in enumerate(index):
             img, sp = self._read(int(i))
-            if sp is not None and self.paths[i].is_dir() and not np.allclose(sp, self.spacing, rtol=1e-3):
+            if sp is not None and self._is_dicom(i) and not np.allclose(sp, self.spacing, rtol=1e-3):
                 raise InputError(f"{self.paths[i]}: DICOM spacing {sp} mm differs from the source's {self.spacing}")
             if img.shape != self._shape:
                 raise InputError(f"{self.paths[i]}: shape {img.shape} differs from the first image's {self._shape}")
@@ -200,7 +238,11 @@ class ManifestSource:
     def fingerprint(self) -> str:
         h = hashlib.sha256()
         dicom = False
-        for p, lab, c in zip(self.paths, self.labels, self.centers):
+        for n, (p, lab, c) in enumerate(zip(self.paths, self.labels, self.centers)):
+            if n in self._remote:  # a PACS series: its UIDs and instance count, not the cache's file times
+                dicom = True
+                h.update(f"dicomweb:{self._remote[n]}|{self._counts[n]}|{lab}|{c}".encode())
+                continue
             if p.is_dir():  # every file of the series, and the lesion centre
                 dicom = True
                 for f in sorted(p.iterdir()):

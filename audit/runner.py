@@ -27,10 +27,12 @@ def open_models(config: AuditConfig) -> list[AuditedModel]:
     return out
 
 
-def open_source(data: dict[str, Any]):
+def open_source(data: dict[str, Any], pacs: Any = None):
+    """The data source of a ``[data]`` table; ``pacs`` (a ``PacsServer``) serves manifest rows ``dicomweb:<UID>``."""
     if "manifest" in data:
         return ManifestSource(data["manifest"], data.get("spacing"), data.get("class_names", ()),
-                              cube=int(data.get("cube", 32)), target_spacing=float(data.get("target_spacing", 1.0)))
+                              cube=int(data.get("cube", 32)), target_spacing=float(data.get("target_spacing", 1.0)),
+                              pacs=pacs)
     n, seed = int(data.get("n", 100)), int(data.get("seed", 1))
     if data["phantom"] == "nodules":
         from models.phantoms.nodules import nodule_cubes
@@ -77,10 +79,18 @@ def case_renderer(source: Any, noise: NoiseSpec, models: Sequence[AuditedModel])
     return render
 
 
-def write_dicom_cases(out: Path, report: dict[str, Any], source: Any, noise: NoiseSpec) -> None:
-    """Each worst case as a derived DICOM study (clean and noisy series); the report links them by UID and folder."""
+def write_dicom_cases(out: Path, report: dict[str, Any], source: Any, noise: NoiseSpec, pacs: Any = None) -> None:
+    """Each worst case as a derived DICOM study (clean and noisy series); the report links them by UID and folder.
+
+    With ``pacs`` (a ``PacsServer`` with ``push``) each case is also stored on the server (STOW-RS), once.
+    """
     from audit.dicom import write_flipped_case
 
+    client = None
+    if pacs is not None and pacs.push:
+        from audit.pacs import connect
+
+        client = connect(pacs)
     for model in report["models"]:
         for case in model["worst_cases"]:
             hu = source.load([case["sample"]])
@@ -93,13 +103,17 @@ def write_dicom_cases(out: Path, report: dict[str, Any], source: Any, noise: Noi
             attack = "random NPS noise" if noise.kind == "nps" else f"{noise.kind} noise, level {case['level']:g}"
             case["dicom"] = write_flipped_case(clean, noisy, spacing, folder, level=float(case["level"]), key=tuple(case["key"]),
                                                attack=attack, overwrite=True)
+            if client is not None:
+                from audit.pacs import push_case
+
+                case["dicom"] = push_case(client, case["dicom"], model["name"])
 
 
 def write_reports(out: Path, models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, stats: CampaignStats,
-                  worst: int = 6, extra: dict | None = None, dicom: bool = False) -> dict[str, Any]:
+                  worst: int = 6, extra: dict | None = None, dicom: bool = False, pacs: Any = None) -> dict[str, Any]:
     report = build_report(out, models, source, noise, stats, worst=worst, extra=extra)
-    if dicom:
-        write_dicom_cases(out, report, source, noise)
+    if dicom or (pacs is not None and pacs.push):
+        write_dicom_cases(out, report, source, noise, pacs)
     write_json(out / "report.json", report)
     page = render_html(report, nps_curves=nps_curves(noise, source.shape, source.spacing),
                        case_images=case_renderer(source, noise, models))
@@ -112,7 +126,7 @@ def run_config(config: AuditConfig, out: Path, *, resume: bool = False, progress
                ray: str | None = None, ray_actors: int | None = None, ray_gpus: float = 0.0) -> dict[str, Any]:
     """Run the campaign (in this process, or over Ray with ``ray`` = "auto" or an address) and write the reports."""
     models = open_models(config)
-    source = open_source(dict(config.data))
+    source = open_source(dict(config.data), pacs=config.pacs)
     options = config.run if progress is None else type(config.run)(**{**config.run.__dict__, "progress": progress})
     if ray is not None:
         from audit.scale import run_on_ray
@@ -129,7 +143,8 @@ def run_config(config: AuditConfig, out: Path, *, resume: bool = False, progress
         extra = {"scan_arm": [dict(scan_arm(m, phantoms, draws=int(arm.get("draws", 100)), seed=int(arm.get("seed", 0)),
                                             patch_mm=float(arm.get("patch_mm", 6.8)), overlap=float(arm.get("overlap", 0.3))),
                                    mas=float(arm["mas"])) for m in models]}
-    return write_reports(out, models, source, config.noise, stats, config.worst, extra, dicom=config.dicom_cases)
+    return write_reports(out, models, source, config.noise, stats, config.worst, extra, dicom=config.dicom_cases,
+                         pacs=config.pacs)
 
 
 def summary_table(report: dict[str, Any]) -> str:

@@ -1,0 +1,146 @@
+"""A bounded on-disk cache of retrieved series: one folder per SeriesInstanceUID, least recently used evicted.
+
+An entry appears complete or not at all: a series is downloaded into a hidden
+temporary folder, checked, marked complete and renamed into place. Eviction
+renames an entry away before deleting it, so a reader never sees half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+from audit.errors import InputError
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+MARKER = ".complete"
+#: Temporary folders older than this (seconds) are left over from killed runs and removed.
+STALE_S = 3600.0
+
+
+def check_uid(uid: str, what: str = "UID") -> str:
+    """A DICOM UID (digits and dots, at most 64 characters), else ``InputError``."""
+    uid = str(uid).strip()
+    if not _UID.match(uid) or len(uid) > 64:
+        raise InputError(f"{what} {uid!r}: not a DICOM UID (digits and dots, at most 64 characters)")
+    return uid
+
+
+class SeriesCache:
+    """Series folders under ``root``, at most ``max_bytes`` in all (the newest entry is kept even when larger)."""
+
+    def __init__(self, root: str | os.PathLike, max_bytes: int) -> None:
+        self.root = Path(root)
+        self.max_bytes = int(max_bytes)
+
+    def folder(self, series_uid: str) -> Path:
+        return self.root / check_uid(series_uid, "series")
+
+    def get(self, series_uid: str) -> Path | None:
+        """The complete folder of the series (its use time refreshed), or None."""
+        folder = self.folder(series_uid)
+        marker = folder / MARKER
+        if not marker.is_file():
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(marker)
+        return folder
+
+    def instances(self, series_uid: str) -> int | None:
+        """Instance count recorded when the entry was completed, or None."""
+        try:
+            return int(json.loads((self.folder(series_uid) / MARKER).read_text())["instances"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    @contextlib.contextmanager
+    def put(self, series_uid: str) -> Iterator[Path]:
+        """Yield an empty temporary folder; on success it becomes the series' entry, on error it is removed.
+
+        The caller writes the files and must call nothing else; the instance
+        count is taken from the ``.dcm`` files in the folder.
+        """
+        final = self.folder(series_uid)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._remove_stale()
+            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=self.root))
+        except OSError as exc:
+            raise InputError(f"{self.root}: cannot write the PACS cache there ({exc.strerror or exc})") from None
+        try:
+            yield tmp
+            count = sum(1 for f in tmp.iterdir() if f.suffix == ".dcm")
+            (tmp / MARKER).write_text(json.dumps({"series_uid": final.name, "instances": count}))
+            if final.exists():  # an incomplete leftover, or another process finished first
+                if (final / MARKER).is_file():
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    self.evict(keep=final.name)
+                    return
+                self._discard(final)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not (final / MARKER).is_file():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.evict(keep=final.name)
+
+    def entries(self) -> list[tuple[float, int, Path]]:
+        """(last use, bytes, folder) of every complete entry, oldest first."""
+        out = []
+        if not self.root.is_dir():
+            return out
+        for d in self.root.iterdir():
+            marker = d / MARKER
+            if d.name.startswith(".") or not marker.is_file():
+                continue
+            try:
+                size = sum(f.stat().st_size for f in d.iterdir())
+                out.append((marker.stat().st_mtime, size, d))
+            except OSError:
+                continue  # removed meanwhile
+        return sorted(out, key=lambda e: e[0])
+
+    def size(self) -> int:
+        return sum(e[1] for e in self.entries())
+
+    def evict(self, keep: str | None = None) -> list[str]:
+        """Remove least recently used entries until the cache fits ``max_bytes``; returns the removed UIDs."""
+        entries = self.entries()
+        total = sum(e[1] for e in entries)
+        removed = []
+        for _, size, folder in entries:
+            if total <= self.max_bytes:
+                break
+            if folder.name == keep:
+                continue
+            self._discard(folder)
+            total -= size
+            removed.append(folder.name)
+        return removed
+
+    def _discard(self, folder: Path) -> None:
+        try:
+            gone = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=self.root))
+            os.replace(folder, gone / folder.name)
+        except OSError:
+            return
+        shutil.rmtree(gone, ignore_errors=True)
+
+    def _remove_stale(self) -> None:
+        now = time.time()
+        for d in self.root.iterdir():
+            if d.name.startswith(".") and d.suffix in (".tmp", ".old"):
+                with contextlib.suppress(OSError):
+                    if now - d.stat().st_mtime > STALE_S:
+                        shutil.rmtree(d, ignore_errors=True)
