@@ -21,7 +21,7 @@ from kernels._xp import optional_import
 def _open(config: AuditConfig):
     from audit.runner import open_models, open_source
 
-    return open_models(config), open_source(dict(config.data))
+    return open_models(config), open_source(dict(config.data), pacs=config.pacs)
 
 
 def _one_thread_per_actor(config: AuditConfig) -> AuditConfig:

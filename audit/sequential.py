@@ -100,7 +100,7 @@ def run_fast_gate(config: AuditConfig, rules: list[dict[str, Any]], out: Path, *
     from audit.runner import open_models, open_source
 
     models = models if models is not None else open_models(config)
-    source = source if source is not None else open_source(dict(config.data))
+    source = source if source is not None else open_source(dict(config.data), pacs=config.pacs)
     noise, n = config.noise, len(source)
     big_k = noise.draws
     step = max(1, math.ceil(big_k / rounds))
