@@ -52,7 +52,7 @@ def run_attack_config(config: AttackConfig, out: Path, *, progress: bool | None 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = open_model(config)
-    source = open_source(dict(config.data), pacs=config.pacs)
+    source = open_source(dict(config.data), pacs=getattr(config, "pacs", None))
     hu = source.load(np.arange(len(source)))
     target = Target.from_model(model, open_module(config), parity_hu=hu[:8])
     runs = []
