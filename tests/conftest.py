@@ -44,3 +44,19 @@ def xp(request):
 
 def to_host(a):
     return a.get() if type(a).__module__.startswith("cupy") else np.asarray(a)
+
+
+@pytest.fixture(scope="session")
+def quick_nodule(tmp_path_factory):
+    """The CI-sized NoduleNet3D build (the recipe ``audit demo`` uses), in a private cache.
+
+    Returns (result, CPU seconds the build took in this process, cache folder).
+    """
+    import time
+
+    import models
+
+    cache = tmp_path_factory.mktemp("model-cache")
+    c0 = time.process_time()
+    result = models.cached_build("nodule3d", quick=True, cache_dir=cache)
+    return result, time.process_time() - c0, cache

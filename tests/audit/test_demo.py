@@ -1,0 +1,29 @@
+"""The main job: ``audit demo --quick`` end to end on the CI-sized reference model (build shared with tests/models)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from audit.report import check_report
+
+
+def test_quick_demo_writes_reports_and_reuses_a_finished_run(quick_nodule, tmp_path):
+    _, _, cache = quick_nodule
+    env = {**os.environ, "AUDIT_CACHE_DIR": str(cache)}
+    out = tmp_path / "demo"
+    first = subprocess.run([sys.executable, "-m", "audit", "demo", "--quick", "--out", str(out)], capture_output=True, text=True, env=env)
+    assert first.returncode == 0, first.stderr
+    report = json.loads((out / "report.json").read_text())
+    check_report(report)
+    model = report["models"][0]
+    assert [b["level"] for b in model["levels"]] == [10, 50, 100, 200, 500]
+    assert all(b["N"] == 48 and b["K"] == 10 for b in model["levels"])
+    assert model["clean"]["auc"] > 0.7  # the reference model is a real classifier on the audit set
+    sar = [b["SAR_overall"] for b in model["levels"]]
+    assert sar[0] >= sar[-1]  # more noise (10 mAs) flips at least as often as little noise (500 mAs)
+    assert "SAN" in first.stdout and (out / "report.html").is_file() and (out / "junit.xml").is_file()
+    again = subprocess.run([sys.executable, "-m", "audit", "demo", "--quick", "--out", str(out)], capture_output=True, text=True, env=env)
+    assert again.returncode == 0 and "0 inferences" in again.stdout  # finished shards are reused
