@@ -121,14 +121,20 @@ def parse_config(raw: Mapping[str, Any], base: Path) -> AuditConfig:
                        dicom_cases=bool(report.get("dicom", False)) or bool(pacs is not None and pacs.push))
 
 
-def load_config(path: str | Path) -> AuditConfig:
+def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """A TOML file as a dict; unreadable or invalid files raise errors naming the file."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise InputError(f"{path}: cannot read the config ({exc.strerror or exc})") from None
+        raise InputError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+def load_config(path: str | Path) -> AuditConfig:
+    path = Path(path)
+    raw = read_toml(path)
     try:
         return parse_config(raw, path.resolve().parent)
     except ConfigError as exc:

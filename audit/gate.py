@@ -19,17 +19,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from audit.errors import ConfigError, InputError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 METRICS = ("san_fraction", "sar", "sar_class", "cmr_offdiag", "clean_auc", "clean_accuracy", "clean_macro_f1", "no_regression")
 RULE_KEYS = {"metric", "level", "max", "min", "class", "bound", "model", "name", "test", "alpha"}
@@ -59,13 +53,10 @@ def load_report(path: str | Path) -> dict[str, Any]:
 
 
 def load_policy(path: str | Path) -> list[dict[str, Any]]:
+    from audit.config import read_toml
+
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the policy ({exc.strerror or exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    raw = read_toml(path, "policy")
     extra = set(raw) - {"rule"}
     if extra:
         raise ConfigError(f"{path}: unknown section(s) {sorted(extra)}; a policy holds [[rule]] tables")

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from audit.errors import ConfigError, InputError
+from audit.errors import ConfigError
 from models import export, registry, training
 
 build_mod = importlib.import_module("models.build")  # the module; ``models.build`` the attribute is the function
@@ -224,17 +224,10 @@ RETRAIN_KEYS = ("mode", "rounds", "epochs", "lr", "train_samples", "test_samples
 
 def load_retrain_config(path: str | Path) -> RetrainConfig:
     """``[model]`` name, variant, quick, cache_dir; ``[retrain]`` RETRAIN_KEYS; ``[attack]`` as ``audit attack``'s."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
+    from audit.config import read_toml
+
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the config ({exc.strerror or exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    raw = read_toml(path)
     for key in raw:
         if key not in ("model", "retrain", "attack"):
             raise ConfigError(f"{path}: {key}: unknown section; allowed: model, retrain, attack")

@@ -17,19 +17,13 @@ Relative paths are relative to the config file.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from audit.config import DATA_KEYS, PHANTOMS
-from audit.errors import ConfigError, InputError
+from audit.config import DATA_KEYS, PHANTOMS, read_toml
+from audit.errors import ConfigError
 from audit.noise_spec import NoiseSpec, noise_spec_from
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 SECTIONS = ("model", "head", "preprocess", "data", "attack", "noise")
 MODEL_KEYS = ("path", "name", "threads", "optimization", "checkpoint", "net", "variant")
@@ -131,12 +125,7 @@ def parse_attack_config(raw: Mapping[str, Any], base: Path) -> AttackConfig:
 
 def load_attack_config(path: str | Path) -> AttackConfig:
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the config ({exc.strerror or exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    raw = read_toml(path)
     try:
         return parse_attack_config(raw, path.resolve().parent)
     except ConfigError as exc:
