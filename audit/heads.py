@@ -19,6 +19,7 @@ import numpy as np
 from audit.engines.base import pick_output
 from audit.errors import ConfigError
 from audit.metrics import batch_dice
+from kernels._xp import array_namespace
 
 TASKS = ("binary", "multiclass", "rating", "regression", "segmentation")
 ACTIVATIONS = ("none", "sigmoid", "softmax", "beta")
@@ -175,21 +176,13 @@ class Preprocess:
 
     def __call__(self, hu: Any, input_rank: int) -> Any:
         lo, hi = self.window
-        xp = _namespace(hu)
+        xp = array_namespace(hu)
         x = (hu - xp.float32(lo)) * xp.float32(1.0 / (hi - lo))
         if self.clip:
             x = xp.clip(x, 0.0, 1.0)
         while x.ndim < input_rank:
             x = x[:, None]
         return x.astype(xp.float32, copy=False)
-
-
-def _namespace(a: Any):
-    if type(a).__module__.startswith("cupy"):
-        import cupy
-
-        return cupy
-    return np
 
 
 def preprocess_from(metadata: Mapping[str, str], config: Mapping[str, Any] | None = None, source: str = "model") -> Preprocess:

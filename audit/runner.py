@@ -60,6 +60,13 @@ def nps_curves(noise: NoiseSpec, shape: Sequence[int], spacing: Sequence[float])
     return f, curves
 
 
+def regenerate_case(source: Any, noise: NoiseSpec, case: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A worst case's clean image and its noisy image, the noise regenerated from the case's key: (1, *shape) each."""
+    hu = source.load([case["sample"]])
+    key = np.array([case["key"]], dtype=np.uint64)
+    return hu, hu + noise.sample(key, case["level"], hu, source.spacing)
+
+
 def case_renderer(source: Any, noise: NoiseSpec, models: Sequence[AuditedModel]):
     """Regenerate a worst case's noise from its key and draw clean / noisy / difference."""
     from audit import figures
@@ -67,9 +74,7 @@ def case_renderer(source: Any, noise: NoiseSpec, models: Sequence[AuditedModel])
     by_name = {m.name: m for m in models}
 
     def render(model: dict, case: dict) -> bytes:
-        hu = source.load([case["sample"]])
-        key = np.array([case["key"]], dtype=np.uint64)
-        noisy = hu + noise.sample(key, case["level"], hu, source.spacing)
+        hu, noisy = regenerate_case(source, noise, case)
         m = by_name[model["name"]]
         clean_dec = m.decide(hu)
         title = (f"{case['id']} at {case['level']:g} {noise.to_dict()['level_unit']}, draw {case['k']}: "
@@ -93,8 +98,7 @@ def write_dicom_cases(out: Path, report: dict[str, Any], source: Any, noise: Noi
         client = connect(pacs)
     for model in report["models"]:
         for case in model["worst_cases"]:
-            hu = source.load([case["sample"]])
-            noisy = hu + noise.sample(np.array([case["key"]], dtype=np.uint64), case["level"], hu, source.spacing)
+            hu, noisy = regenerate_case(source, noise, case)
             clean, noisy = hu[0], noisy[0]
             if clean.ndim == 2:
                 clean, noisy = clean[None], noisy[None]

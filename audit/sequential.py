@@ -25,15 +25,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from audit import records
 from audit.atomic import atomic_path
 from audit.campaign import AuditedModel, run_campaign
 from audit.config import AuditConfig
 from audit.gate import Outcome, evaluate
-from audit.metrics import robustness_summary
-from audit.report.build import clean_performance
+from audit.report.build import clean_performance, level_block
 
 LEVEL_RULES = ("san_fraction", "sar", "sar_class", "cmr_offdiag")
 
@@ -48,19 +45,6 @@ class Verdict:
     draws: int
     exact: bool
     detail: str = ""
-
-
-def _block(model: AuditedModel, clean: records.CleanRecords, rec: records.LevelRecords, confidence: float) -> dict[str, Any]:
-    c = model.head.n_classes
-    if c:
-        block = robustness_summary(clean.labels, rec.labels, c, model.head.labels_names, confidence=confidence).to_dict()
-    else:
-        flips = rec.flipped.astype(np.int64)
-        block = robustness_summary(np.zeros(len(flips), np.int64), flips, 2, ("unchanged", "flipped"), confidence=confidence).to_dict()
-        block.pop("per_class")
-        block.pop("CMR")
-    block["level"] = rec.level
-    return block
 
 
 def _early(rule: dict[str, Any], block: dict[str, Any]) -> tuple[bool | None, float | None, str]:
@@ -127,9 +111,10 @@ def run_fast_gate(config: AuditConfig, rules: list[dict[str, Any]], out: Path, *
         for lv in needed:
             done_at[lv] = k1
         full = k1 == big_k
+        cleans = {m.name: records.load_clean(out, m.name, n) for m in models}  # once per round, not per rule
         for i, m in undecided:
             rule = rules[i]
-            clean = records.load_clean(out, m.name, n)
+            clean = cleans[m.name]
             if rule["metric"].startswith("clean_") or full:
                 verdicts[(i, m.name)] = _exact(rule, m, clean, out, noise, n, done_at, baseline)
                 continue
@@ -137,7 +122,7 @@ def run_fast_gate(config: AuditConfig, rules: list[dict[str, Any]], out: Path, *
                 continue
             lv = next(v for v in noise.levels if math.isclose(v, rule["level"]))
             rec = records.load_level(out, m.name, lv, noise.level_key(lv), n, done_at[lv])
-            verdict, value, note = _early(rule, _block(m, clean, rec, confidence))
+            verdict, value, note = _early(rule, level_block(m, clean, rec, confidence=confidence))
             if verdict is not None:
                 limit = f"<= {rule['max']:g}"
                 verdicts[(i, m.name)] = Verdict(rule["name"], m.name, verdict, value, limit, done_at[lv], False,
@@ -156,7 +141,7 @@ def run_fast_gate(config: AuditConfig, rules: list[dict[str, Any]], out: Path, *
 def _exact(rule, model, clean, out, noise, n, done_at, baseline) -> Verdict:
     """The full gate's verdict on the draws so far (all K of the rule's level): exact."""
     levels = [lv for lv in noise.levels if lv in done_at and done_at[lv] == noise.draws]
-    blocks = [_block(model, clean, records.load_level(out, model.name, lv, noise.level_key(lv), n, noise.draws), 0.95)
+    blocks = [level_block(model, clean, records.load_level(out, model.name, lv, noise.level_key(lv), n, noise.draws))
               for lv in levels]
     mini = {"models": [{"name": model.name, "levels": blocks, "clean": clean_performance(model, clean),
                         "head": model.head.to_dict()}]}

@@ -35,10 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from audit.campaign import RunOptions, fingerprint, run_campaign
+    from audit.campaign import AuditedModel, RunOptions, fingerprint, run_campaign
     from audit.engines import load_engine
     from audit.heads import head_from, preprocess_from
-    from audit.campaign import AuditedModel
     from audit.data import ArraySource
     from audit.noise_spec import NoiseSpec
     from audit.runner import summary_table, write_reports

@@ -69,13 +69,16 @@ def clean_performance(model: AuditedModel, clean: records.CleanRecords) -> dict[
     return _plain(out)
 
 
-def level_block(model: AuditedModel, clean: records.CleanRecords, rec: records.LevelRecords, k: int) -> dict[str, Any]:
+def level_block(model: AuditedModel, clean: records.CleanRecords, rec: records.LevelRecords, *,
+                confidence: float = 0.95) -> dict[str, Any]:
+    """The report block of one model at one level; ``confidence`` sets every interval (the fast gate narrows it)."""
     head = model.head
     if head.n_classes:
-        summary = robustness_summary(clean.labels, rec.labels, head.n_classes, head.labels_names).to_dict()
+        summary = robustness_summary(clean.labels, rec.labels, head.n_classes, head.labels_names, confidence=confidence).to_dict()
     else:  # regression / segmentation: a flip is defined per draw; no classes, no CMR
         flips = rec.flipped.astype(np.int64)
-        summary = robustness_summary(np.zeros(len(flips), np.int64), flips, 2, ("unchanged", "flipped")).to_dict()
+        summary = robustness_summary(np.zeros(len(flips), np.int64), flips, 2, ("unchanged", "flipped"),
+                                     confidence=confidence).to_dict()
         for key in ("per_class", "CMR"):
             summary.pop(key, None)
         if rec.dice is not None:
@@ -185,7 +188,7 @@ def build_report(out: Path, models: Sequence[AuditedModel], source: Any, noise: 
         model_blocks.append({
             **m.describe(),
             "clean": clean_performance(m, clean),
-            "levels": [level_block(m, clean, by_level[lv], k) for lv in noise.levels],
+            "levels": [level_block(m, clean, by_level[lv]) for lv in noise.levels],
             "worst_cases": worst_cases(by_level, noise, source.ids, worst),
         })
     comparisons = []
