@@ -102,7 +102,10 @@ class Target:
         import torch
 
         with torch.no_grad():
-            outs = self.outputs(x)
+            return self.decisions(self.outputs(x))
+
+    def decisions(self, outs: Sequence[Any]) -> Decisions:
+        """Decisions (NumPy) from all twin outputs of one forward pass."""
         return self.head.decide({n: o.detach().cpu().numpy() for n, o in zip(self.twin.output_names, outs)}, "twin")
 
     def input_range(self, hu_range: tuple[float, float]) -> tuple[float, float]:
@@ -120,6 +123,8 @@ class Candidates:
     search, an out-of-distribution image). ``mode``: ``"flip"`` (success = the
     decision differs from the reference's) or ``"match"`` (success = the
     decision equals the clean image's while the reference's did not).
+    ``twin_flips`` (B, K) bool, when the attack already knows them from its own
+    last forward pass, spares ``run_attack`` re-running the twin.
     """
 
     values: Any
@@ -127,6 +132,7 @@ class Candidates:
     notes: dict[str, Any] = field(default_factory=dict)
     reference: Any = None
     mode: str = "flip"
+    twin_flips: np.ndarray | None = None
 
 
 class Attack:
@@ -266,13 +272,14 @@ def run_attack(attack: Attack, model: AuditedModel, hu: np.ndarray, *, seed: int
         gen = torch.Generator().manual_seed(int(seed) + b * 1_000_003)
         hu_t = torch.from_numpy(chunk)
         x_clean_t = attack.target.to_input(hu_t)
-        t_clean = attack.target.decide(x_clean_t)
         d_clean = model.decide(chunk)
         cands = attack.perturb(hu_t, gen)
+        twin_known = cands.twin_flips is not None
+        t_clean = None if twin_known else attack.target.decide(x_clean_t)
         t_ref, d_ref = t_clean, d_clean
         if cands.reference is not None:
             ref = cands.reference.detach()
-            t_ref = attack.target.decide(attack.model_input(ref))
+            t_ref = None if twin_known else attack.target.decide(attack.model_input(ref))
             d_ref = model.decide(ref.numpy()) if cands.space == "hu" else model.decide_input(
                 np.ascontiguousarray(attack.model_input(ref).numpy(), dtype=np.float32))
         for key, value in cands.notes.items():
@@ -289,13 +296,13 @@ def run_attack(attack: Attack, model: AuditedModel, hu: np.ndarray, *, seed: int
         for k in range(kk):
             vk = v[:, k]
             x_adv = attack.model_input(vk)
-            t_adv = attack.target.decide(x_adv)
             if cands.space == "hu":
                 d_adv = model.decide(vk.numpy())
             else:
                 d_adv = model.decide_input(np.ascontiguousarray(x_adv.numpy(), dtype=np.float32))
-            tf[:, k] = _success(head, cands.mode, t_clean, t_ref, t_adv)
-            df[:, k] = _success(head, cands.mode, d_clean, d_ref, d_adv)
+            tf[:, k] = (cands.twin_flips[:, k] if twin_known
+                        else success(head, cands.mode, t_clean, t_ref, attack.target.decide(x_adv)))
+            df[:, k] = success(head, cands.mode, d_clean, d_ref, d_adv)
             new = df[:, k] & (first < 0)
             first[new] = k
             take = new | ((k == 0) & ~df[:, k])
@@ -316,7 +323,8 @@ def run_attack(attack: Attack, model: AuditedModel, hu: np.ndarray, *, seed: int
                         {k: sum(v) / n for k, v in notes.items()}, examples)
 
 
-def _success(head: Head, mode: str, clean: Decisions, ref: Decisions, adv: Decisions) -> np.ndarray:
+def success(head: Head, mode: str, clean: Decisions, ref: Decisions, adv: Decisions) -> np.ndarray:
+    """(B,) bool: ``"flip"``: ``adv`` differs from ``ref``; ``"match"``: ``adv`` agrees with ``clean`` and ``ref`` did not."""
     if mode == "match":
         return ~head.flipped(clean, adv)[0] & head.flipped(clean, ref)[0]
     return head.flipped(ref, adv)[0]

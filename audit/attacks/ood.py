@@ -57,13 +57,5 @@ class OutOfDistribution(PGD):
     def loss(self, raw: Any, clean_raw: Any, labels: Any) -> Any:
         return -output_distance(raw, clean_raw)
 
-    def succeeded(self, v_clean: Any, v0: Any, v: Any) -> Any:
-        import torch
-
-        t, head = self.target, self.target.head
-        clean = t.decide(self.model_input(v_clean))
-        return torch.from_numpy(~head.flipped(clean, t.decide(self.model_input(v)))[0]
-                                & head.flipped(clean, t.decide(self.model_input(v0)))[0])
-
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "ood_images": int(len(self.ood))}

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from audit.attacks.base import HU_RANGE, Attack, Candidates, Target, positive
+from audit.attacks.base import HU_RANGE, Attack, Candidates, Target, positive, success
+from audit.heads import Decisions
 from audit.attacks.objectives import OBJECTIVES, output_distance, task_loss
 from audit.errors import ConfigError
 
@@ -50,33 +51,23 @@ class PGD(Attack):
             return output_distance(raw, clean_raw)
         return task_loss(self.target.head, raw, clean_raw, labels)
 
-    def clean_labels(self, clean_raw: Any) -> Any:
-        import torch
-
-        d = self.target.head.decide({self.target.twin.output_names[self.target.output_index]: clean_raw.numpy()}, "twin")
-        return torch.from_numpy(d.labels)
-
     def origin(self, v_clean: Any, generator: Any) -> Any:
         """Where the search starts (before the random start): the clean variable; other attacks override it."""
         return v_clean
-
-    def succeeded(self, v_clean: Any, v0: Any, v: Any) -> Any:
-        """(B,) bool tensor: the twin's decision on ``v`` flipped against the one on ``v0``."""
-        import torch
-
-        t = self.target
-        return torch.from_numpy(t.head.flipped(t.decide(self.model_input(v0)), t.decide(self.model_input(v)))[0])
 
     mode = "flip"
 
     def perturb(self, hu: Any, generator: Any) -> Candidates:
         import torch
 
+        t = self.target
         v_clean = self.start(hu).detach()
         with torch.no_grad():
-            clean_raw = self.forward(v_clean)
-        labels = self.clean_labels(clean_raw)
+            clean_outs = t.outputs(self.model_input(v_clean))
+        clean_raw, clean = clean_outs[t.output_index], t.decisions(clean_outs)
+        labels = torch.from_numpy(clean.labels)
         v0 = self.origin(v_clean, generator).detach()
+        ref = clean if v0 is v_clean else t.decide(self.model_input(v0))
         lo, hi = self.bounds(v0)
         best = v0.clone()
         best_loss = torch.full((len(v0),), -float("inf"))
@@ -86,22 +77,31 @@ class PGD(Attack):
             idx = torch.nonzero(~done)[:, 0]
             if len(idx) == 0:
                 break
-            v, loss, flat = self.ascend(v0[idx], lo[idx], hi[idx], clean_raw[idx], labels[idx], generator)
+            v, loss, flat, adv = self.ascend(v0[idx], lo[idx], hi[idx], clean_raw[idx], labels[idx], generator)
             zero_grad[idx] &= flat
-            flipped = self.succeeded(v_clean[idx], v0[idx], v)
+            flipped = torch.from_numpy(success(t.head, self.mode, clean.take(idx.numpy()), ref.take(idx.numpy()), adv))
             better = flipped | (loss > best_loss[idx])
             best[idx[better]] = v[better]
             best_loss[idx[better]] = loss[better]
             done[idx[flipped]] = True
+        # the kept candidate flipped the twin iff its sample is done (else it is the best loss of unflipped runs)
         return Candidates(best[:, None], self.space, {"zero_gradient_fraction": float(zero_grad.float().mean())},
-                          reference=None if v0 is v_clean else v0, mode=self.mode)
+                          reference=None if v0 is v_clean else v0, mode=self.mode, twin_flips=done[:, None].numpy())
 
-    def ascend(self, v0: Any, lo: Any, hi: Any, clean_raw: Any, labels: Any, generator: Any) -> tuple[Any, Any, Any]:
-        """One PGD run from (random) start; returns (final variable, its loss, per-sample 'gradient was always 0')."""
+    def ascend(self, v0: Any, lo: Any, hi: Any, clean_raw: Any, labels: Any,
+               generator: Any) -> tuple[Any, Any, Any, Decisions]:
+        """One PGD run from (random) start.
+
+        Returns the final variable, its loss, per-sample "the gradient was 0"
+        (checked at the first step: a zero gradient leaves the variable where it
+        is, so it stays 0 for the whole run) and the twin's decisions on it.
+        """
         import torch
 
         b = len(v0)
         view = (b,) + (1,) * (v0.ndim - 1)
+        if self.norm == "linf":  # one box per sample: the eps ball intersected with the valid range
+            lo, hi = torch.maximum(v0 - self.eps, lo), torch.minimum(v0 + self.eps, hi)
         if self.random_start and self.norm == "linf":
             delta = (torch.rand(v0.shape, generator=generator, dtype=v0.dtype) * 2 - 1) * self.eps
         elif self.random_start:
@@ -110,27 +110,31 @@ class PGD(Attack):
             delta = d / d.reshape(b, -1).norm(dim=1).clamp_min(1e-12).view(view) * r.view(view)
         else:
             delta = torch.zeros_like(v0)
-        v = torch.minimum(torch.maximum(v0 + delta, lo), hi)
+        v = torch.clamp(v0 + delta, lo, hi)
         flat = torch.ones(b, dtype=torch.bool)
-        for _ in range(self.steps):
+        for step in range(self.steps):
             v.requires_grad_(True)
             loss = self.loss(self.forward(v), clean_raw, labels)
             (g,) = torch.autograd.grad(loss.sum(), v)
+            v = v.detach()
             with torch.no_grad():
-                gn = g.reshape(b, -1).norm(dim=1)
-                flat &= gn == 0
+                if step == 0 or self.norm == "l2":
+                    gn = g.reshape(b, -1).norm(dim=1)
+                    if step == 0:
+                        flat = gn == 0
                 if self.norm == "linf":
-                    v = v.detach() + self.alpha * g.sign()
-                    v = torch.minimum(torch.maximum(v, v0 - self.eps), v0 + self.eps)
+                    v.add_(g.sign_(), alpha=self.alpha)
                 else:
-                    v = v.detach() + self.alpha * g / gn.clamp_min(1e-12).view(view)
-                    d = v - v0
+                    v.add_(g.mul_((self.alpha / gn.clamp_min(1e-12)).view(view)))
+                    d = v.sub_(v0)
                     dn = d.reshape(b, -1).norm(dim=1).clamp_min(1e-12)
-                    v = v0 + d * torch.clamp(self.eps / dn, max=1.0).view(view)
-                v = torch.minimum(torch.maximum(v, lo), hi)
+                    v = d.mul_(torch.clamp(self.eps / dn, max=1.0).view(view)).add_(v0)
+                torch.clamp(v, lo, hi, out=v)
+        t = self.target
         with torch.no_grad():
-            final = self.loss(self.forward(v), clean_raw, labels)
-        return v.detach(), final, flat
+            outs = t.outputs(self.model_input(v))
+            final = self.loss(outs[t.output_index], clean_raw, labels)
+        return v, final, flat, t.decisions(outs)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "eps": self.eps, "alpha": self.alpha, "steps": self.steps, "norm": self.norm,

@@ -52,6 +52,19 @@ def test_pgd_flips_exactly_the_samples_within_reach_on_a_fragile_model(fragile):
     assert "flipped on the deployed model" in s["verdict"]
 
 
+@pytest.mark.parametrize("norm,restarts", [("linf", 1), ("l2", 3)])
+def test_reported_twin_flips_are_the_twins_decisions_on_the_kept_candidates(fragile, norm, restarts):
+    """PGD reports the twin's flips from its own last forward pass; a fresh twin pass must agree on every sample."""
+    hu = nets.images(24, spread_hu=12.0, seed=7)
+    target = Target.from_model(fragile)
+    attack = PGD(target, eps=8.0 if norm == "linf" else 150.0, steps=6, norm=norm, space="hu", restarts=restarts)
+    cands = attack.perturb(torch.from_numpy(hu), torch.Generator().manual_seed(3))
+    clean = target.decide(target.to_input(torch.from_numpy(hu)))
+    again = target.head.flipped(clean, target.decide(target.to_input(cands.values[:, 0])))[0]
+    assert 0 < again.sum() < len(hu)
+    np.testing.assert_array_equal(cands.twin_flips[:, 0], again)
+
+
 def test_pgd_finds_nothing_on_a_constant_model_and_says_so(constant):
     target = Target.from_model(constant)
     res = run_attack(PGD(target, eps=0.2, steps=5, restarts=2), constant, nets.images(10), seed=0)
