@@ -121,7 +121,7 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
     if len(set(names)) != len(names):
         raise ConfigError(f"models: names must be unique, got {names}")
     for m in models:
-        _check_input(m, source)
+        check_input(m, source)
     fp = fingerprint(models, source, noise, options)
     marker = out / "campaign.json"
     if marker.exists():
@@ -277,7 +277,7 @@ def _decide_batched(model: AuditedModel, hu: np.ndarray, batch: int) -> Decision
     return Decisions(np.concatenate([p.labels for p in parts]), np.concatenate([p.scores for p in parts]), masks)
 
 
-def _check_input(model: AuditedModel, source: Any) -> None:
+def check_input(model: AuditedModel, source: Any) -> None:
     """Data rank and shape must fit the engine's input (after the channel axis the preprocessing adds)."""
     spec = model.engine.input_spec
     data_shape = tuple(source.shape)

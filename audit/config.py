@@ -5,12 +5,14 @@ Sections (all documented in README.md):
 ``[head]``, ``[preprocess]``: overrides of what the ONNX metadata says;
 ``[data]``: manifest (CSV) or phantom (``nodules`` | ``bodysite``) with n and seed; spacing; class_names;
 ``[noise]``: see ``audit.noise_spec``; ``[run]``: batch_size, shard_samples, noise_workers, prefetch;
-``[report]``: worst (flipped cases shown); ``[pacs]``: a DICOMweb server (see ``audit.pacs.config``).
+``[report]``: worst (flipped cases shown); ``[pacs]``: a DICOMweb server (see ``audit.pacs.config``);
+``[attack]``: gradient attacks on every model, as in ``audit attack`` (see ``audit.attacks.config``).
 Relative paths are relative to the config file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-SECTIONS = ("model", "head", "preprocess", "data", "noise", "run", "report", "scan_arm", "pacs")
+SECTIONS = ("model", "head", "preprocess", "data", "noise", "run", "report", "scan_arm", "pacs", "attack")
 SCAN_ARM_KEYS = ("source", "mas", "scans", "draws", "seed", "patch_mm", "overlap")
 MODEL_KEYS = ("path", "name", "engine", "threads", "providers", "optimization", "precision", "max_batch")
 DATA_KEYS = ("manifest", "phantom", "n", "seed", "spacing", "class_names", "cube", "target_spacing")
@@ -54,6 +56,8 @@ class AuditConfig:
     dicom_cases: bool = False
     scan_arm: Mapping[str, Any] | None = None
     pacs: Any = None  # audit.pacs.PacsServer: manifest rows dicomweb:<UID>, and push of flipped cases
+    attack: Any = None  # audit.attacks.config.AttackSpec: gradient attacks on the same data, in the same report
+    path: Path | None = None  # the config file, named in errors found after parsing
 
 
 def _section(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -116,9 +120,14 @@ def parse_config(raw: Mapping[str, Any], base: Path) -> AuditConfig:
             raise ConfigError(f"scan_arm.source: expected 'phantom_scanner' (DICOM series come later), got {arm['source']!r}")
         if not isinstance(arm.get("mas"), (int, float)) or arm["mas"] <= 0:
             raise ConfigError(f"scan_arm.mas: expected a positive dose in mAs, got {arm.get('mas')!r}")
+    attack = None
+    if "attack" in raw:
+        from audit.attacks.config import parse_attack_section
+
+        attack = parse_attack_section(_section(raw, "attack"), base, noise)
     return AuditConfig(tuple(models), _section(raw, "head"), _section(raw, "preprocess"), data, noise, RunOptions(**run),
                        int(report.get("worst", 6)), base, scan_arm=arm, pacs=pacs,
-                       dicom_cases=bool(report.get("dicom", False)) or bool(pacs is not None and pacs.push))
+                       dicom_cases=bool(report.get("dicom", False)) or bool(pacs is not None and pacs.push), attack=attack)
 
 
 def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
@@ -136,6 +145,7 @@ def load_config(path: str | Path) -> AuditConfig:
     path = Path(path)
     raw = read_toml(path)
     try:
-        return parse_config(raw, path.resolve().parent)
+        config = parse_config(raw, path.resolve().parent)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    return dataclasses.replace(config, path=path)

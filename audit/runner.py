@@ -7,6 +7,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from audit.errors import ConfigError
+
 from audit.campaign import AuditedModel, CampaignStats, run_campaign
 from audit.config import AuditConfig
 from audit.data import ArraySource, ManifestSource
@@ -114,8 +116,11 @@ def write_dicom_cases(out: Path, report: dict[str, Any], source: Any, noise: Noi
 
 
 def write_reports(out: Path, models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, stats: CampaignStats,
-                  worst: int = 6, extra: dict | None = None, dicom: bool = False, pacs: Any = None) -> dict[str, Any]:
+                  worst: int = 6, extra: dict | None = None, dicom: bool = False, pacs: Any = None,
+                  attacks: Sequence[dict] = ()) -> dict[str, Any]:
+    """report.json, report.html and junit.xml of a finished campaign; ``attacks``: attack blocks to include."""
     report = build_report(out, models, source, noise, stats, worst=worst, extra=extra)
+    report["attacks"] = list(attacks)
     if dicom or (pacs is not None and pacs.push):
         write_dicom_cases(out, report, source, noise, pacs)
     write_json(out / "report.json", report)
@@ -132,6 +137,14 @@ def run_config(config: AuditConfig, out: Path, *, resume: bool = False, progress
     models = open_models(config)
     source = open_source(dict(config.data), pacs=config.pacs)
     options = config.run if progress is None else type(config.run)(**{**config.run.__dict__, "progress": progress})
+    plans = []
+    if config.attack is not None:  # twins and attack parameters checked before the campaign, not after it
+        from audit.attacks.runner import plan_attacks
+
+        try:
+            plans = [plan_attacks(config.attack, m, source) for m in models]
+        except ConfigError as exc:  # an attack parameter the [attack] table got wrong
+            raise ConfigError(f"{config.path}: {exc}" if config.path else str(exc)) from None
     if ray is not None:
         from audit.scale import run_on_ray
 
@@ -147,8 +160,10 @@ def run_config(config: AuditConfig, out: Path, *, resume: bool = False, progress
         extra = {"scan_arm": [dict(scan_arm(m, phantoms, draws=int(arm.get("draws", 100)), seed=int(arm.get("seed", 0)),
                                             patch_mm=float(arm.get("patch_mm", 6.8)), overlap=float(arm.get("overlap", 0.3))),
                                    mas=float(arm["mas"])) for m in models]}
+    attacks = [block for plan in plans
+               for block in plan.run(progress=options.progress, prefix=f"{plan.model.name}: " if len(models) > 1 else "")]
     return write_reports(out, models, source, config.noise, stats, config.worst, extra, dicom=config.dicom_cases,
-                         pacs=config.pacs)
+                         pacs=config.pacs, attacks=attacks)
 
 
 def summary_table(report: dict[str, Any]) -> str:

@@ -8,6 +8,13 @@ same attack on the training and test samples. Round 0 is the model as built.
 Every round records AUC (or the task's score) and SAN on train and test, so
 robustness and accuracy sit side by side.
 
+Then every round's ONNX artifact is audited against NPS noise on the test
+split in one campaign (``audit/report.*``): the rounds are models of the same
+campaign, so they see the same keyed noise draws and their SAR per dose is a
+paired comparison; the report also holds each round's attack on the test
+split. Decision: one campaign after the last round rather than one per round,
+because identical draws make the rounds directly comparable.
+
 Modes: ``adaptive`` adds the successful perturbations only (Algorithm 2);
 ``pgd`` adds every PGD sample (clean + adversarial, study 4); ``uniform`` adds
 uniform-noise samples U(-a, a) HU (clean + noise, study 4's baseline).
@@ -26,7 +33,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from audit.errors import ConfigError
+from audit.errors import ConfigError, InputError
+from audit.noise_spec import NoiseSpec
 from models import export, registry, training
 
 build_mod = importlib.import_module("models.build")  # the module; ``models.build`` the attribute is the function
@@ -50,6 +58,8 @@ class RetrainConfig:
     uniform_amplitude: float = 50.0
     attack: Mapping[str, Any] = field(default_factory=lambda: {"name": "pgd", "eps": 0.02, "steps": 10})
     cache_dir: str | None = None
+    noise: NoiseSpec = field(default_factory=lambda: NoiseSpec(draws=20))
+    audit: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -64,15 +74,19 @@ class RetrainConfig:
             raise ConfigError(f"retrain.uniform_amplitude: expected a number > 0 (HU), got {self.uniform_amplitude!r}")
         if "name" not in self.attack:
             raise ConfigError("attack.name: missing")
+        if not isinstance(self.audit, bool):
+            raise ConfigError(f"retrain.audit: expected true or false, got {self.audit!r}")
+        if not isinstance(self.noise, NoiseSpec):
+            raise ConfigError(f"noise: expected a noise table, got {self.noise!r}")
 
 
-def _audited(path: Path):
+def _audited(path: Path, name: str | None = None):
     from audit.campaign import AuditedModel
     from audit.engines import load_engine
     from audit.heads import head_from, preprocess_from
 
     engine = load_engine(path)
-    return AuditedModel(path.stem, engine, head_from(engine.metadata), preprocess_from(engine.metadata))
+    return AuditedModel(name or path.stem, engine, head_from(engine.metadata), preprocess_from(engine.metadata))
 
 
 def _attack(config: RetrainConfig, net: torch.nn.Module, onnx_path: Path, hu: np.ndarray, ids: list[str], seed: int):
@@ -135,8 +149,13 @@ def finetune(bp, net: torch.nn.Module, x: np.ndarray, targets: dict[str, np.ndar
 
 
 def retrain(config: RetrainConfig, out: str | Path, *, progress: bool | None = None, log=None) -> dict[str, Any]:
-    """Run ``config.rounds`` rounds of retraining; writes ``retrain.json`` and round ONNX files under ``out``."""
+    """Run ``config.rounds`` rounds of retraining; writes ``retrain.json``/``.html``, the round ONNX files and (with
+    ``config.audit``) ``audit/report.*``: every round's artifact audited on the same noise draws."""
+    from audit.attacks.report import attack_block
+
     out = build_mod.prepare_out(out)
+    if config.audit and (out / "audit" / "campaign.json").exists():
+        raise InputError(f"{out / 'audit'}: holds the audit of an earlier retraining; choose another --out")
     built = build_mod.cached_build(config.model, config.variant, quick=config.quick, cache_dir=config.cache_dir,
                                    progress=progress)
     art = built.artifacts[0]
@@ -149,7 +168,7 @@ def retrain(config: RetrainConfig, out: str | Path, *, progress: bool | None = N
     net = build_mod.load_checkpoint(config.model, built.recipe.variant, art.checkpoint)
     onnx_path = art.onnx
     pool_x, pool_t, pool_s = [], {k: [] for k in data.targets}, []
-    rounds = []
+    rounds, onnx_paths, attack_blocks = [], [], []
     for r in range(config.rounds + 1):
         res_train, _, attack = _attack(config, net, onnx_path, data.hu[train_idx].astype(np.float32),
                                        [f"train:{i}" for i in train_idx], config.seed + 7 * r)
@@ -158,6 +177,9 @@ def retrain(config: RetrainConfig, out: str | Path, *, progress: bool | None = N
         rec = {"round": r, "onnx": str(onnx_path), "train": {**_metrics(bp, net, data, split.train),
                **_san(res_train)}, "test": {**_metrics(bp, net, data, split.test), **_san(res_test)}}
         rounds.append(rec)
+        onnx_paths.append(onnx_path)
+        attack_blocks.append(attack_block(res_test, label=f"round {r}, test split: {config.attack['name']}",
+                                          class_names=bp.class_names))
         if log is not None:
             log(f"round {r}: train SAN {rec['train']['san']}, test SAN {rec['test']['san']}, "
                 f"test score {bp.task.score(rec['test']):.3f}")
@@ -188,12 +210,41 @@ def retrain(config: RetrainConfig, out: str | Path, *, progress: bool | None = N
                                         metadata=md, parity_inputs=data.x[split.test[: export.PARITY_SAMPLES]])
         torch.save(net.state_dict(), out / f"{config.model}-round{r + 1}.pt")
         rec["next_parity_max_abs_diff"] = rec_parity
+    if config.audit:
+        audit = audit_rounds(config, bp, data, test_idx, onnx_paths, attack_blocks, out / "audit", progress)
+        for rec, model in zip(rounds, audit["models"]):
+            rec["audit"] = [{"level": b["level"], "SAN_fraction": b["SAN_fraction"], "SAR_overall": b["SAR_overall"]}
+                            for b in model["levels"]]
     report = {"schema": SCHEMA, "model": config.model, "variant": built.recipe.variant, "mode": config.mode,
-              "config": {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in config.__dict__.items()},
-              "base_build": str(built.out), "rounds": rounds}
-    (out / "retrain.json").write_text(json.dumps(report, indent=1))
-    (out / "retrain.html").write_text(render_retrain_html(report), encoding="utf-8")
+              "config": {k: (dict(v) if isinstance(v, Mapping) else v.to_dict() if isinstance(v, NoiseSpec) else v)
+                         for k, v in config.__dict__.items()},
+              "base_build": str(built.out), "rounds": rounds,
+              "audit_report": "audit/report.html" if config.audit else None}
+    from audit.atomic import atomic_path
+
+    with atomic_path(out / "retrain.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=1))
+    with atomic_path(out / "retrain.html") as tmp:
+        tmp.write_text(render_retrain_html(report), encoding="utf-8")
     return report
+
+
+def audit_rounds(config: RetrainConfig, bp, data, test_idx: np.ndarray, onnx_paths: list[Path],
+                 attack_blocks: list[dict[str, Any]], out: Path, progress: bool | None) -> dict[str, Any]:
+    """One noise audit of every round's ONNX artifact on the test split, all on the same keyed draws (paired), with
+    each round's attack on the test split in the same report."""
+    from audit.campaign import RunOptions, run_campaign
+    from audit.data import ArraySource
+    from audit.runner import write_reports
+
+    models = [_audited(p, f"round{r}") for r, p in enumerate(onnx_paths)]
+    labels = data.targets.get("label")
+    source = ArraySource(data.hu[test_idx].astype(np.float32), tuple(bp.spacing),
+                         None if labels is None else np.asarray(labels)[test_idx].astype(np.int64),
+                         ids=[f"test:{i}" for i in test_idx], name=f"{config.model} test split (n={len(test_idx)})",
+                         class_names=tuple(bp.class_names))
+    stats = run_campaign(models, source, config.noise, out, RunOptions(progress=progress))
+    return write_reports(out, models, source, config.noise, stats, attacks=attack_blocks)
 
 
 def _san(result) -> dict[str, Any]:
@@ -203,34 +254,41 @@ def _san(result) -> dict[str, Any]:
 
 
 def render_retrain_html(report: dict[str, Any]) -> str:
-    """Robustness and accuracy per round, side by side."""
+    """Robustness (attack SAN, noise SAR per dose) and accuracy per round, side by side."""
     import html
 
     keys = [k for k in ("auc", "accuracy", "macro_f1", "mae", "dice") if k in report["rounds"][0]["train"]]
-    head = ["round", "added"] + [f"train {k}" for k in keys] + ["train SAN"] + [f"test {k}" for k in keys] + ["test SAN"]
+    levels = [b["level"] for b in report["rounds"][0].get("audit", [])]
+    head = (["round", "added"] + [f"train {k}" for k in keys] + ["train SAN (attack)"] + [f"test {k}" for k in keys]
+            + ["test SAN (attack)"] + [f"test SAR @ {lv:g} mAs" for lv in levels])
     rows = []
     for r in report["rounds"]:
         cells = [r["round"], r.get("added", "")] + [f"{r['train'][k]:.3f}" for k in keys] + \
                 [f"{r['train']['san']}/{r['train']['n']}"] + [f"{r['test'][k]:.3f}" for k in keys] + \
-                [f"{r['test']['san']}/{r['test']['n']}"]
+                [f"{r['test']['san']}/{r['test']['n']}"] + [f"{b['SAR_overall']:.4f}" for b in r.get("audit", [])]
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    link = (f"<p>Noise audit of every round on the same draws, with each round's attack: "
+            f"<a href='{html.escape(report['audit_report'])}'>{html.escape(report['audit_report'])}</a></p>"
+            if report.get("audit_report") else "")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>retrain</title></head><body>"
             f"<h1>Retraining ({html.escape(report['mode'])}) of {html.escape(report['model'])}</h1><table border=1>"
-            "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table></body></html>")
+            "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + f"</table>{link}</body></html>")
 
 
-RETRAIN_KEYS = ("mode", "rounds", "epochs", "lr", "train_samples", "test_samples", "seed", "uniform_amplitude")
+RETRAIN_KEYS = ("mode", "rounds", "epochs", "lr", "train_samples", "test_samples", "seed", "uniform_amplitude", "audit")
 
 
 def load_retrain_config(path: str | Path) -> RetrainConfig:
-    """``[model]`` name, variant, quick, cache_dir; ``[retrain]`` RETRAIN_KEYS; ``[attack]`` as ``audit attack``'s."""
+    """``[model]`` name, variant, quick, cache_dir; ``[retrain]`` RETRAIN_KEYS; ``[attack]`` as ``audit attack``'s;
+    ``[noise]`` as ``audit run``'s (the per-round audit; default: the standard preset at 5 doses, 20 draws)."""
     from audit.config import read_toml
+    from audit.noise_spec import noise_spec_from
 
     path = Path(path)
     raw = read_toml(path)
     for key in raw:
-        if key not in ("model", "retrain", "attack"):
-            raise ConfigError(f"{path}: {key}: unknown section; allowed: model, retrain, attack")
+        if key not in ("model", "retrain", "attack", "noise"):
+            raise ConfigError(f"{path}: {key}: unknown section; allowed: model, retrain, attack, noise")
     model, rt, attack = (dict(raw.get(k, {})) for k in ("model", "retrain", "attack"))
     for key in model:
         if key not in ("name", "variant", "quick", "cache_dir"):
@@ -248,6 +306,8 @@ def load_retrain_config(path: str | Path) -> RetrainConfig:
     if attack:
         kw["attack"] = attack
     try:
+        if "noise" in raw:
+            kw["noise"] = noise_spec_from(dict(raw["noise"]), path.resolve().parent)
         return RetrainConfig(**kw)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None

@@ -54,9 +54,11 @@ class Target:
     input_rank: int
     output_index: int = 0
     channels_last: bool = True
+    attack_logits: bool = True
 
     @classmethod
-    def from_model(cls, model: AuditedModel, module: Any = None, *, parity_hu: np.ndarray | None = None) -> "Target":
+    def from_model(cls, model: AuditedModel, module: Any = None, *, parity_hu: np.ndarray | None = None,
+                   attack_logits: bool = True) -> "Target":
         """The target of an audited ONNX model: ``module`` (torch) if given, else onnx2torch; parity-checked."""
         path = getattr(model.engine, "path", None)
         rank = len(model.engine.input_spec.shape)
@@ -66,11 +68,22 @@ class Target:
             twin.output_names = tuple(model.engine.output_names)
         names = twin.output_names
         index = names.index(model.head.output) if model.head.output in names else 0
-        return cls(twin, model.head, model.preprocess, rank, index)
+        return cls(twin, model.head, model.preprocess, rank, index, attack_logits=attack_logits)
 
     def __post_init__(self) -> None:
+        import dataclasses
+
         import torch
 
+        # what the losses read: the head's output, or the pre-activation of its sigmoid/softmax (audit.attacks.logits)
+        self.loss_index, self.loss_head, self.loss_on = self.output_index, self.head, "output"
+        if self.attack_logits and self.head.task in ("binary", "multiclass"):
+            from audit.attacks.logits import expose_logit
+
+            found = expose_logit(self.twin.module, self.output_index)
+            if found is not None:
+                self.twin.module, kind, self.loss_index = found
+                self.loss_head, self.loss_on = dataclasses.replace(self.head, activation=kind), f"logit ({kind})"
         if self.channels_last and self.input_rank in (4, 5):  # conv weights and inputs in the same (faster) layout
             fmt = torch.channels_last if self.input_rank == 4 else torch.channels_last_3d
             self.twin.module = self.twin.module.to(memory_format=fmt)
@@ -94,8 +107,8 @@ class Target:
         return self.twin(x)
 
     def raw(self, x: Any) -> Any:
-        """The output the head reads, for model input ``x``."""
-        return self.outputs(x)[self.output_index]
+        """The output the losses read (``loss_index``: the head's output or its logit), for model input ``x``."""
+        return self.outputs(x)[self.loss_index]
 
     def decide(self, x: Any) -> Decisions:
         """Decisions of the twin (NumPy), read by the same head as the deployed engine."""
@@ -107,6 +120,9 @@ class Target:
     def decisions(self, outs: Sequence[Any]) -> Decisions:
         """Decisions (NumPy) from all twin outputs of one forward pass."""
         return self.head.decide({n: o.detach().cpu().numpy() for n, o in zip(self.twin.output_names, outs)}, "twin")
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.twin.describe(), "loss_on": self.loss_on}
 
     def input_range(self, hu_range: tuple[float, float]) -> tuple[float, float]:
         lo, hi = self.preprocess.window

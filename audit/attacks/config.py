@@ -7,7 +7,8 @@ and variant, to attack the user's torch module instead of an onnx2torch twin.
 ``[head]``, ``[preprocess]``: overrides of the ONNX metadata, as in ``audit run``.
 ``[data]``: as in ``audit run`` (manifest or phantom, n, seed, spacing, class_names).
 ``[attack]``: name (one of ``audit.attacks.ATTACKS``), seed, batch_size, keep
-(flipped examples shown), explain (Grad-CAM + first-layer maps), and the
+(flipped examples shown), explain (Grad-CAM + first-layer maps), samples
+(attack only the first n; default all), and the
 attack's own parameters (e.g. eps, steps, norm for pgd; a list of eps runs one
 attack per value).
 ``[noise]``: for nps_ascent, the target NPS as in ``audit run`` (kind nps,
@@ -27,7 +28,26 @@ from audit.noise_spec import NoiseSpec, noise_spec_from
 
 SECTIONS = ("model", "head", "preprocess", "data", "attack", "noise")
 MODEL_KEYS = ("path", "name", "threads", "optimization", "checkpoint", "net", "variant")
-RUN_KEYS = ("name", "seed", "batch_size", "keep", "explain")
+RUN_KEYS = ("name", "seed", "batch_size", "keep", "explain", "samples")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """What to run, from an ``[attack]`` table (shared by ``audit attack``, ``audit run`` and ``audit retrain``).
+
+    ``attack``: a name of ``ATTACKS``; ``params``: its own parameters (a list of
+    eps runs one attack per value); ``samples``: attack only the first n
+    samples (None: all); ``noise``: the target NPS of ``nps_ascent``.
+    """
+
+    attack: str
+    params: Mapping[str, Any]
+    seed: int = 0
+    batch_size: int = 16
+    keep: int = 4
+    explain: bool = True
+    samples: int | None = None
+    noise: NoiseSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -41,13 +61,7 @@ class AttackConfig:
     head: Mapping[str, Any]
     preprocess: Mapping[str, Any]
     data: Mapping[str, Any]
-    attack: str
-    params: Mapping[str, Any]
-    seed: int = 0
-    batch_size: int = 16
-    keep: int = 4
-    explain: bool = True
-    noise: NoiseSpec | None = None
+    spec: AttackSpec
     base: Path = field(default=Path("."))
 
 
@@ -96,6 +110,19 @@ def parse_attack_config(raw: Mapping[str, Any], base: Path) -> AttackConfig:
         raise ConfigError(f"data.phantom: expected one of {PHANTOMS}, got {data['phantom']!r}")
     if "manifest" in data:
         data["manifest"] = _path(base, data["manifest"], "data.manifest")
+    noise = noise_spec_from(_table(raw, "noise"), base) if "noise" in raw else None
+    spec = parse_attack_section(attack, base, noise)
+    engine_options = {k: model[k] for k in ("threads", "optimization") if k in model}
+    return AttackConfig(path, str(model.get("name", path.stem)), engine_options, checkpoint, model.get("net"),
+                        model.get("variant"), _table(raw, "head"), _table(raw, "preprocess"), data, spec, base)
+
+
+def parse_attack_section(table: Mapping[str, Any], base: Path, noise: NoiseSpec | None) -> AttackSpec:
+    """An ``[attack]`` table (``RUN_KEYS`` plus the attack's own parameters) -> ``AttackSpec``; ``noise`` is the
+    config's ``[noise]`` (needed by, and only used by, ``nps_ascent``)."""
+    from audit.attacks import ATTACKS
+
+    attack = dict(table)
     name = attack.pop("name", None)
     if name is None:
         raise ConfigError(f"attack.name: missing; expected one of {sorted(ATTACKS)}")
@@ -104,23 +131,22 @@ def parse_attack_config(raw: Mapping[str, Any], base: Path) -> AttackConfig:
     seed = _int("attack", "seed", attack.pop("seed", 0), 0)
     batch = _int("attack", "batch_size", attack.pop("batch_size", 16), 1)
     keep = _int("attack", "keep", attack.pop("keep", 4), 0)
+    samples = attack.pop("samples", None)
+    if samples is not None:
+        samples = _int("attack", "samples", samples, 1)
     explain = attack.pop("explain", True)
     if not isinstance(explain, bool):
         raise ConfigError(f"attack.explain: expected true or false, got {explain!r}")
     for key in ("generator", "ood"):
         if key in attack:
             attack[key] = str(_path(base, attack[key], f"attack.{key}"))
-    noise = None
-    if "noise" in raw:
-        noise = noise_spec_from(_table(raw, "noise"), base)
+    if name == "nps_ascent":
+        noise = NoiseSpec() if noise is None else noise
         if noise.kind != "nps":
             raise ConfigError(f"noise.kind: attacks use an NPS target; expected 'nps', got {noise.kind!r}")
-    if name == "nps_ascent" and noise is None:
-        noise = NoiseSpec()
-    engine_options = {k: model[k] for k in ("threads", "optimization") if k in model}
-    return AttackConfig(path, str(model.get("name", path.stem)), engine_options, checkpoint, model.get("net"),
-                        model.get("variant"), _table(raw, "head"), _table(raw, "preprocess"), data, name, attack,
-                        seed, batch, keep, explain, noise, base)
+    else:
+        noise = None
+    return AttackSpec(name, attack, seed, batch, keep, explain, samples, noise)
 
 
 def load_attack_config(path: str | Path) -> AttackConfig:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from audit.attacks.base import HU_RANGE, Target
-from audit.attacks.objectives import probability
+from audit.attacks.objectives import log_probabilities
 from audit.attacks.pgd import PGD
 from audit.errors import ConfigError
 
@@ -46,14 +46,7 @@ class FalsePositive(PGD):
         return lo + (hi - lo) * torch.rand(v_clean.shape, generator=generator, dtype=v_clean.dtype)
 
     def loss(self, raw: Any, clean_raw: Any, labels: Any) -> Any:
-        import torch
-
-        p = probability(self.target.head, raw)
-        if self.target.head.task == "binary":
-            p = p if self.target_class == 1 else 1 - p
-        else:
-            p = p[:, self.target_class]
-        return torch.log(p + 1e-30)  # not a clamp: a saturated p keeps its gradient
+        return log_probabilities(self.target.loss_head, raw)[:, self.target_class]
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "noise_low": self.noise[0], "noise_high": self.noise[1],

@@ -82,7 +82,7 @@ class LatentSearch(Attack):
         z = z0.clone()
         for _ in range(self.steps):
             z.requires_grad_(True)
-            loss = task_loss(self.target.head, self.forward(self.render(hu, z, w)), ref_raw).sum()
+            loss = task_loss(self.target.loss_head, self.forward(self.render(hu, z, w)), ref_raw).sum()
             (g,) = torch.autograd.grad(loss, z)
             with torch.no_grad():
                 z = torch.minimum(torch.maximum(z.detach() + self.alpha * g.sign(), z0 - self.eps), z0 + self.eps)

@@ -131,7 +131,7 @@ class NPSAscent(Attack):
     def loss(self, raw: Any, clean_raw: Any) -> Any:
         if self.objective == "output_distance":
             return output_distance(raw, clean_raw)
-        return task_loss(self.target.head, raw, clean_raw)
+        return task_loss(self.target.loss_head, raw, clean_raw)
 
     def project(self, p: Any) -> Any:
         return project_to_nps(p, self.nps, self.spacing[-2:], per_sample=True)

@@ -7,12 +7,22 @@
   (or to a given target);
 - segmentation: 1 - soft Dice between the predicted foreground probability and
   the clean mask (study 4);
-- ``output_distance``: ||D(x + p) - D(x)||^2 on the raw output (study 1, eq. 3),
-  task-agnostic.
+- ``output_distance``: ||D(x + p) - D(x)||^2 (study 1, eq. 3), task-agnostic, on
+  what the losses read (the logit where the twin exposes it, else the output).
 
-Each returns a (B,) tensor; larger is "more attacked". Logs take p + 1e-30
-rather than a clamped p: a clamp would zero the gradient of a saturated
-probability (p = 1e-13 after a steep sigmoid), where p + tiny keeps its sign.
+Each returns a (B,) tensor; larger is "more attacked". Class log-probabilities
+come from ``log_probabilities``. From a logit (``Target`` hands the losses the
+pre-activation of a sigmoid/softmax output when the graph shows one, see
+``audit.attacks.logits``) they are ``log_softmax`` of the logits divided by a
+per-sample temperature T = max(1, (max - min logit) / LOGIT_SPREAD_CAP), T held
+constant in the gradient: T = 1 (plain cross-entropy, torchattacks' loss) for
+all but very confident samples. There the plain gradient, 1 - p of the clean
+class, is computed as 1 - fl(p) and rounds to exactly 0 in float32 once p is
+within an ulp of 1 (a spread above ~17), and PGD would stall. For a binary
+logit the tempered gradient has the same sign as the plain one, so an L-inf
+step is unchanged wherever the plain one was non-zero. From
+probabilities they are the log of p + 1e-30 rather than of a clamped p: a clamp
+would zero the gradient of a tiny probability, where p + tiny keeps it.
 """
 
 from __future__ import annotations
@@ -22,6 +32,9 @@ from typing import Any
 from audit.heads import Head
 
 _TINY = 1e-30
+#: Largest logit spread a loss sees (see the module docstring): 1 - p >= exp(-12) ~ 6e-6, about 100 float32 ulps
+#: below 1, so the gradient keeps ~1% precision instead of rounding to 0.
+LOGIT_SPREAD_CAP = 12.0
 OBJECTIVES = ("task", "output_distance")
 
 
@@ -52,6 +65,37 @@ def _looks_like_prob(flat: Any) -> bool:
         return bool((flat >= 0).all() and torch.allclose(flat.sum(1), torch.ones_like(flat[:, 0]), atol=1e-4))
 
 
+def log_probabilities(head: Head, raw: Any) -> Any:
+    """(B, C) log class probabilities (binary: C = 2, [log P(0), log P(1)]) from a raw output tensor (B, ...)."""
+    import torch
+    from torch.nn import functional as F
+
+    flat = raw.reshape(raw.shape[0], -1)
+    if head.task == "binary" and flat.shape[1] == 1:
+        z = flat[:, 0]
+        if head.activation == "sigmoid":  # P(1) = sigmoid(z) = softmax([0, z])[1]
+            return F.log_softmax(_tempered(torch.stack([torch.zeros_like(z), z], dim=1)), dim=1)
+        return torch.stack([torch.log(1 - z + _TINY), torch.log(z + _TINY)], dim=1)
+    if head.task == "binary" and head.activation == "beta":
+        a, b = flat[:, 0], flat[:, 1]
+        total = torch.log(a + b + _TINY)
+        return torch.stack([torch.log(b + _TINY) - total, torch.log(a + _TINY) - total], dim=1)
+    if head.task in ("binary", "multiclass"):
+        if head.activation == "softmax" or (head.activation == "none" and not _looks_like_prob(flat)):
+            return F.log_softmax(_tempered(flat), dim=1)
+        return torch.log(flat + _TINY)
+    raise ValueError(f"log_probabilities: task {head.task!r} has no class probabilities")
+
+
+def _tempered(logits: Any) -> Any:
+    """Logits (B, C) divided by T = max(1, spread / LOGIT_SPREAD_CAP) per sample, T a constant for autograd."""
+    import torch
+
+    with torch.no_grad():
+        t = torch.clamp((logits.amax(1) - logits.amin(1)) / LOGIT_SPREAD_CAP, min=1.0)
+    return logits / t[:, None]
+
+
 def task_loss(head: Head, raw: Any, clean_raw: Any, clean_labels: Any | None = None, target: Any | None = None) -> Any:
     """Per-sample loss to maximise for ``head.task``; ``clean_raw`` is the twin's output on the clean input.
 
@@ -61,17 +105,12 @@ def task_loss(head: Head, raw: Any, clean_raw: Any, clean_labels: Any | None = N
     import torch
 
     b = raw.shape[0]
-    if head.task == "binary":
-        p = probability(head, raw)
+    if head.task in ("binary", "multiclass"):
         if clean_labels is None:
-            clean_labels = (probability(head, clean_raw) >= head.threshold).long()
-        y = clean_labels.to(p.dtype)
-        return -(y * torch.log(p + _TINY) + (1 - y) * torch.log(1 - p + _TINY))
-    if head.task == "multiclass":
-        p = probability(head, raw)
-        if clean_labels is None:
-            clean_labels = probability(head, clean_raw).argmax(1)
-        return -torch.log(p.gather(1, clean_labels.view(-1, 1))[:, 0] + _TINY)
+            with torch.no_grad():
+                p = probability(head, clean_raw)
+                clean_labels = (p >= head.threshold).long() if head.task == "binary" else p.argmax(1)
+        return -log_probabilities(head, raw).gather(1, clean_labels.view(-1, 1).long())[:, 0]
     if head.task in ("regression", "rating"):
         ref = clean_raw if target is None else target
         return ((raw - ref.detach()) ** 2).reshape(b, -1).sum(1)

@@ -49,7 +49,7 @@ class PGD(Attack):
     def loss(self, raw: Any, clean_raw: Any, labels: Any) -> Any:
         if self.objective == "output_distance":
             return output_distance(raw, clean_raw)
-        return task_loss(self.target.head, raw, clean_raw, labels)
+        return task_loss(self.target.loss_head, raw, clean_raw, labels)
 
     def origin(self, v_clean: Any, generator: Any) -> Any:
         """Where the search starts (before the random start): the clean variable; other attacks override it."""
@@ -64,7 +64,7 @@ class PGD(Attack):
         v_clean = self.start(hu).detach()
         with torch.no_grad():
             clean_outs = t.outputs(self.model_input(v_clean))
-        clean_raw, clean = clean_outs[t.output_index], t.decisions(clean_outs)
+        clean_raw, clean = clean_outs[t.loss_index], t.decisions(clean_outs)
         labels = torch.from_numpy(clean.labels)
         v0 = self.origin(v_clean, generator).detach()
         ref = clean if v0 is v_clean else t.decide(self.model_input(v0))
@@ -133,7 +133,7 @@ class PGD(Attack):
         t = self.target
         with torch.no_grad():
             outs = t.outputs(self.model_input(v))
-            final = self.loss(outs[t.output_index], clean_raw, labels)
+            final = self.loss(outs[t.loss_index], clean_raw, labels)
         return v, final, flat, t.decisions(outs)
 
     def describe(self) -> dict[str, Any]:

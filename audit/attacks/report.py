@@ -76,7 +76,7 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
-def render_attack_html(block: dict[str, Any], *, max_rows: int = 20) -> str:
+def render_attack_html(block: dict[str, Any], *, max_rows: int = 20, heading: str = "h2") -> str:
     """One attack block as an HTML ``<section>`` (summary, flipped samples, explanation figures)."""
     s, a = block["summary"], block["attack"]
     params = ", ".join(f"{k}={_fmt(v)}" for k, v in a.items() if k != "name")
@@ -86,7 +86,8 @@ def render_attack_html(block: dict[str, Any], *, max_rows: int = 20) -> str:
             ("SAN (deployed)", s["san"]), ("mean SAR (deployed)", s["sar_mean"]),
             ("flips on the twin only", s["torch_only"]), ("max L-inf / L2", f"{_fmt(s['max_linf'])} / {_fmt(s['max_l2'])}"),
             ("seconds", s["seconds"]), ("seed", s["seed"])]
-    out = [f'<section class="attack"><h2>Attack: {html.escape(block["label"])}</h2>',
+    sub = f"h{int(heading[1]) + 1}"
+    out = [f'<section class="attack"><{heading}>Attack: {html.escape(block["label"])}</{heading}>',
            f"<p><b>{html.escape(s['verdict'])}</b>. Only flips of the deployed artifact count; the twin's rate is shown "
            f"for comparison.</p><p><small>{html.escape(a.get('name', ''))}: {params}</small></p>",
            "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in rows) + "</table>"]
@@ -96,7 +97,7 @@ def render_attack_html(block: dict[str, Any], *, max_rows: int = 20) -> str:
         body = "".join("<tr>" + "".join(f"<td>{_fmt(r[k])}</td>" for k in (
             "id", "clean_label", "adv_label", "clean_score", "adv_score", "deployed_flips", "sar", "linf")) + "</tr>"
             for r in flipped[:max_rows])
-        out.append("<h3>Flipped samples</h3><table><tr>" + "".join(f"<th>{h}</th>" for h in head) + f"</tr>{body}</table>")
+        out.append(f"<{sub}>Flipped samples</{sub}><table><tr>" + "".join(f"<th>{h}</th>" for h in head) + f"</tr>{body}</table>")
         if len(flipped) > max_rows:
             out.append(f"<p>... and {len(flipped) - max_rows} more (see report.json).</p>")
     for ex in block.get("explanations", []):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from audit.attacks.base import Target, run_attack
-from audit.attacks.config import AttackConfig
+from audit.attacks.config import AttackConfig, AttackSpec
 from audit.attacks.report import SCHEMA, attack_block, render_attack_page
 from audit.campaign import AuditedModel
 
@@ -32,46 +33,80 @@ def open_module(config: AttackConfig) -> Any:
     return load_checkpoint(str(config.net), config.variant, config.checkpoint)
 
 
-def settings(config: AttackConfig, shape: tuple[int, ...], spacing: tuple[float, ...]) -> list[tuple[str, dict[str, Any]]]:
+def settings(spec: AttackSpec, shape: tuple[int, ...], spacing: tuple[float, ...]) -> list[tuple[str, dict[str, Any]]]:
     """(label, parameters) of every run: one per eps in a list, one per noise level for nps_ascent."""
-    params = dict(config.params)
-    if config.attack == "nps_ascent":
-        model = config.noise.dose_model(shape, spacing)
+    params = dict(spec.params)
+    if spec.attack == "nps_ascent":
+        model = spec.noise.dose_model(shape, spacing)
         return [(f"nps_ascent @ {lv:g} mAs", {**params, "nps": model.nps_at(lv), "spacing": spacing[-2:]})
-                for lv in config.noise.levels]
+                for lv in spec.noise.levels]
     if isinstance(params.get("eps"), list):
-        return [(f"{config.attack} eps={e:g}", {**params, "eps": e}) for e in params["eps"]]
-    return [(config.attack, params)]
+        return [(f"{spec.attack} eps={e:g}", {**params, "eps": e}) for e in params["eps"]]
+    return [(spec.attack, params)]
+
+
+@dataclass
+class AttackPlan:
+    """Every run of an ``AttackSpec`` against one model, built (twin converted, parameters checked) before any
+    work starts, so a bad parameter or an unconvertible model fails in seconds, not after a campaign."""
+
+    spec: AttackSpec
+    model: AuditedModel
+    source: Any
+    target: Target
+    hu: np.ndarray
+    ids: list[str]
+    runs: list[tuple[str, Any]]
+
+    def run(self, *, progress: bool | None = None, prefix: str = "") -> list[dict[str, Any]]:
+        """The report blocks: what ``attack.json`` lists under ``runs`` and ``report.json`` under ``attacks``."""
+        spec, blocks = self.spec, []
+        for label, attack in self.runs:
+            result = run_attack(attack, self.model, self.hu, seed=spec.seed, batch_size=spec.batch_size, ids=self.ids,
+                                keep=spec.keep, progress=progress)
+            explanations = []
+            if spec.explain and result.examples:
+                from audit.attacks.explain import explain_examples
+
+                explanations = explain_examples(self.target, result)
+            block = attack_block(result, label=prefix + label, class_names=self.model.head.labels_names,
+                                 explanations=explanations)
+            block["model"], block["twin"] = self.model.name, self.target.describe()
+            if getattr(attack, "extra_report", None):
+                block["extra"] = attack.extra_report(result, self.source)
+            blocks.append(block)
+        return blocks
+
+
+def plan_attacks(spec: AttackSpec, model: AuditedModel, source: Any, *, module: Any = None) -> AttackPlan:
+    """The twin (``module`` or onnx2torch, parity-checked) and every attack of ``spec``, ready to run."""
+    from audit.attacks import build_attack
+    from audit.campaign import check_input
+
+    check_input(model, source)
+    n = len(source) if spec.samples is None else min(spec.samples, len(source))
+    hu = source.load(np.arange(n))
+    target = Target.from_model(model, module, parity_hu=hu[:8])
+    runs = [(label, build_attack(spec.attack, target, **_extra(spec, params, source, n)))
+            for label, params in settings(spec, tuple(source.shape), tuple(source.spacing))]
+    return AttackPlan(spec, model, source, target, hu, list(source.ids)[:n], runs)
 
 
 def run_attack_config(config: AttackConfig, out: Path, *, progress: bool | None = None) -> dict[str, Any]:
     from audit.atomic import atomic_path
-    from audit.attacks import build_attack
     from audit.runner import open_source
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = open_model(config)
     source = open_source(dict(config.data), pacs=getattr(config, "pacs", None))
-    hu = source.load(np.arange(len(source)))
-    target = Target.from_model(model, open_module(config), parity_hu=hu[:8])
-    runs = []
-    for label, params in settings(config, tuple(source.shape), tuple(source.spacing)):
-        attack = build_attack(config.attack, target, **_extra(config, params, source))
-        result = run_attack(attack, model, hu, seed=config.seed, batch_size=config.batch_size, ids=source.ids,
-                            keep=config.keep, progress=progress)
-        explanations = []
-        if config.explain and result.examples:
-            from audit.attacks.explain import explain_examples
-
-            explanations = explain_examples(target, result)
-        runs.append(attack_block(result, label=label, class_names=model.head.labels_names, explanations=explanations))
-        if getattr(attack, "extra_report", None):
-            runs[-1]["extra"] = attack.extra_report(result, source)
-    report = {"schema": SCHEMA, "model": model.describe(), "twin": target.twin.describe(),
+    plan = plan_attacks(config.spec, model, source, module=open_module(config))
+    runs = plan.run(progress=progress)
+    spec = config.spec
+    report = {"schema": SCHEMA, "model": model.describe(), "twin": plan.target.describe(),
               "data": {"name": getattr(source, "name", str(config.data.get("manifest", ""))), "n": len(source),
                        "shape": list(source.shape), "spacing": list(source.spacing)},
-              "noise": config.noise.to_dict() if config.noise is not None else None, "runs": runs}
+              "noise": spec.noise.to_dict() if spec.noise is not None else None, "runs": runs}
     with atomic_path(out / "attack.json") as tmp:
         tmp.write_text(json.dumps(report, indent=1, allow_nan=True))
     with atomic_path(out / "attack.html") as tmp:
@@ -79,15 +114,15 @@ def run_attack_config(config: AttackConfig, out: Path, *, progress: bool | None 
     return report
 
 
-def _extra(config: AttackConfig, params: dict[str, Any], source: Any) -> dict[str, Any]:
+def _extra(spec: AttackSpec, params: dict[str, Any], source: Any, n: int) -> dict[str, Any]:
     """Attack parameters that come from the data rather than the config (e.g. the labels an AUC needs)."""
     from audit.attacks import ATTACKS
 
-    cls = ATTACKS[config.attack]
+    cls = ATTACKS[spec.attack]
     needs = getattr(cls, "needs", ())
     extra = dict(params)
     if "labels" in needs and getattr(source, "labels", None) is not None:
-        extra["labels"] = np.asarray(source.labels)
+        extra["labels"] = np.asarray(source.labels)[:n]
     if "spacing" in needs and "spacing" not in extra:
         extra["spacing"] = tuple(source.spacing)
     return extra

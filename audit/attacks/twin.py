@@ -55,6 +55,9 @@ def unsupported_ops(model: Any) -> list[str]:
     """``op (domain, opset N)`` for every node type of an ONNX ``ModelProto`` that onnx2torch has no converter for."""
     from onnx2torch.node_converters.registry import get_converter
 
+    from audit.attacks import onnx2torch_ext
+
+    onnx2torch_ext.register()
     opsets = {o.domain or "": o.version for o in model.opset_import}
     missing: list[str] = []
     for node in _all_nodes(model.graph):
@@ -120,16 +123,22 @@ def convert_onnx(path: str | Path) -> Any:
     missing = unsupported_ops(model)
     if missing:
         raise EngineError(f"{path}: cannot build a torch twin for gradient attacks: onnx2torch has no converter for "
-                          f"op {', '.join(missing)}; pass the torch module instead (model.checkpoint) or re-export "
-                          "without that op")
+                          f"op {', '.join(missing)}; pass the torch module instead (model.checkpoint of an audit attack "
+                          "config) or re-export without that op")
     _relax_reshape_allowzero(model)
+    import warnings
+
     from onnx2torch import convert
+
+    # onnx2torch's Slice indexes with a list (deprecated in torch): harmless, but it would print on every forward
+    warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing",
+                            category=UserWarning, module="onnx2torch")
 
     try:
         module = convert(model)
     except NotImplementedError as exc:
         raise EngineError(f"{path}: cannot build a torch twin for gradient attacks: onnx2torch refuses a node "
-                          f"({exc}); pass the torch module instead (model.checkpoint)") from None
+                          f"({exc}); pass the torch module instead (model.checkpoint of an audit attack config)") from None
     return module.eval()
 
 

@@ -84,6 +84,12 @@ def render_html(report: dict[str, Any], *, nps_curves: tuple[np.ndarray, dict] |
                               p["SAR_simulated"], p["sigma_real_hu"]] for p in arm["per_phantom"]]))
         parts.append(f"<p>CMR Z-test, real vs simulated: max |Z| = {_fmt(arm['max_abs_z'])}, "
                      f"{arm['entries_rejecting_95']} entries reject equality at 95%.</p>")
+    if report.get("attacks"):
+        from audit.attacks.report import render_attack_html
+
+        parts.append("<h2>Gradient attacks</h2><p class='small'>Perturbations found on the torch twin; a success counts "
+                     "only where the deployed artifact's decision changed.</p>")
+        parts.extend(render_attack_html(block, heading="h3") for block in report["attacks"])
     if report.get("spread"):
         rows = [[e["level"], e["models"], e["models_with_any_flip"], e["SAR_overall_mean"], e["SAR_overall_std"]] for e in report["spread"]["per_level"]]
         parts.append("<h2>Spread over models</h2>" + _table([unit, "models", "with any flip", "SAR mean", "SAR std"], rows))

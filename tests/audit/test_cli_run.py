@@ -49,6 +49,60 @@ def test_run_writes_the_three_reports(setup):
     assert "SAN" in proc.stdout
 
 
+def test_attack_section_puts_gradient_attacks_in_the_same_report(setup):
+    """``[attack]`` in an audit config: the attack runs on the same model and data, and report.json/html hold it
+    next to the noise results, with both rates (twin and deployed)."""
+    from tests.audit.attacks import nets
+
+    tmp = setup[0]
+    model = nets.export(nets.Fragile(), tmp / "fragile.onnx")  # exported by torch: onnx2torch converts it
+    images = nets.images(12, spread_hu=5.0, seed=3)
+    manifest = write_manifest(tmp / "fragile-data", images, np.zeros(12, int))
+    config = write_config(tmp / "a.toml", model, manifest, noise=NOISE)
+    config.write_text(config.read_text() + '\n[attack]\nname = "pgd"\neps = [1.0, 20.0]\nspace = "hu"\nsteps = 10\n'
+                      "samples = 8\nkeep = 1\n")
+    proc = _audit("run", config, "--out", tmp / "out")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp / "out" / "report.json").read_text())
+    check_report(report)
+    small, big = report["attacks"]
+    assert [small["label"], big["label"]] == ["pgd eps=1", "pgd eps=20"] and small["model"] == "planted"
+    assert small["summary"]["n"] == big["summary"]["n"] == 8
+    # the fragile model thresholds a smoothed region mean at 0 HU; the images' means lie within 20 HU of it
+    assert big["summary"]["deployed_success_rate"] == 1.0 > small["summary"]["deployed_success_rate"]
+    assert big["summary"]["max_linf"] <= 20.0 * (1 + 1e-5) and len(big["explanations"]) == 1
+    page = (tmp / "out" / "report.html").read_text()
+    assert "Gradient attacks" in page and "Attack: pgd eps=20" in page and "success rate, deployed artifact" in page
+
+
+def test_attack_on_data_of_the_wrong_shape_exits_2(setup):
+    """The twin's parity check would feed the data to the engine: the shape is checked first, as for the campaign."""
+    from tests.audit.attacks import nets
+
+    tmp, _, manifest = setup  # 48 x 48 slices; the fragile model reads 24 x 24
+    model = nets.export(nets.Fragile(), tmp / "fragile.onnx")
+    config = write_config(tmp / "a.toml", model, manifest, noise=NOISE)
+    config.write_text(config.read_text() + '\n[attack]\nname = "pgd"\n')
+    _one_line_exit_2(_audit("run", config, "--out", tmp / "out"), "planted: the data are 2D slices of shape (48, 48)")
+
+
+@pytest.mark.parametrize("attack,needle", [('name = "pgd"\neps = -1.0', "attack.eps: expected a number > 0"),
+                                          ('name = "fgsm"', "attack.name: unknown attack 'fgsm'"),
+                                          ('name = "pgd"\nsamples = 0', "attack.samples: expected an integer >= 1"),
+                                          ('name = "pgd"\nepsilon = 3', "attack.epsilon: unknown parameter")])
+def test_bad_attack_section_exits_2(setup, attack, needle):
+    """Checked before the campaign runs: nothing is written."""
+    from tests.audit.attacks import nets
+
+    tmp = setup[0]
+    model = nets.export(nets.Fragile(), tmp / "fragile.onnx")
+    manifest = write_manifest(tmp / "fragile-data", nets.images(4), np.zeros(4, int))
+    config = write_config(tmp / "a.toml", model, manifest, noise=NOISE)
+    config.write_text(config.read_text() + f"\n[attack]\n{attack}\n")
+    _one_line_exit_2(_audit("run", config, "--out", tmp / "out"), needle)
+    assert not (tmp / "out" / "records").exists() and not (tmp / "out" / "report.json").exists()
+
+
 def _one_line_exit_2(proc, *needles):
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     lines = proc.stderr.strip().splitlines()

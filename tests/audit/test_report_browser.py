@@ -6,6 +6,8 @@ import shutil
 
 import pytest
 
+from audit.attacks.config import AttackSpec
+from audit.attacks.runner import plan_attacks
 from audit.campaign import AuditedModel, CampaignStats, RunOptions, run_campaign
 from audit.data import ArraySource
 from audit.engines import load_engine
@@ -24,7 +26,9 @@ def report_dir(tmp_path, planted):
     source = ArraySource(planted_images(16, spread_hu=4.0), (SPACING, SPACING))
     noise = NoiseSpec(kind="nps", levels=(25.0, 100.0), draws=10, seed=0, sigma_ref=30.0)
     stats = run_campaign([model], source, noise, tmp_path / "out", RunOptions(shard_samples=8))
-    write_reports(tmp_path / "out", [model], source, noise, stats)
+    spec = AttackSpec("pgd", {"eps": 10.0, "steps": 5, "space": "hu"}, keep=1, samples=4)
+    attacks = plan_attacks(spec, model, source).run(progress=False)
+    write_reports(tmp_path / "out", [model], source, noise, stats, attacks=attacks)
     return tmp_path / "out"
 
 
@@ -47,6 +51,7 @@ def test_report_renders_in_chromium(report_dir):
     alts = [alt for alt, _ in images]
     assert {"NPS per dose", "SAR versus level", "CMR heat maps", "exceedance curves"} <= set(alts)
     assert any(a.startswith("case ") for a in alts), "flipped cases are shown"
+    assert sum("clean vs attacked" in a for a in alts) == 1, "the attack's explanation figure is shown"
     broken = [alt for alt, ok in images if not ok]
     assert broken == []
     assert (report_dir / "report.png").stat().st_size > 10_000

@@ -95,3 +95,61 @@ def test_bad_parameters_are_named(small_cnn, params, match):
 def test_unknown_attack_lists_the_known_ones(small_cnn):
     with pytest.raises(ConfigError, match=r"unknown attack 'fgsm'; expected one of \[.*'pgd'"):
         build_attack("fgsm", Target.from_model(small_cnn))
+
+
+@pytest.mark.parametrize("twin_from", ["onnx", "module"])
+def test_a_saturated_sigmoid_is_attacked_through_its_logit(tmp_path, twin_from):
+    """gain 1e5: P = sigmoid(z) is exactly 0 or 1 in float32 for all but a sliver of samples, so its gradient is 0.
+    The twin exposes z (through the Unsqueeze/indexing after the Sigmoid) and PGD flips every sample within reach;
+    on the probability it would find nothing."""
+    net = nets.Fragile(gain=1e5)
+    model = nets.audited(nets.export(net, tmp_path / "steep.onnx"))
+    hu = nets.images(32, spread_hu=12.0, seed=5)
+    module = nets.Fragile(gain=1e5) if twin_from == "module" else None
+    target = Target.from_model(model, module, parity_hu=hu[:4])
+    assert target.loss_on == "logit (sigmoid)" and target.describe()["loss_on"] == "logit (sigmoid)"
+    with torch.no_grad():
+        p = target.outputs(target.to_input(torch.from_numpy(hu)))[0]
+    assert float(((p == 0) | (p == 1)).float().mean()) >= 0.9, "the test needs saturated outputs"
+    eps = 8.0
+    res = run_attack(PGD(target, eps=eps, steps=20, space="hu"), model, hu, seed=1)
+    smooth = torch.nn.functional.conv2d(torch.from_numpy(hu)[:, None], torch.full((1, 1, 3, 3), 1 / 9), padding=1)
+    m = smooth[:, 0, nets.REGION[0], nets.REGION[1]].mean((1, 2)).numpy()
+    reachable = np.abs(m) < 0.9 * eps
+    assert reachable.sum() >= 8
+    assert res.deployed_flips[reachable, 0].mean() >= 0.95
+    flat = Target.from_model(model, module, parity_hu=hu[:4], attack_logits=False)
+    assert flat.loss_on == "output"
+    s = run_attack(PGD(flat, eps=eps, steps=20, space="hu"), model, hu, seed=1).summary()
+    assert s["deployed_success_rate"] < 0.25 * res.summary()["deployed_success_rate"]
+
+
+def test_softmax_outputs_are_attacked_through_their_logits(tmp_path):
+    """A multiclass softmax head: the loss reads log_softmax of the exposed logits, and decisions stay the model's."""
+    from torch import nn
+
+    class Steep3(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fragile = nets.Fragile(gain=1.0)
+
+        def forward(self, x):
+            z = (self.fragile.conv(x)[:, 0, 8:16, 8:16].mean(dim=(1, 2)) - 0.5) * 1e5
+            return torch.softmax(torch.stack([-z, z, 0 * z - 30.0], dim=1), dim=1)
+
+    import json
+
+    import onnx
+
+    path = nets.export(Steep3(), tmp_path / "steep3.onnx", task="multiclass")
+    proto = onnx.load(str(path))
+    for prop in proto.metadata_props:
+        if prop.key == "audit.class_names":
+            prop.value = json.dumps(["below", "above", "never"])
+    onnx.save(proto, str(path))
+    model = nets.audited(path)
+    target = Target.from_model(model, parity_hu=nets.images(4))
+    assert target.loss_on == "logit (softmax)"
+    hu = nets.images(24, spread_hu=4.0, seed=2)
+    res = run_attack(PGD(target, eps=8.0, steps=15, space="hu"), model, hu, seed=0)
+    assert res.summary()["deployed_success_rate"] >= 0.9

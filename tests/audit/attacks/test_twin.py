@@ -60,3 +60,52 @@ def test_unsupported_op_is_named(tmp_path):
     onnx.save(model, str(path))
     with pytest.raises(EngineError, match=r"no converter for op Shrink \(domain 'ai.onnx', opset 17\)"):
         torch_twin(path)
+
+
+REDUCE_18 = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum",
+             "ReduceLogSumExp", "ReduceProd")
+
+
+def _reduce18_model(path, op, axes, keepdims, *, computed_axes=False):
+    """input (b, 1, 4, 4) -> Exp(x) (positive, so LogSum and Prod are defined) -> op over ``axes`` (an input)."""
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["b", 1, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    inits = []
+    nodes = [helper.make_node("Exp", ["input"], ["pos"])]
+    if computed_axes:  # axes from the input's shape: not a constant
+        nodes += [helper.make_node("Shape", ["input"], ["shp"], start=2, end=3),
+                  helper.make_node("Sub", ["shp", "two"], ["axes"])]
+        inits.append(helper.make_tensor("two", TensorProto.INT64, [1], [2]))
+    else:
+        inits.append(helper.make_tensor("axes", TensorProto.INT64, [len(axes)], axes))
+    nodes.append(helper.make_node(op, ["pos", "axes"], ["y"], keepdims=keepdims))
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("op", REDUCE_18)
+@pytest.mark.parametrize("axes,keepdims", [([2, 3], 0), ([-1], 1), ([1, 3], 1)])
+def test_opset18_reduce_ops_convert_with_parity_and_gradients(tmp_path, op, axes, keepdims):
+    """torch's exporter at opset 18 gives Reduce* their axes as an input; onnx2torch 1.5 has no converter for that
+    form, ours matches ONNX Runtime (the twin's parity check) and passes gradients to the input."""
+    import onnxruntime as ort
+
+    path = _reduce18_model(tmp_path / f"{op}.onnx", op, axes, keepdims)
+    x = np.random.default_rng(0).normal(0, 0.3, (5, 1, 4, 4)).astype(np.float32)
+    twin = torch_twin(path, parity_inputs=x)  # raises if any output differs by more than atol + rtol |ref|
+    assert twin.parity_inputs >= len(x)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    xt = torch.from_numpy(x).requires_grad_(True)
+    (out,) = twin(xt)
+    np.testing.assert_allclose(out.detach().numpy(), expected, rtol=1e-5, atol=1e-5)
+    (g,) = torch.autograd.grad(out.sum(), xt)
+    assert float(g.abs().sum()) > 0
+
+
+def test_opset18_reduce_with_computed_axes_is_refused_naming_it(tmp_path):
+    path = _reduce18_model(tmp_path / "computed.onnx", "ReduceMean", [], 1, computed_axes=True)
+    with pytest.raises(EngineError, match=r"ReduceMean \(opset 18\) with computed, not constant, axes"):
+        torch_twin(path)
