@@ -21,7 +21,11 @@ def run(args: argparse.Namespace) -> int:
     config = load_retrain_config(args.config)
     report = retrain_from_config(config, args.out, progress=args.progress)
     for r in report["rounds"]:
-        print(f"round {r['round']}: train SAN {r['train']['san']}/{r['train']['n']}, test SAN {r['test']['san']}/"
-              f"{r['test']['n']}, train AUC {r['train']['auc']:.3f}, test AUC {r['test']['auc']:.3f}")
-    print(f"reports: {args.out / 'retrain.json'}, {args.out / 'retrain.html'}")
+        scores = ", ".join(f"{split} {key} {r[split][key]:.3f}" for split in ("train", "test")
+                           for key in ("auc", "macro_f1", "mae", "dice") if key in r[split])
+        sar = ", ".join(f"{b['level']:g} mAs {b['SAR_overall']:.4f}" for b in r.get("audit", []))
+        print(f"round {r['round']}: attack SAN train {r['train']['san']}/{r['train']['n']}, test {r['test']['san']}/"
+              f"{r['test']['n']}; {scores}" + (f"; noise SAR {sar}" if sar else ""))
+    print(f"reports: {args.out / 'retrain.json'}, {args.out / 'retrain.html'}"
+          + (f", {args.out / report['audit_report']}" if report.get("audit_report") else ""))
     return 0
