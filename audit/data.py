@@ -13,7 +13,7 @@ import csv
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -185,8 +185,9 @@ class ManifestSource:
             return values, units  # type: ignore[return-value]
         return None
 
-    def _read_dicom(self, i: int) -> tuple[np.ndarray, tuple[float, ...]]:
-        from audit.dicom import crop_cube, scan_series
+    def _series_of(self, i: int):
+        """The ``SeriesHeaders`` of DICOM row ``i`` (scanned once; a PACS row is fetched into the cache first)."""
+        from audit.dicom import scan_series
 
         path = self.paths[i]
         if i in self._remote:  # complete in the cache (retrieved again if it was evicted)
@@ -195,6 +196,21 @@ class ManifestSource:
         series = self._series.get(path)
         if series is None or not all(f.is_file() for f in series.files[:1]):
             series = self._series[path] = scan_series(path)
+        return series
+
+    def reference(self, i: int) -> Any:
+        """What a derived DICOM series of sample ``i`` borrows from its source (``audit.dicom.write_series``): the
+        whole source series (patient identity, geometry, frame of reference) for a whole-series row, its first
+        header (patient identity only; a cube has its own geometry) for a lesion cube, None for array files."""
+        if not self._is_dicom(i):
+            return None
+        series = self._series_of(i)
+        return series if self.centers[i] is None else series.header
+
+    def _read_dicom(self, i: int) -> tuple[np.ndarray, tuple[float, ...]]:
+        from audit.dicom import crop_cube
+
+        series = self._series_of(i)
         if self.centers[i] is None:
             return series.read(), tuple(series.spacing)
         center, units = self.centers[i]

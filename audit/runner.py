@@ -107,8 +107,9 @@ def write_dicom_cases(out: Path, report: dict[str, Any], source: Any, noise: Noi
             spacing = tuple(source.spacing) if len(source.spacing) == 3 else (1.0, *source.spacing)
             folder = out / "dicom" / model["name"] / f"sample{case['sample']:06d}-level{noise.level_key(case['level'])}-k{case['k']}"
             attack = "random NPS noise" if noise.kind == "nps" else f"{noise.kind} noise, level {case['level']:g}"
+            reference = source.reference(case["sample"]) if hasattr(source, "reference") else None
             case["dicom"] = write_flipped_case(clean, noisy, spacing, folder, level=float(case["level"]), key=tuple(case["key"]),
-                                               attack=attack, overwrite=True)
+                                               attack=attack, overwrite=True, reference=reference)
             if client is not None:
                 from audit.pacs import push_case
 

@@ -21,14 +21,14 @@ ROLES = ("clean", "noisy")
 
 
 def _identity(folder: Path, model: str) -> str:
-    """sha256 over the model and every slice's pixels and description, in order."""
+    """sha256 over the model and every slice's patient, description and pixels, in order."""
     import pydicom
 
     h = hashlib.sha256(f"ct-robustness-audit flipped case|{model}".encode())
     for role in ROLES:
         for f in iter_files(folder / role):
             ds = pydicom.dcmread(f)
-            h.update(f"|{role}|{ds.get('SeriesDescription', '')}|{ds.InstanceNumber}|".encode())
+            h.update(f"|{role}|{ds.get('PatientID', '')}|{ds.get('SeriesDescription', '')}|{ds.InstanceNumber}|".encode())
             h.update(ds.PixelData)
     return h.hexdigest()
 

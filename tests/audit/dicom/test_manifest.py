@@ -42,6 +42,37 @@ def test_dicom_row_without_centre_gives_the_whole_volume(tmp_path, series_dir):
     assert np.abs(src.load([0])[0] - ramp_volume()).max() <= 0.5
 
 
+def test_derived_cases_borrow_the_source_patient_and_for_whole_series_its_geometry(tmp_path, series_dir):
+    """A flipped case written from a whole-series row keeps the source's patient, geometry and frame of reference
+    (a viewer overlays it on the original); one from a lesion cube keeps the patient only (the cube has its own grid)."""
+    import pydicom
+
+    from audit.dicom import write_flipped_case
+
+    for f in sorted(series_dir.glob("*.dcm")):  # give the source series a patient
+        ds = pydicom.dcmread(f)
+        ds.PatientID, ds.PatientName = "SRC-7", "Source^Patient"
+        ds.save_as(f)
+    vol = read_series(series_dir)
+    whole = ManifestSource(_manifest(tmp_path, "path,label", "series,2"))
+    (tmp_path / "cubes").mkdir()
+    cube = ManifestSource(_manifest(tmp_path / "cubes", "path,label,i,j,k", f"{series_dir},1,18,20,6"), cube=16)
+    img = whole.load([0])[0]
+    case = write_flipped_case(img, img + 1.0, whole.spacing, tmp_path / "whole", level=50, key=(0, 0, 50000, 0),
+                              reference=whole.reference(0))
+    written = read_series(case["clean_dir"])
+    assert written.frame_of_reference_uid == vol.frame_of_reference_uid and np.allclose(written.origin, vol.origin)
+    assert written.header.PatientID == vol.header.PatientID == "SRC-7"
+    ref = cube.reference(0)
+    assert ref.PatientID == vol.header.PatientID
+    c = cube.load([0])[0]
+    case = write_flipped_case(c, c, cube.spacing, tmp_path / "cube", level=50, key=(0, 0, 50000, 0), reference=ref)
+    written = read_series(case["noisy_dir"])
+    assert written.header.PatientID == vol.header.PatientID and written.frame_of_reference_uid != vol.frame_of_reference_uid
+    np.save(tmp_path / "a.npy", np.zeros((4, 5), np.float32))
+    assert ManifestSource(_manifest(tmp_path, "path,label", "a.npy,1"), spacing=(0.5, 0.5)).reference(0) is None
+
+
 def test_npy_rows_behave_as_before_beside_dicom_support(tmp_path):
     np.save(tmp_path / "a.npy", np.zeros((4, 5), np.float32))
     src = ManifestSource(_manifest(tmp_path, "path,label", "a.npy,1"), spacing=(0.5, 0.5))

@@ -43,7 +43,11 @@ def dataset(orthanc, tmp_path_factory):
     vols, labels = _volumes(8)
     rows_files, rows_pacs, uids = ["path,label,id,i,j,k"], ["path,label,id,i,j,k"], []
     for n, (v, lab) in enumerate(zip(vols, labels)):
-        w = write_series(v, (1.0, 1.0, 1.0), root / f"series{n}", description=f"audit test {n}")
+        from pydicom.dataset import Dataset
+
+        patient = Dataset()
+        patient.PatientID, patient.PatientName, patient.PatientSex = f"AUDIT-{n:03d}", f"Phantom^Case{n}", "O"
+        w = write_series(v, (1.0, 1.0, 1.0), root / f"series{n}", description=f"audit test {n}", reference=patient)
         orthanc.upload(w.folder)
         uids.append((w.study_uid, w.series_uid))
         ijk = ",".join(map(str, CENTRE))
@@ -124,6 +128,10 @@ def test_audit_from_pacs_matches_files_and_pushes_each_flipped_case_once(orthanc
             local = read_series(d[f"{role}_dir"])
             assert remote.series_uid == local.series_uid
             np.testing.assert_array_equal(remote.hu, local.hu)
+            # the derived series belong to the source series' patient, so the PACS files them under that patient
+            for series in (remote, local):
+                assert series.header.PatientID == f"AUDIT-{c['sample']:03d}"
+                assert str(series.header.PatientName) == f"Phantom^Case{c['sample']}"
         # The clean series is the audited cube of the source series (HU kept to the stored integer).
         source = read_series(root / f"series{c['sample']}")
         k, j, i = CENTRE[2], CENTRE[1], CENTRE[0]
