@@ -52,6 +52,10 @@ class ArraySource:
     def load(self, index: Sequence[int]) -> np.ndarray:
         return np.asarray(self.images[np.asarray(index)], dtype=np.float32)
 
+    def reference(self, i: int) -> None:
+        """Arrays carry no DICOM source for a derived series to borrow from (see ``ManifestSource.reference``)."""
+        return None
+
     def fingerprint(self) -> str:
         h = hashlib.sha256()
         h.update(np.ascontiguousarray(self.images, dtype=np.float32).tobytes())

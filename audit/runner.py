@@ -7,12 +7,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from audit.errors import ConfigError
-
 from audit.campaign import AuditedModel, CampaignStats, run_campaign
 from audit.config import AuditConfig
 from audit.data import ArraySource, ManifestSource
 from audit.engines import load_engine
+from audit.errors import ConfigError
 from audit.heads import head_from, preprocess_from
 from audit.noise_spec import NoiseSpec
 from audit.report import build_report, render_html, write_html, write_json, write_junit
@@ -107,7 +106,7 @@ def write_dicom_cases(out: Path, report: dict[str, Any], source: Any, noise: Noi
             spacing = tuple(source.spacing) if len(source.spacing) == 3 else (1.0, *source.spacing)
             folder = out / "dicom" / model["name"] / f"sample{case['sample']:06d}-level{noise.level_key(case['level'])}-k{case['k']}"
             attack = "random NPS noise" if noise.kind == "nps" else f"{noise.kind} noise, level {case['level']:g}"
-            reference = source.reference(case["sample"]) if hasattr(source, "reference") else None
+            reference = source.reference(case["sample"])
             case["dicom"] = write_flipped_case(clean, noisy, spacing, folder, level=float(case["level"]), key=tuple(case["key"]),
                                                attack=attack, overwrite=True, reference=reference)
             if client is not None:
@@ -120,8 +119,7 @@ def write_reports(out: Path, models: Sequence[AuditedModel], source: Any, noise:
                   worst: int = 6, extra: dict | None = None, dicom: bool = False, pacs: Any = None,
                   attacks: Sequence[dict] = ()) -> dict[str, Any]:
     """report.json, report.html and junit.xml of a finished campaign; ``attacks``: attack blocks to include."""
-    report = build_report(out, models, source, noise, stats, worst=worst, extra=extra)
-    report["attacks"] = list(attacks)
+    report = build_report(out, models, source, noise, stats, worst=worst, extra=extra, attacks=attacks)
     if dicom or (pacs is not None and pacs.push):
         write_dicom_cases(out, report, source, noise, pacs)
     write_json(out / "report.json", report)
@@ -161,8 +159,9 @@ def run_config(config: AuditConfig, out: Path, *, resume: bool = False, progress
         extra = {"scan_arm": [dict(scan_arm(m, phantoms, draws=int(arm.get("draws", 100)), seed=int(arm.get("seed", 0)),
                                             patch_mm=float(arm.get("patch_mm", 6.8)), overlap=float(arm.get("overlap", 0.3))),
                                    mas=float(arm["mas"])) for m in models]}
+    hu = plans[0].load() if plans else None  # the same samples for every model: read once
     attacks = [block for plan in plans
-               for block in plan.run(progress=options.progress, prefix=f"{plan.model.name}: " if len(models) > 1 else "")]
+               for block in plan.run(hu, progress=options.progress, prefix=f"{plan.model.name}: " if len(models) > 1 else "")]
     return write_reports(out, models, source, config.noise, stats, config.worst, extra, dicom=config.dicom_cases,
                          pacs=config.pacs, attacks=attacks)
 

@@ -89,28 +89,24 @@ def _audited(path: Path, name: str | None = None):
     return AuditedModel(name or path.stem, engine, head_from(engine.metadata), preprocess_from(engine.metadata))
 
 
+def _attack_spec(config: RetrainConfig):
+    """The ``[attack]`` table read exactly as ``audit attack`` reads it (``audit.attacks.config.AttackSpec``)."""
+    from audit.attacks.config import parse_attack_section
+
+    return parse_attack_section(config.attack, Path("."), None)
+
+
 def _attack(config: RetrainConfig, net: torch.nn.Module, onnx_path: Path, hu: np.ndarray, ids: list[str], seed: int):
-    """Run the configured attack on ``hu`` against the ONNX artifact (twin = ``net``); returns (result, model, attack)."""
+    """Run the configured attack on ``hu`` against the ONNX artifact (twin = ``net``), seeded by the round's seed
+    plus ``[attack] seed``; the result keeps the attacked model inputs (what adversarial training adds)."""
     from audit.attacks import Target, build_attack, run_attack
 
+    spec = _attack_spec(config)
     model = _audited(onnx_path)
     target = Target.from_model(model, copy.deepcopy(net).eval(), parity_hu=hu[:4])
-    params = {k: v for k, v in config.attack.items() if k != "name"}
-    attack = build_attack(config.attack["name"], target, **params)
-    return run_attack(attack, model, hu, seed=seed, ids=ids, keep=0, progress=False), model, attack
-
-
-def _adversarial_inputs(result, attack, hu: np.ndarray, seed: int) -> np.ndarray:
-    """The model inputs of every sample's first candidate (re-generated from the seed, as run_attack did)."""
-    import torch as _t
-
-    out = []
-    bs = 16
-    for b, start in enumerate(range(0, len(hu), bs)):
-        gen = _t.Generator().manual_seed(int(seed) + b * 1_000_003)
-        cands = attack.perturb(_t.from_numpy(hu[start : start + bs]), gen)
-        out.append(attack.model_input(cands.values[:, 0]).detach().numpy())
-    return np.concatenate(out).astype(np.float32)
+    attack = build_attack(spec.attack, target, **spec.params)
+    return run_attack(attack, model, hu, seed=spec.seed + seed, batch_size=spec.batch_size, ids=ids, keep=0, progress=False,
+                      return_inputs=True)
 
 
 def _metrics(bp, net, data, idx) -> dict[str, Any]:
@@ -170,10 +166,10 @@ def retrain(config: RetrainConfig, out: str | Path, *, progress: bool | None = N
     pool_x, pool_t, pool_s = [], {k: [] for k in data.targets}, []
     rounds, onnx_paths, attack_blocks = [], [], []
     for r in range(config.rounds + 1):
-        res_train, _, attack = _attack(config, net, onnx_path, data.hu[train_idx].astype(np.float32),
-                                       [f"train:{i}" for i in train_idx], config.seed + 7 * r)
-        res_test, _, _ = _attack(config, net, onnx_path, data.hu[test_idx].astype(np.float32),
-                                 [f"test:{i}" for i in test_idx], config.seed + 7 * r + 1)
+        res_train = _attack(config, net, onnx_path, data.hu[train_idx].astype(np.float32),
+                            [f"train:{i}" for i in train_idx], config.seed + 7 * r)
+        res_test = _attack(config, net, onnx_path, data.hu[test_idx].astype(np.float32),
+                           [f"test:{i}" for i in test_idx], config.seed + 7 * r + 1)
         rec = {"round": r, "onnx": str(onnx_path), "train": {**_metrics(bp, net, data, split.train),
                **_san(res_train)}, "test": {**_metrics(bp, net, data, split.test), **_san(res_test)}}
         rounds.append(rec)
@@ -191,7 +187,7 @@ def retrain(config: RetrainConfig, out: str | Path, *, progress: bool | None = N
             noisy = hu_train + g.uniform(-config.uniform_amplitude, config.uniform_amplitude, hu_train.shape).astype(np.float32)
             new_x, keep = registry.preprocess(noisy, bp.hu_window), np.ones(len(train_idx), bool)
         else:
-            new_x = _adversarial_inputs(res_train, attack, hu_train, config.seed + 7 * r)
+            new_x = res_train.adv_inputs.astype(np.float32)
             keep = res_train.deployed_flips.any(1) if config.mode == "adaptive" else np.ones(len(train_idx), bool)
         pool_x.append(new_x[keep])
         for k in data.targets:
@@ -296,16 +292,15 @@ def load_retrain_config(path: str | Path) -> RetrainConfig:
     for key in rt:
         if key not in RETRAIN_KEYS:
             raise ConfigError(f"{path}: retrain.{key}: unknown key; allowed: {', '.join(RETRAIN_KEYS)}")
-    from audit.attacks import ATTACKS
-
-    if attack and attack.get("name") not in ATTACKS:
-        raise ConfigError(f"{path}: attack.name: unknown attack {attack.get('name')!r}; expected one of {sorted(ATTACKS)}")
     registry.get(model.get("name", "nodule3d"))
     kw: dict[str, Any] = {"model": model.get("name", "nodule3d"), "variant": model.get("variant"),
                           "quick": bool(model.get("quick", True)), "cache_dir": model.get("cache_dir"), **rt}
-    if attack:
-        kw["attack"] = attack
     try:
+        if attack:  # the same keys and checks as audit attack's [attack] (seed, batch_size, the attack's parameters)
+            from audit.attacks.config import parse_attack_section
+
+            spec = parse_attack_section(attack, path.resolve().parent, None)
+            kw["attack"] = {**attack, **{k: spec.params[k] for k in ("generator", "ood") if k in spec.params}}
         if "noise" in raw:
             kw["noise"] = noise_spec_from(dict(raw["noise"]), path.resolve().parent)
         return RetrainConfig(**kw)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
@@ -71,8 +71,6 @@ class Target:
         return cls(twin, model.head, model.preprocess, rank, index, attack_logits=attack_logits)
 
     def __post_init__(self) -> None:
-        import dataclasses
-
         import torch
 
         # what the losses read: the head's output, or the pre-activation of its sigmoid/softmax (audit.attacks.logits)
@@ -83,7 +81,7 @@ class Target:
             found = expose_logit(self.twin.module, self.output_index)
             if found is not None:
                 self.twin.module, kind, self.loss_index = found
-                self.loss_head, self.loss_on = dataclasses.replace(self.head, activation=kind), f"logit ({kind})"
+                self.loss_head, self.loss_on = replace(self.head, activation=kind), f"logit ({kind})"
         if self.channels_last and self.input_rank in (4, 5):  # conv weights and inputs in the same (faster) layout
             fmt = torch.channels_last if self.input_rank == 4 else torch.channels_last_3d
             self.twin.module = self.twin.module.to(memory_format=fmt)
@@ -212,7 +210,9 @@ class AttackResult:
     ``clean_labels``/``adv_labels`` are the deployed decisions (adv: of the first
     flipped candidate, else candidate 0); ``linf``/``l2`` the perturbation norms
     (N, K) in the attack's space. ``examples`` keeps up to ``keep`` flipped
-    cases as (index, k, clean model input, attacked model input).
+    cases as (index, k, clean model input, attacked model input);
+    ``adv_inputs`` (N, C, ...) the model input of the candidate ``adv_labels``
+    describes, when ``run_attack`` was asked for them (retraining adds them).
     """
 
     attack: dict[str, Any]
@@ -229,6 +229,7 @@ class AttackResult:
     seed: int
     notes: dict[str, Any] = field(default_factory=dict)
     examples: list[tuple[int, int, np.ndarray, np.ndarray]] = field(default_factory=list)
+    adv_inputs: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -262,8 +263,11 @@ class AttackResult:
 
 
 def run_attack(attack: Attack, model: AuditedModel, hu: np.ndarray, *, seed: int = 0, batch_size: int = 16,
-               ids: Sequence[str] | None = None, keep: int = 4, progress: bool | None = None) -> AttackResult:
+               ids: Sequence[str] | None = None, keep: int = 4, progress: bool | None = None,
+               return_inputs: bool = False) -> AttackResult:
     """Attack the HU images ``hu`` (N, *shape) with ``attack`` and let the deployed ``model`` decide.
+
+    ``return_inputs`` keeps every sample's attacked model input (``AttackResult.adv_inputs``).
 
     Batch b uses ``torch.Generator().manual_seed(seed + b * 1_000_003)``, so a
     result depends on ``seed`` and ``batch_size`` only, never on global RNG state.
@@ -278,7 +282,7 @@ def run_attack(attack: Attack, model: AuditedModel, hu: np.ndarray, *, seed: int
     n = len(hu)
     ids = list(ids) if ids is not None else [str(i) for i in range(n)]
     head = model.head
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("tf", "df", "cl", "al", "cs", "as", "li", "l2")}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("tf", "df", "cl", "al", "cs", "as", "li", "l2", "x")}
     examples: list[tuple[int, int, np.ndarray, np.ndarray]] = []
     notes: dict[str, list[float]] = {}
     t0 = time.perf_counter()
@@ -306,6 +310,7 @@ def run_attack(attack: Attack, model: AuditedModel, hu: np.ndarray, *, seed: int
         tf = np.zeros((len(chunk), kk), bool)
         df = np.zeros((len(chunk), kk), bool)
         adv_labels, adv_scores = d_clean.labels.copy(), d_clean.scores.copy()
+        adv_x = None
         first = np.full(len(chunk), -1)
         diff = (v - v0[:, None]).reshape(len(chunk), kk, -1)
         li, l2 = diff.abs().amax(-1).numpy(), diff.norm(dim=-1).numpy()
@@ -323,20 +328,24 @@ def run_attack(attack: Attack, model: AuditedModel, hu: np.ndarray, *, seed: int
             first[new] = k
             take = new | ((k == 0) & ~df[:, k])
             adv_labels[take], adv_scores[take] = d_adv.labels[take], d_adv.scores[take]
+            if return_inputs:
+                adv_x = x_adv.detach().numpy().copy() if adv_x is None else adv_x
+                adv_x[take] = x_adv.detach().numpy()[take]
             for i in np.nonzero(new)[0]:
                 if len(examples) < keep:
                     examples.append((start + int(i), k, x_clean_t[i].numpy().copy(), x_adv[i].numpy().copy()))
         for key, val in (("tf", tf), ("df", df), ("cl", d_clean.labels), ("al", adv_labels), ("cs", d_clean.scores),
-                         ("as", adv_scores), ("li", li), ("l2", l2)):
-            parts[key].append(np.asarray(val))
+                         ("as", adv_scores), ("li", li), ("l2", l2), ("x", adv_x)):
+            if val is not None:
+                parts[key].append(np.asarray(val))
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
-    cat = {k: np.concatenate(v) for k, v in parts.items()}
+    cat = {k: np.concatenate(v) if v else None for k, v in parts.items()}
     return AttackResult(attack.describe(), ids, cat["tf"], cat["df"], cat["cl"], cat["al"], cat["cs"], cat["as"],
                         cat["li"], cat["l2"], time.perf_counter() - t0, int(seed),
-                        {k: sum(v) / n for k, v in notes.items()}, examples)
+                        {k: sum(v) / n for k, v in notes.items()}, examples, cat["x"])
 
 
 def success(head: Head, mode: str, clean: Decisions, ref: Decisions, adv: Decisions) -> np.ndarray:

@@ -54,15 +54,21 @@ class AttackPlan:
     model: AuditedModel
     source: Any
     target: Target
-    hu: np.ndarray
-    ids: list[str]
+    n: int
     runs: list[tuple[str, Any]]
 
-    def run(self, *, progress: bool | None = None, prefix: str = "") -> list[dict[str, Any]]:
-        """The report blocks: what ``attack.json`` lists under ``runs`` and ``report.json`` under ``attacks``."""
+    def load(self) -> np.ndarray:
+        """The attacked samples (the first ``n`` of the source), in HU; load once and share between plans."""
+        return self.source.load(np.arange(self.n))
+
+    def run(self, hu: np.ndarray | None = None, *, progress: bool | None = None, prefix: str = "") -> list[dict[str, Any]]:
+        """The report blocks: what ``attack.json`` lists under ``runs`` and ``report.json`` under ``attacks``.
+        ``hu``: the samples ``load`` returns (loaded here if not given)."""
         spec, blocks = self.spec, []
+        hu = self.load() if hu is None else hu
+        ids = list(self.source.ids)[: self.n]
         for label, attack in self.runs:
-            result = run_attack(attack, self.model, self.hu, seed=spec.seed, batch_size=spec.batch_size, ids=self.ids,
+            result = run_attack(attack, self.model, hu, seed=spec.seed, batch_size=spec.batch_size, ids=ids,
                                 keep=spec.keep, progress=progress)
             explanations = []
             if spec.explain and result.examples:
@@ -79,17 +85,17 @@ class AttackPlan:
 
 
 def plan_attacks(spec: AttackSpec, model: AuditedModel, source: Any, *, module: Any = None) -> AttackPlan:
-    """The twin (``module`` or onnx2torch, parity-checked) and every attack of ``spec``, ready to run."""
+    """The twin (``module`` or onnx2torch, parity-checked on the first 8 samples) and every attack of ``spec``,
+    ready to run; the samples themselves are read only when it runs."""
     from audit.attacks import build_attack
     from audit.campaign import check_input
 
     check_input(model, source)
     n = len(source) if spec.samples is None else min(spec.samples, len(source))
-    hu = source.load(np.arange(n))
-    target = Target.from_model(model, module, parity_hu=hu[:8])
+    target = Target.from_model(model, module, parity_hu=source.load(np.arange(min(n, 8))))
     runs = [(label, build_attack(spec.attack, target, **_extra(spec, params, source, n)))
             for label, params in settings(spec, tuple(source.shape), tuple(source.spacing))]
-    return AttackPlan(spec, model, source, target, hu, list(source.ids)[:n], runs)
+    return AttackPlan(spec, model, source, target, n, runs)
 
 
 def run_attack_config(config: AttackConfig, out: Path, *, progress: bool | None = None) -> dict[str, Any]:

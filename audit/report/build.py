@@ -177,7 +177,8 @@ def compare_models(a: AuditedModel, b: AuditedModel, clean_a: records.CleanRecor
 
 
 def build_report(out: Path, models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, stats: CampaignStats,
-                 *, extra: dict[str, Any] | None = None, worst: int = WORST_CASES) -> dict[str, Any]:
+                 *, extra: dict[str, Any] | None = None, worst: int = WORST_CASES,
+                 attacks: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     n, k = len(source), noise.draws
     model_blocks = []
     loaded = []
@@ -210,7 +211,7 @@ def build_report(out: Path, models: Sequence[AuditedModel], source: Any, noise: 
         "models": model_blocks,
         "spread": spread(model_blocks),
         "comparisons": comparisons,
-        "attacks": [],
+        "attacks": list(attacks),  # audit.attacks.report.attack_block of each attack run
         "timing": stats.to_dict(),
     }
     if extra:
