@@ -1,46 +1,79 @@
-"""The audit configuration: one TOML file, validated into a frozen object; unknown keys are errors.
+"""Every configuration file, parsed one way: TOML -> typed, frozen sections, validated before anything loads.
 
-Sections (all documented in README.md):
-``[[model]]`` (or ``[model]``): path, name, engine, threads, providers, precision, max_batch;
-``[head]``, ``[preprocess]``: overrides of what the ONNX metadata says;
-``[data]``: manifest (CSV) or phantom (``nodules`` | ``bodysite``) with n and seed; spacing; class_names;
-``[noise]``: see ``audit.noise_spec``; ``[run]``: batch_size, shard_samples, noise_workers, prefetch;
-``[report]``: worst (flipped cases shown); ``[pacs]``: a DICOMweb server (see ``audit.pacs.config``);
-``[attack]``: gradient attacks on every model, as in ``audit attack`` (see ``audit.attacks.config``).
+``load_config`` (``audit run``, ``audit fast-gate``), ``load_attack_config``
+(``audit attack``) and ``load_retrain_config`` (``audit retrain``) share the
+section parsers below and the validators of ``audit.toml``; unknown sections
+and keys are errors, and so is every wrong type or range, named by its key.
+Each section becomes the object of the module that owns the concept:
+``[[model]]`` -> ``audit.artifact.ModelEntry``, ``[data]`` ->
+``audit.data.DataSection``, ``[noise]`` -> ``audit.campaign.NoiseSpec``,
+``[run]`` -> ``audit.campaign.RunOptions``, ``[pacs]`` ->
+``audit.pacs.PacsServer``, ``[attack]`` -> ``AttackSpec`` (attack names and
+parameters checked against ``audit.attacks``). ``[head]`` and ``[preprocess]``
+become read-only mappings of checked overrides of the artifact's metadata.
+The policy of ``audit gate`` is parsed in ``audit.gate`` with the same
+validators, so the gate never imports the campaign or the engines.
 Relative paths are relative to the config file.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Mapping
 
-from audit.campaign import RunOptions
-from audit.errors import ConfigError, InputError
-from audit.noise_spec import NoiseSpec, noise_spec_from
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from audit.artifact import ACTIVATIONS, TASKS, ModelEntry
+from audit.attacks import ATTACKS, check_attack_params
+from audit.campaign.noise import KINDS, NoiseSpec, read_nps_table
+from audit.campaign.run import RunOptions
+from audit.data import PHANTOMS, DataSection
+from audit.engines import BACKENDS, backend
+from audit.errors import ConfigError
+from audit.pacs import PacsServer
+from audit.toml import Table, check_sections, read_toml
+from models.registry import REGISTRY
 
 SECTIONS = ("model", "head", "preprocess", "data", "noise", "run", "report", "scan_arm", "pacs", "attack")
-SCAN_ARM_KEYS = ("source", "mas", "scans", "draws", "seed", "patch_mm", "overlap")
-MODEL_KEYS = ("path", "name", "engine", "threads", "providers", "optimization", "precision", "max_batch")
-DATA_KEYS = ("manifest", "phantom", "n", "seed", "spacing", "class_names", "cube", "target_spacing")
-RUN_KEYS = ("batch_size", "shard_samples", "noise_workers", "prefetch")
-PHANTOMS = ("nodules", "bodysite")
+ATTACK_SECTIONS = ("model", "head", "preprocess", "data", "attack", "noise")
+RETRAIN_SECTIONS = ("model", "retrain", "attack", "noise")
+NOISE_KEYS = ("kind", "levels", "draws", "seed", "preset", "table", "sigma_ref", "mas_ref", "electronic_fraction",
+              "cutoff", "z_fwhm_mm", "method")
+ATTACK_RUN_KEYS = ("name", "seed", "batch_size", "keep", "explain", "samples")
+RETRAIN_MODES = ("adaptive", "pgd", "uniform")
 
 
 @dataclass(frozen=True)
-class ModelEntry:
-    path: Path
-    name: str
-    engine: str = "onnxruntime"
-    options: Mapping[str, Any] = field(default_factory=dict)
+class ScanArm:
+    """``[scan_arm]``: repeated scans of the phantom scanner at ``mas`` against simulated noise (study 2)."""
+
+    mas: float
+    scans: int = 20
+    draws: int = 100
+    seed: int = 0
+    patch_mm: float = 6.8
+    overlap: float = 0.3
+    source: str = "phantom_scanner"
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """What to run, from an ``[attack]`` table (shared by ``audit attack``, ``audit run`` and ``audit retrain``).
+
+    ``attack``: a name of ``ATTACKS``; ``params``: its own parameters (a list of
+    eps runs one attack per value); ``samples``: attack only the first n
+    samples (None: all); ``noise``: the target NPS of ``nps_ascent``.
+    """
+
+    attack: str
+    params: Mapping[str, Any]
+    seed: int = 0
+    batch_size: int = 16
+    keep: int = 4
+    explain: bool = True
+    samples: int | None = None
+    noise: NoiseSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -48,104 +81,327 @@ class AuditConfig:
     models: tuple[ModelEntry, ...]
     head: Mapping[str, Any]
     preprocess: Mapping[str, Any]
-    data: Mapping[str, Any]
+    data: DataSection
     noise: NoiseSpec
     run: RunOptions
     worst: int = 6
     base: Path = Path(".")
     dicom_cases: bool = False
-    scan_arm: Mapping[str, Any] | None = None
-    pacs: Any = None  # audit.pacs.PacsServer: manifest rows dicomweb:<UID>, and push of flipped cases
-    attack: Any = None  # audit.attacks.config.AttackSpec: gradient attacks on the same data, in the same report
+    scan_arm: ScanArm | None = None
+    pacs: PacsServer | None = None  # manifest rows dicomweb:<UID>, and push of flipped cases
+    attack: AttackSpec | None = None  # gradient attacks on the same data, in the same report
     path: Path | None = None  # the config file, named in errors found after parsing
 
 
-def _section(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
-    value = raw.get(name, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"[{name}]: expected a table")
-    return dict(value)
+@dataclass(frozen=True)
+class AttackConfig:
+    """``audit attack``: one ONNX artifact (or a torch checkpoint as the twin), its data, one ``[attack]``."""
+
+    model: ModelEntry
+    checkpoint: Path | None
+    net: str | None
+    variant: str | None
+    head: Mapping[str, Any]
+    preprocess: Mapping[str, Any]
+    data: DataSection
+    spec: AttackSpec
+    base: Path = field(default=Path("."))
+    pacs: PacsServer | None = None
 
 
-def _check_keys(section: str, values: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
-    for key in values:
-        if key not in allowed:
-            raise ConfigError(f"{section}.{key}: unknown key; allowed: {', '.join(allowed)}")
+@dataclass(frozen=True)
+class RetrainConfig:
+    """``audit retrain``: the reference model to retrain, how, with which attack, and the per-round audit's noise."""
+
+    model: str = "nodule3d"
+    variant: str | None = None
+    quick: bool = True
+    mode: str = "adaptive"
+    rounds: int = 2
+    epochs: int = 10
+    lr: float = 5e-4
+    train_samples: int = 64
+    test_samples: int = 64
+    seed: int = 0
+    uniform_amplitude: float = 50.0
+    attack: AttackSpec = field(default_factory=lambda: AttackSpec("pgd", MappingProxyType({"eps": 0.02, "steps": 10})))
+    cache_dir: str | None = None
+    noise: NoiseSpec = field(default_factory=lambda: NoiseSpec(draws=20))
+    audit: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["attack"] = {"name": self.attack.attack, **dict(self.attack.params), "seed": self.attack.seed}
+        out["noise"] = self.noise.to_dict()
+        return out
+
+
+# ---------------------------------------------------------------- sections
+
+
+def model_entries(raw: Any, base: Path) -> tuple[ModelEntry, ...]:
+    """``[[model]]`` (or one ``[model]``): path, name, engine and the engine's own options."""
+    if raw is None:
+        raise ConfigError("model: missing; add a [model] table with path = \"model.onnx\"")
+    tables = [raw] if isinstance(raw, dict) else raw
+    if not isinstance(tables, list) or not tables:
+        raise ConfigError("model: expected a [model] table or [[model]] tables")
+    entries = []
+    for i, m in enumerate(tables):
+        t = Table(m, "model" if len(tables) == 1 else f"model[{i}]", base)
+        path = t.path("path")
+        engine = t.str("engine", "onnxruntime", choices=tuple(BACKENDS))
+        name = t.str("name", path.stem)
+        options: dict[str, Any] = {}
+        for key in backend(engine).OPTIONS:
+            if key in ("threads", "max_batch", "opt_batch"):
+                value = t.int(key, None, low=0 if key == "threads" else 1)
+            elif key == "providers":
+                value = t.strings(key, None)
+            elif key == "workspace_gib":
+                value = t.float(key, None, low=0, low_open=True)
+            else:
+                value = t.str(key, None)
+            if value is not None:
+                options[key] = list(value) if key == "providers" else value
+        all_keys = {"path", "engine", "name"} | {k for cls in BACKENDS.values() for k in cls.OPTIONS}
+        unknown = [k for k in t.raw if k not in ("path", "engine", "name") and k not in backend(engine).OPTIONS]
+        if unknown:
+            if unknown[0] in all_keys:
+                raise ConfigError(f"{t.key(unknown[0])}: not an option of engine {engine!r}; its options: "
+                                  f"{', '.join(backend(engine).OPTIONS) or 'none'}")
+            raise ConfigError(f"{t.key(unknown[0])}: unknown key; allowed: {', '.join(sorted(all_keys))}")
+        entries.append(ModelEntry(path, name, engine, MappingProxyType(options)))
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"model.name: names must be unique, got {names}")
+    return tuple(entries)
+
+
+def head_section(t: Table) -> Mapping[str, Any]:
+    """``[head]``: checked overrides of the artifact's head metadata (see ``audit.artifact.head_from``)."""
+    out: dict[str, Any] = {}
+    getters = {
+        "task": lambda k: t.str(k, choices=TASKS),
+        "class_names": lambda k: t.strings(k),
+        "threshold": lambda k: t.float(k),
+        "activation": lambda k: t.str(k, choices=ACTIVATIONS),
+        "output": lambda k: t.str(k),
+        "rating_edges": lambda k: t.numbers(k),
+        "tolerance": lambda k: t.float(k, low=0),
+        "min_dice": lambda k: t.float(k, low=0, high=1),
+    }
+    for key, get in getters.items():
+        if key in t:
+            out[key] = get(key)
+    t.done(getters)
+    return MappingProxyType(out)
+
+
+def preprocess_section(t: Table) -> Mapping[str, Any]:
+    """``[preprocess]``: ``hu_window = [lo, hi]`` (hi > lo) and ``clip``."""
+    out: dict[str, Any] = {}
+    if "hu_window" in t:
+        lo, hi = t.numbers("hu_window", length=2)
+        if not hi > lo:
+            raise ConfigError(f"preprocess.hu_window: expected [lo, hi] with hi > lo, got {[lo, hi]}")
+        out["hu_window"] = (lo, hi)
+    if "clip" in t:
+        out["clip"] = t.bool("clip")
+    t.done(("hu_window", "clip"))
+    return MappingProxyType(out)
+
+
+def data_section(t: Table) -> DataSection:
+    """``[data]``: exactly one of ``manifest`` (CSV) or ``phantom``."""
+    if ("manifest" in t) == ("phantom" in t):
+        raise ConfigError("data: set exactly one of data.manifest (CSV) or data.phantom")
+    section = DataSection(
+        manifest=t.path("manifest", None), phantom=t.str("phantom", None, choices=PHANTOMS),
+        n=t.int("n", 100, low=1), seed=t.int("seed", 1, low=0, high=2**63 - 1), spacing=t.numbers("spacing", None, low=0, low_open=True),
+        class_names=t.strings("class_names", ()), cube=t.int("cube", 32, low=1),
+        target_spacing=t.float("target_spacing", 1.0, low=0, low_open=True))
+    t.done(("manifest", "phantom", "n", "seed", "spacing", "class_names", "cube", "target_spacing"))
+    return section
+
+
+def noise_section(t: Table, **defaults: Any) -> NoiseSpec:
+    """``[noise]``: see ``audit.campaign.noise.NoiseSpec`` for the kinds and keys."""
+    kw: dict[str, Any] = dict(defaults)
+    if "kind" in t:
+        kw["kind"] = t.str("kind", choices=KINDS)
+    if "levels" in t:
+        kw["levels"] = t.numbers("levels", low=0, low_open=True)
+    for key in ("draws", "seed"):
+        if key in t:
+            kw[key] = t.int(key, low=1 if key == "draws" else 0, high=2**63 - 1)
+    for key in ("preset", "method"):
+        if key in t:
+            kw[key] = t.str(key)
+    for key, low_open in (("sigma_ref", True), ("mas_ref", True), ("electronic_fraction", False), ("cutoff", True),
+                          ("z_fwhm_mm", True)):
+        if key in t:
+            kw[key] = t.float(key, low=0, low_open=low_open)
+    if "table" in t:
+        path = t.path("table")
+        table = read_nps_table(path)
+        kw["table"] = str(path)
+        kw["table_values"] = tuple(zip(table.freq.tolist(), table.values.tolist()))
+    t.done(NOISE_KEYS)
+    return NoiseSpec(**kw)
+
+
+def run_section(t: Table) -> RunOptions:
+    kw = {key: t.int(key) for key in ("batch_size", "shard_samples", "noise_workers", "prefetch") if key in t}
+    t.done(("batch_size", "shard_samples", "noise_workers", "prefetch"))
+    return RunOptions(**kw)
+
+
+def scan_arm_section(t: Table) -> ScanArm:
+    source = t.str("source", "phantom_scanner")
+    if source != "phantom_scanner":
+        raise ConfigError(f"scan_arm.source: expected 'phantom_scanner' (DICOM series come later), got {source!r}")
+    if "mas" not in t:
+        raise ConfigError("scan_arm.mas: missing; the dose of the repeated scans in mAs")
+    arm = ScanArm(mas=t.float("mas", low=0, low_open=True), scans=t.int("scans", 20, low=2), draws=t.int("draws", 100, low=1),
+                  seed=t.int("seed", 0, low=0), patch_mm=t.float("patch_mm", 6.8, low=0, low_open=True),
+                  overlap=t.float("overlap", 0.3, low=0, high=1, high_open=True), source=source)
+    t.done(("source", "mas", "scans", "draws", "seed", "patch_mm", "overlap"))
+    return arm
+
+
+def pacs_section(t: Table) -> PacsServer:
+    """``[pacs]``: a DICOMweb server (see ``audit.pacs.PacsServer``); credentials are named, never given."""
+    if not isinstance(t.raw.get("url"), str):
+        raise ConfigError("pacs.url: missing; the DICOMweb root, e.g. \"https://pacs.example.org/dicom-web\"")
+
+    def path(key: str) -> Path | None:  # "~" expands; other relative paths are relative to the config
+        if key not in t:
+            return None
+        given = t.path(key)
+        home = Path(str(t.raw[key])).expanduser()
+        return home if home.is_absolute() else given
+
+    server = PacsServer(
+        url=t.str("url"), username_env=t.str("username_env", None), password_env=t.str("password_env", None),
+        credentials_file=path("credentials_file"), verify_tls=t.bool("verify_tls", True), ca_bundle=path("ca_bundle"),
+        timeout=t.float("timeout", 30.0, low=0, low_open=True), retries=t.int("retries", 3, low=0),
+        backoff=t.float("backoff", 1.0, low=0), cache_dir=path("cache_dir"),
+        cache_max_mb=t.float("cache_max_mb", 2048.0, low=0, low_open=True), push=t.bool("push", False))
+    t.done(("url", "username_env", "password_env", "credentials_file", "verify_tls", "ca_bundle", "timeout", "retries",
+            "backoff", "cache_dir", "cache_max_mb", "push"))
+    return server
+
+
+def attack_section(t: Table, noise: NoiseSpec | None) -> AttackSpec:
+    """An ``[attack]`` table (``ATTACK_RUN_KEYS`` plus the attack's own parameters) -> ``AttackSpec``, its parameters
+    checked against the attack now; ``noise`` is the config's ``[noise]`` (the target of ``nps_ascent`` only)."""
+    if "name" not in t:
+        raise ConfigError(f"attack.name: missing; expected one of {sorted(ATTACKS)}")
+    name = t.str("name")  # checked against the attacks by check_attack_params
+    seed = t.int("seed", 0, low=0)
+    batch = t.int("batch_size", 16, low=1)
+    keep = t.int("keep", 4, low=0)
+    samples = t.int("samples", None, low=1)
+    explain = t.bool("explain", True)
+    params = t.rest()
+    for key in ("generator", "ood"):
+        if key in params:
+            params[key] = str(t.path(key))
+    check_attack_params(name, params)
+    if name == "nps_ascent":
+        noise = NoiseSpec() if noise is None else noise
+        if noise.kind != "nps":
+            raise ConfigError(f"noise.kind: attacks use an NPS target; expected 'nps', got {noise.kind!r}")
+    else:
+        noise = None
+    return AttackSpec(name, MappingProxyType(params), seed, batch, keep, explain, samples, noise)
+
+
+# ---------------------------------------------------------------- files
 
 
 def parse_config(raw: Mapping[str, Any], base: Path) -> AuditConfig:
-    for key in raw:
-        if key not in SECTIONS:
-            raise ConfigError(f"{key}: unknown section; allowed: {', '.join(SECTIONS)}")
+    check_sections(raw, SECTIONS)
     # Unknown keys anywhere come first: a typo is the likeliest mistake.
-    for name, allowed in (("data", DATA_KEYS), ("run", RUN_KEYS), ("report", ("worst", "dicom")), ("scan_arm", SCAN_ARM_KEYS)):
-        _check_keys(name, _section(raw, name), allowed)
-    pacs = None
-    if "pacs" in raw:
-        from audit.pacs.config import pacs_server_from
+    tables = {name: Table.of(raw, name, base) for name in SECTIONS if name != "model"}
+    pacs = pacs_section(tables["pacs"]) if "pacs" in raw else None
+    noise = noise_section(tables["noise"])
+    models = model_entries(raw.get("model"), base)
+    data = data_section(tables["data"])
+    run = run_section(tables["run"])
+    report = tables["report"]
+    worst, dicom = report.int("worst", 6, low=0), report.bool("dicom", False)
+    report.done(("worst", "dicom"))
+    arm = scan_arm_section(tables["scan_arm"]) if "scan_arm" in raw else None
+    attack = attack_section(tables["attack"], noise) if "attack" in raw else None
+    return AuditConfig(models, head_section(tables["head"]), preprocess_section(tables["preprocess"]), data, noise, run,
+                       worst, base, dicom_cases=dicom or bool(pacs is not None and pacs.push), scan_arm=arm, pacs=pacs,
+                       attack=attack)
 
-        pacs = pacs_server_from(_section(raw, "pacs"), base)
-    noise = noise_spec_from(_section(raw, "noise"), base)
-    models_raw = raw.get("model")
-    if models_raw is None:
-        raise ConfigError("model: missing; add a [model] table with path = \"model.onnx\"")
-    models_raw = [models_raw] if isinstance(models_raw, dict) else models_raw
-    models = []
-    for i, m in enumerate(models_raw):
-        if not isinstance(m, dict):
-            raise ConfigError(f"model[{i}]: expected a table")
-        _check_keys("model", m, MODEL_KEYS)
-        if "path" not in m:
-            raise ConfigError(f"model[{i}].path: missing")
-        path = Path(m["path"])
-        path = path if path.is_absolute() else (base / path)
-        engine = m.get("engine", "onnxruntime")
-        if engine not in ("onnxruntime", "tensorrt"):
-            raise ConfigError(f"model.engine: expected 'onnxruntime' or 'tensorrt', got {engine!r}")
-        options = {k: m[k] for k in ("threads", "providers", "optimization") if k in m} if engine == "onnxruntime" else \
-                  {k: m[k] for k in ("precision", "max_batch") if k in m}
-        models.append(ModelEntry(path, str(m.get("name", path.stem)), engine, options))
-    data = _section(raw, "data")
-    if ("manifest" in data) == ("phantom" in data):
-        raise ConfigError("data: set exactly one of data.manifest (CSV) or data.phantom")
-    if "phantom" in data and data["phantom"] not in PHANTOMS:
-        raise ConfigError(f"data.phantom: expected one of {PHANTOMS}, got {data['phantom']!r}")
-    if "manifest" in data:
-        p = Path(data["manifest"])
-        data["manifest"] = p if p.is_absolute() else base / p
-    run, report = _section(raw, "run"), _section(raw, "report")
-    arm = _section(raw, "scan_arm") if "scan_arm" in raw else None
-    if arm is not None:
-        if arm.get("source", "phantom_scanner") != "phantom_scanner":
-            raise ConfigError(f"scan_arm.source: expected 'phantom_scanner' (DICOM series come later), got {arm['source']!r}")
-        if not isinstance(arm.get("mas"), (int, float)) or arm["mas"] <= 0:
-            raise ConfigError(f"scan_arm.mas: expected a positive dose in mAs, got {arm.get('mas')!r}")
-    attack = None
+
+def parse_attack_config(raw: Mapping[str, Any], base: Path) -> AttackConfig:
+    check_sections(raw, ATTACK_SECTIONS)
+    m = Table.of(raw, "model", base)
+    if "path" not in m:
+        raise ConfigError("model.path: missing; set it to the deployed ONNX file")
+    path = m.path("path")
+    options = {k: v for k, v in (("threads", m.int("threads", None, low=0)), ("optimization", m.str("optimization", None)))
+               if v is not None}
+    entry = ModelEntry(path, m.str("name", path.stem), "onnxruntime", MappingProxyType(options))
+    checkpoint = m.path("checkpoint", None)
+    net = m.str("net", None, choices=tuple(REGISTRY))
+    variant = m.str("variant", None)
+    m.done(("path", "name", "threads", "optimization", "checkpoint", "net", "variant"))
+    if checkpoint is not None and net is None:
+        raise ConfigError("model.net: missing; a checkpoint needs the registry name of its net (e.g. 'nodule3d')")
+    noise = noise_section(Table.of(raw, "noise", base)) if "noise" in raw else None
+    spec = attack_section(Table.of(raw, "attack", base), noise)
+    return AttackConfig(entry, checkpoint, net, variant, head_section(Table.of(raw, "head", base)),
+                        preprocess_section(Table.of(raw, "preprocess", base)), data_section(Table.of(raw, "data", base)),
+                        spec, base)
+
+
+def parse_retrain_config(raw: Mapping[str, Any], base: Path) -> RetrainConfig:
+    """``[model]`` name, variant, quick, cache_dir; ``[retrain]`` the loop; ``[attack]`` as ``audit attack``'s;
+    ``[noise]`` as ``audit run``'s (the per-round audit; default: the standard preset at 5 doses, 20 draws)."""
+    check_sections(raw, RETRAIN_SECTIONS)
+    m, r = Table.of(raw, "model", base), Table.of(raw, "retrain", base)
+    name = m.str("name", "nodule3d")
+    if name not in REGISTRY:
+        raise ConfigError(f"model.name: unknown model {name!r}; expected one of {', '.join(REGISTRY)}")
+    kw: dict[str, Any] = {"model": name, "variant": m.str("variant", None),
+                          "quick": m.bool("quick", True), "cache_dir": m.str("cache_dir", None)}
+    m.done(("name", "variant", "quick", "cache_dir"))
+    kw.update(mode=r.str("mode", "adaptive", choices=RETRAIN_MODES), rounds=r.int("rounds", 2, low=1),
+              epochs=r.int("epochs", 10, low=1), lr=r.float("lr", 5e-4, low=0, low_open=True),
+              train_samples=r.int("train_samples", 64, low=2), test_samples=r.int("test_samples", 64, low=2),
+              seed=r.int("seed", 0, low=0), uniform_amplitude=r.float("uniform_amplitude", 50.0, low=0, low_open=True),
+              audit=r.bool("audit", True))
+    r.done(("mode", "rounds", "epochs", "lr", "train_samples", "test_samples", "seed", "uniform_amplitude", "audit"))
+    noise = noise_section(Table.of(raw, "noise", base), draws=20) if "noise" in raw else NoiseSpec(draws=20)
+    kw["noise"] = noise
     if "attack" in raw:
-        from audit.attacks.config import parse_attack_section
-
-        attack = parse_attack_section(_section(raw, "attack"), base, noise)
-    return AuditConfig(tuple(models), _section(raw, "head"), _section(raw, "preprocess"), data, noise, RunOptions(**run),
-                       int(report.get("worst", 6)), base, scan_arm=arm, pacs=pacs,
-                       dicom_cases=bool(report.get("dicom", False)) or bool(pacs is not None and pacs.push), attack=attack)
+        kw["attack"] = attack_section(Table.of(raw, "attack", base), noise)
+    return RetrainConfig(**kw)
 
 
-def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
-    """A TOML file as a dict; unreadable or invalid files raise errors naming the file."""
-    path = Path(path)
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-
-
-def load_config(path: str | Path) -> AuditConfig:
+def _load(path: str | Path, parse: Any) -> Any:
     path = Path(path)
     raw = read_toml(path)
     try:
-        config = parse_config(raw, path.resolve().parent)
+        return parse(raw, path.resolve().parent)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return dataclasses.replace(config, path=path)
+
+
+def load_config(path: str | Path) -> AuditConfig:
+    return dataclasses.replace(_load(path, parse_config), path=Path(path))
+
+
+def load_attack_config(path: str | Path) -> AttackConfig:
+    return _load(path, parse_attack_config)
+
+
+def load_retrain_config(path: str | Path) -> RetrainConfig:
+    return _load(path, parse_retrain_config)

@@ -19,11 +19,16 @@ from __future__ import annotations
 
 import json
 import math
+from statistics import NormalDist
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+from xml.etree import ElementTree as ET
 
 from audit.errors import ConfigError, InputError
+from audit.io import atomic_path
+from audit.metrics import two_proportion_z_test
+from audit.toml import read_toml
 
 METRICS = ("san_fraction", "sar", "sar_class", "cmr_offdiag", "clean_auc", "clean_accuracy", "clean_macro_f1", "no_regression")
 RULE_KEYS = {"metric", "level", "max", "min", "class", "bound", "model", "name", "test", "alpha"}
@@ -53,8 +58,6 @@ def load_report(path: str | Path) -> dict[str, Any]:
 
 
 def load_policy(path: str | Path) -> list[dict[str, Any]]:
-    from audit.config import read_toml
-
     path = Path(path)
     raw = read_toml(path, "policy")
     extra = set(raw) - {"rule"}
@@ -85,7 +88,7 @@ def load_policy(path: str | Path) -> list[dict[str, Any]]:
     return rules
 
 
-def _level(model: Mapping[str, Any], level: float, rule: str) -> Mapping[str, Any]:
+def level_block(model: Mapping[str, Any], level: float, rule: str) -> Mapping[str, Any]:
     for block in model["levels"]:
         if math.isclose(block["level"], float(level), rel_tol=1e-9):
             return block
@@ -102,7 +105,7 @@ def _models(report: Mapping[str, Any], rule: Mapping[str, Any]) -> list[Mapping[
     return models
 
 
-def _class_index(block: Mapping[str, Any], cls: Any, rule: str) -> int:
+def class_index(block: Mapping[str, Any], cls: Any, rule: str) -> int:
     names = block.get("class_names", [])
     if str(cls) in names:
         return names.index(str(cls))
@@ -111,8 +114,6 @@ def _class_index(block: Mapping[str, Any], cls: Any, rule: str) -> int:
 
 def evaluate(report: Mapping[str, Any], rules: list[dict[str, Any]], baseline: Mapping[str, Any] | None = None) -> list[Outcome]:
     """Every rule against every model it names: one Outcome each."""
-    from audit.metrics import two_proportion_z_test
-
     out: list[Outcome] = []
     for rule in rules:
         name, metric = rule["name"], rule["metric"]
@@ -128,13 +129,13 @@ def evaluate(report: Mapping[str, Any], rules: list[dict[str, Any]], baseline: M
             if metric == "no_regression":
                 out.append(_regression(rule, model, baseline, two_proportion_z_test))
                 continue
-            block = _level(model, rule["level"], name)
+            block = level_block(model, rule["level"], name)
             if metric == "san_fraction":
                 value = block["SAN_fraction"]
             elif metric == "sar":
                 value = block["SAR_overall_ci"][1] if rule.get("bound") == "upper" else block["SAR_overall"]
             elif metric == "sar_class":
-                c = _class_index(block, rule["class"], name)
+                c = class_index(block, rule["class"], name)
                 key = "SAR_ci_high" if rule.get("bound") == "upper" else "SAR"
                 value = block["per_class"][key][c]
                 if value is None:
@@ -161,7 +162,7 @@ def _regression(rule, model, baseline, ztest) -> Outcome:
     comparisons = []  # (description, z) with z > 0 meaning worse now
     levels = [rule["level"]] if "level" in rule else [b["level"] for b in model["levels"]]
     for level in levels:
-        now, then = _level(model, level, name), _level(base, level, name)
+        now, then = level_block(model, level, name), level_block(base, level, name)
         if test == "cmr" and "CMR" in now:
             for b, col in enumerate(now["CMR"]["class_order"]):
                 n_now = now["per_class"]["N_c"][b] * now["K"]
@@ -182,8 +183,6 @@ def _regression(rule, model, baseline, ztest) -> Outcome:
             comparisons.append((f"SAR at {level:g}", ztest(now["SAR_overall"], n, then["SAR_overall"], then["N"] * then["K"]).z))
     if not comparisons:
         return Outcome(name, model["name"], None, "no significant worsening", True, "nothing to compare")
-    from statistics import NormalDist
-
     z_crit = NormalDist().inv_cdf(1 - alpha / len(comparisons))  # one-sided, Bonferroni
     worst = max(comparisons, key=lambda c: c[1])
     failed = [c for c in comparisons if c[1] > z_crit]
@@ -202,10 +201,6 @@ def table(outcomes: list[Outcome]) -> str:
 
 
 def write_junit(path: Path, outcomes: list[Outcome]) -> None:
-    from xml.etree import ElementTree as ET
-
-    from audit.atomic import atomic_path
-
     suite = ET.Element("testsuite", name="robustness-gate", tests=str(len(outcomes)),
                        failures=str(sum(not o.passed for o in outcomes)))
     for o in outcomes:

@@ -18,6 +18,10 @@ from typing import Any, Callable
 
 import pytest
 
+from audit.config import load_config
+from audit.gate import class_index, evaluate, level_block, table
+from audit.pipelines.run import run_config
+
 
 class AuditReport:
     """A report.json with assertions that fail with a readable rule table."""
@@ -26,8 +30,6 @@ class AuditReport:
         self.data, self.path = report, path
 
     def _check(self, rule: dict[str, Any]) -> None:
-        from audit.gate import evaluate, table
-
         rule.setdefault("name", rule["metric"])
         outcomes = evaluate(self.data, [rule])
         if not all(o.passed for o in outcomes):
@@ -49,11 +51,9 @@ class AuditReport:
         self._check({"metric": f"clean_{metric}", "min": minimum, **({"model": model} if model else {})})
 
     def sar(self, level: float, *, cls: str | None = None, model: str | None = None) -> float:
-        from audit.gate import _class_index, _level
-
         m = next(x for x in self.data["models"] if model in (None, x["name"]))
-        block = _level(m, level, "sar")
-        return block["SAR_overall"] if cls is None else block["per_class"]["SAR"][_class_index(block, cls, "sar")]
+        block = level_block(m, level, "sar")
+        return block["SAR_overall"] if cls is None else block["per_class"]["SAR"][class_index(block, cls, "sar")]
 
 
 @pytest.fixture(scope="session")
@@ -62,9 +62,6 @@ def robustness_audit(tmp_path_factory) -> Callable[[str | Path], AuditReport]:
     cache: dict[tuple[str, int], AuditReport] = {}
 
     def run(config: str | Path) -> AuditReport:
-        from audit.config import load_config
-        from audit.runner import run_config
-
         path = Path(config).resolve()
         key = (str(path), path.stat().st_mtime_ns)
         if key not in cache:

@@ -49,9 +49,9 @@ def main() -> None:
     import torchattacks
 
     from audit.attacks import PGD, Target, run_attack
-    from audit.campaign import AuditedModel
+    from audit.artifact import AuditedModel
     from audit.engines import load_engine
-    from audit.heads import head_from, preprocess_from
+    from audit.artifact.heads import head_from, preprocess_from
     from models import registry
     from models.build import cached_build, load_checkpoint
 

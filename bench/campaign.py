@@ -28,30 +28,25 @@ MODELS = {"nodule3d": "nodules", "bodysite2d": "bodysite"}
 
 
 def setup(name: str, n: int):
-    from audit.campaign import AuditedModel
-    from audit.data import ArraySource
-    from audit.engines import load_engine
-    from audit.heads import head_from, preprocess_from
-    from audit.runner import open_source
+    from audit.artifact import open_path
+    from audit.data import phantom_source
     from models.build import cached_build, load_checkpoint
 
     build = cached_build(name, quick=True, progress=False)
-    engine = load_engine(build.primary)
-    model = AuditedModel(name, engine, head_from(engine.metadata), preprocess_from(engine.metadata))
-    source = open_source({"phantom": MODELS[name], "n": n, "seed": 1000})
-    assert isinstance(source, ArraySource)
+    model = open_path(build.primary, name)
+    source = phantom_source(MODELS[name], n, 1000)
     net = load_checkpoint(name, None, build.artifacts[0].checkpoint)
     return model, source, net
 
 
 def noise_spec(draws: int):
-    from audit.noise_spec import NoiseSpec
+    from audit.campaign.noise import NoiseSpec
 
     return NoiseSpec(kind="nps", levels=(50.0,), draws=draws, seed=0, sigma_ref=25.0, mas_ref=100.0)
 
 
 def campaign_rate(model, source, draws: int, batch: int) -> float:
-    from audit.campaign import RunOptions, run_campaign
+    from audit.campaign.run import RunOptions, run_campaign
 
     with tempfile.TemporaryDirectory() as out:
         stats = run_campaign([model], source, noise_spec(draws), Path(out), RunOptions(batch_size=batch, shard_samples=64, progress=False))

@@ -31,8 +31,8 @@ def main() -> None:
     args = parser.parse_args()
     from audit.config import parse_config
     from audit.gate import evaluate, load_policy
-    from audit.runner import run_config
-    from audit.sequential import run_fast_gate
+    from audit.pipelines.run import run_config
+    from audit.pipelines.fast_gate import run_fast_gate
     from models.build import cached_build
 
     model = cached_build("nodule3d", quick=True, progress=False).primary

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from audit.errors import InputError
+from audit.io import atomic_path
 from models import cache, export, registry, training
 
 METRICS_SCHEMA = "audit-models-build/1"
@@ -171,9 +172,8 @@ def summarize(tests: list[dict]) -> dict:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default, allow_nan=True) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=_json_default, allow_nan=True) + "\n")
 
 
 def _json_default(o):

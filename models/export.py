@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from audit.errors import EngineError, InputError
+from audit.io import atomic_path
 
 OPSET = 18
 INPUT_NAME = "image"
@@ -171,9 +172,8 @@ def export_onnx(net: torch.nn.Module, path: str | os.PathLike, *, input_shape: S
         entry = model.metadata_props.add()
         entry.key, entry.value = str(k), str(v)
     onnx.checker.check_model(model)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
     try:
         return check_parity(path, net, parity_inputs, tolerance=tolerance)
     except ParityError:

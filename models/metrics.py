@@ -1,32 +1,22 @@
-"""Classification, rating and segmentation metrics on NumPy arrays (no scikit-learn).
+"""The scores a training run reports per task (binary, multiclass, rating, segmentation), as dicts.
 
-AUC is the Mann-Whitney statistic: the probability that a random positive
-scores above a random negative, ties counting one half.
+Every number is computed by ``audit.metrics`` (AUC, confusion matrix, Dice):
+one definition for training and audit. A fold lacking a class gets an AUC of
+NaN here (``missing_class="nan"``), where a report would refuse it.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
+
+from audit.metrics import batch_dice
+from audit.metrics import confusion_matrix as _confusion_matrix
+from audit.metrics.classification import auc as _auc
 
 
 def auc(labels, scores) -> float:
-    """Area under the ROC curve of ``scores`` for binary ``labels`` (1 positive); NaN if a class is missing.
-
-    Notes
-    -----
-    AUC = (R_pos - n_pos (n_pos + 1) / 2) / (n_pos n_neg), R_pos the sum of the
-    positives' mid-ranks among all scores (Mann-Whitney U / (n_pos n_neg)).
-    """
-    y = np.asarray(labels).astype(bool).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    if y.shape != s.shape:
-        raise ValueError(f"auc: labels and scores differ in length ({y.size} vs {s.size})")
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(s)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    """Mann-Whitney AUC of ``scores`` for binary ``labels`` (1 positive); NaN if a class is missing."""
+    return _auc(np.asarray(labels).astype(np.int64).ravel(), np.asarray(scores, np.float64).ravel(), missing_class="nan")
 
 
 def binary_metrics(labels, scores, threshold: float = 0.5) -> dict[str, float]:
@@ -47,9 +37,7 @@ def binary_metrics(labels, scores, threshold: float = 0.5) -> dict[str, float]:
 
 def confusion_matrix(labels, predicted, n_classes: int) -> np.ndarray:
     """Counts ``C[true, predicted]`` as an ``(n_classes, n_classes)`` int64 array."""
-    y = np.asarray(labels, dtype=np.int64).ravel()
-    p = np.asarray(predicted, dtype=np.int64).ravel()
-    return np.bincount(y * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    return _confusion_matrix(np.asarray(labels, np.int64).ravel(), np.asarray(predicted, np.int64).ravel(), n_classes)
 
 
 def multiclass_metrics(labels, probabilities, class_names) -> dict:
@@ -91,8 +79,4 @@ def rating_metrics(ratings, predicted, malignant) -> dict[str, float]:
 
 def dice(mask_true, mask_pred) -> np.ndarray:
     """Per-sample Dice of boolean masks ``(N, ...)``; 1 where both are empty."""
-    t = np.asarray(mask_true).astype(bool).reshape(len(mask_true), -1)
-    p = np.asarray(mask_pred).astype(bool).reshape(len(mask_pred), -1)
-    inter = np.sum(t & p, axis=1)
-    total = np.sum(t, axis=1) + np.sum(p, axis=1)
-    return np.where(total > 0, 2.0 * inter / np.maximum(total, 1), 1.0)
+    return batch_dice(np.asarray(mask_true).astype(bool), np.asarray(mask_pred).astype(bool))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -25,6 +24,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from audit.io import progress_enabled
 from models.augment import AUGMENTATIONS
 from models.registry import Blueprint, Data, Recipe
 
@@ -98,8 +98,8 @@ def deterministic(seed: int) -> Iterator[None]:
 
 
 def show_progress() -> bool:
-    """Progress bars only on a terminal, never in CI."""
-    return sys.stderr.isatty() and not os.environ.get("CI")
+    """Progress bars only on a terminal, never in CI (``audit.io.progress_enabled``, the one rule)."""
+    return progress_enabled(None)
 
 
 def _targets(data: Data, idx: np.ndarray, names) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ the deployed engine and reports both success rates (twin and deployed).
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from audit.attacks.base import HU_RANGE, Attack, AttackResult, Candidates, Target, run_attack
@@ -31,16 +32,29 @@ ATTACKS: dict[str, type[Attack]] = {
 }
 
 
-def build_attack(name: str, target: Target, **params: Any) -> Attack:
-    """The attack ``name`` on ``target``; ``ConfigError`` for an unknown name or parameter."""
+#: Parameters the pipelines fill from the data or the noise spec, never from the ``[attack]`` table.
+SUPPLIED = ("target", "nps", "spacing", "labels")
+
+
+def check_attack_params(name: str, params: dict[str, Any], supplied: tuple[str, ...] = SUPPLIED) -> None:
+    """Refuse, before anything loads, an unknown attack, an unknown parameter or a missing required one."""
     if name not in ATTACKS:
         raise ConfigError(f"attack.name: unknown attack {name!r}; expected one of {sorted(ATTACKS)}")
-    import inspect
-
-    allowed = [p for p in inspect.signature(ATTACKS[name].__init__).parameters if p not in ("self", "target")]
+    signature = inspect.signature(ATTACKS[name].__init__).parameters
+    allowed = [p for p in signature if p not in ("self", "target")]
     for key in params:
-        if key not in allowed:
-            raise ConfigError(f"attack.{key}: unknown parameter of attack {name!r}; allowed: {', '.join(allowed)}")
+        if key not in allowed or (key in supplied and key != "spacing"):
+            raise ConfigError(f"attack.{key}: unknown parameter of attack {name!r}; allowed: "
+                              f"{', '.join(p for p in allowed if p not in supplied)}")
+    for key, p in signature.items():
+        if key not in ("self", "target", *supplied) and p.default is inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD \
+                and key not in params:
+            raise ConfigError(f"attack.{key}: missing; attack {name!r} needs it")
+
+
+def build_attack(name: str, target: Target, **params: Any) -> Attack:
+    """The attack ``name`` on ``target``; ``ConfigError`` for an unknown name or parameter."""
+    check_attack_params(name, params, supplied=())
     try:
         return ATTACKS[name](target, **params)
     except TypeError as exc:
@@ -49,4 +63,4 @@ def build_attack(name: str, target: Target, **params: Any) -> Attack:
 
 __all__ = ["ATTACKS", "HU_RANGE", "Attack", "AttackResult", "Candidates", "FalsePositive", "GeneratorManipulation",
            "LatentSearch", "NPSAscent", "OutOfDistribution", "PGD", "Target", "Twin",
-           "build_attack", "project_to_nps", "run_attack", "torch_twin"]
+           "build_attack", "check_attack_params", "project_to_nps", "run_attack", "torch_twin"]

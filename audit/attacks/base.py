@@ -26,14 +26,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from audit.artifact import AuditedModel, Decisions, Head, Preprocess
+from audit.attacks.logits import expose_logit
 from audit.attacks.twin import Twin, torch_twin
-from audit.campaign import AuditedModel
 from audit.errors import ConfigError, InputError
-from audit.heads import Decisions, Head, Preprocess
+from audit.io import progress_bar
 
 #: Default valid HU range: air to the top of a 12-bit scanner range.
 HU_RANGE = (-1024.0, 3071.0)
@@ -76,8 +77,6 @@ class Target:
         # what the losses read: the head's output, or the pre-activation of its sigmoid/softmax (audit.attacks.logits)
         self.loss_index, self.loss_head, self.loss_on = self.output_index, self.head, "output"
         if self.attack_logits and self.head.task in ("binary", "multiclass"):
-            from audit.attacks.logits import expose_logit
-
             found = expose_logit(self.twin.module, self.output_index)
             if found is not None:
                 self.twin.module, kind, self.loss_index = found
@@ -286,7 +285,7 @@ def run_attack(attack: Attack, model: AuditedModel, hu: np.ndarray, *, seed: int
     examples: list[tuple[int, int, np.ndarray, np.ndarray]] = []
     notes: dict[str, list[float]] = {}
     t0 = time.perf_counter()
-    bar = _bar(n, attack.name, progress)
+    bar = progress_bar(n, progress, attack.name)
     for b, start in enumerate(range(0, n, batch_size)):
         chunk = hu[start : start + batch_size]
         gen = torch.Generator().manual_seed(int(seed) + b * 1_000_003)
@@ -353,22 +352,3 @@ def success(head: Head, mode: str, clean: Decisions, ref: Decisions, adv: Decisi
     if mode == "match":
         return ~head.flipped(clean, adv)[0] & head.flipped(clean, ref)[0]
     return head.flipped(ref, adv)[0]
-
-
-def _bar(total: int, desc: str, enabled: bool | None):
-    import os
-    import sys
-
-    if enabled is None:
-        enabled = sys.stderr.isatty() and not os.environ.get("CI")
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
-
-
-def check_params(name: str, params: Mapping[str, Any], allowed: Sequence[str]) -> None:
-    for key in params:
-        if key not in allowed:
-            raise ConfigError(f"attack.{key}: unknown parameter of attack {name!r}; allowed: {', '.join(allowed)}")

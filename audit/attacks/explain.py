@@ -20,6 +20,7 @@ import numpy as np
 
 from audit.attacks.base import AttackResult, Target
 from audit.attacks.objectives import probability
+from audit.report.figures import png_base64
 
 
 def conv_layers(module: Any) -> list[Any]:
@@ -79,8 +80,6 @@ def explain_examples(target: Target, result: AttackResult, *, top: int = 3) -> l
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from audit.attacks.report import png_base64
 
     out = []
     for index, k, x_clean, x_adv in result.examples:

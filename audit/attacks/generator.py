@@ -17,7 +17,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from audit.attacks.base import HU_RANGE, Attack, AttackResult, Candidates, Target
+from audit.engines import load_engine
 from audit.errors import EngineError
+from audit.metrics.classification import auc
 
 
 class GeneratorManipulation(Attack):
@@ -29,8 +31,6 @@ class GeneratorManipulation(Attack):
     def __init__(self, target: Target, *, generator: str | Path, space: str = "input", labels: Any = None,
                  hu_range: Sequence[float] = HU_RANGE) -> None:
         super().__init__(target, space=space, hu_range=hu_range)
-        from audit.engines import load_engine
-
         self.path = Path(generator)
         self.engine = load_engine(self.path)
         self.labels = None if labels is None else np.asarray(labels)
@@ -52,8 +52,6 @@ class GeneratorManipulation(Attack):
 
     def extra_report(self, result: AttackResult, source: Any) -> dict[str, Any]:
         """Flip rate and, with binary ground truth, the deployed AUC on original vs manipulated images."""
-        from audit.metrics.classification import auc
-
         out: dict[str, Any] = {"flip_rate": float(result.deployed_flips.any(1).mean())}
         labels = self.labels if self.labels is not None else getattr(source, "labels", None)
         if labels is not None and self.target.head.task == "binary":

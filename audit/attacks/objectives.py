@@ -29,7 +29,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit.heads import Head
+from audit.artifact.heads import Head
+from audit.errors import ConfigError
 
 _TINY = 1e-30
 #: Largest logit spread a loss sees (see the module docstring): 1 - p >= exp(-12) ~ 6e-6, about 100 float32 ulps
@@ -55,7 +56,7 @@ def probability(head: Head, raw: Any) -> Any:
         if head.activation == "softmax" or (head.activation == "none" and not _looks_like_prob(flat)):
             return torch.softmax(flat, dim=1)
         return flat
-    raise ValueError(f"probability: task {head.task!r} has no class probabilities")
+    raise ConfigError(f"probability: task {head.task!r} has no class probabilities")
 
 
 def _looks_like_prob(flat: Any) -> bool:
@@ -84,7 +85,7 @@ def log_probabilities(head: Head, raw: Any) -> Any:
         if head.activation == "softmax" or (head.activation == "none" and not _looks_like_prob(flat)):
             return F.log_softmax(_tempered(flat), dim=1)
         return torch.log(flat + _TINY)
-    raise ValueError(f"log_probabilities: task {head.task!r} has no class probabilities")
+    raise ConfigError(f"log_probabilities: task {head.task!r} has no class probabilities")
 
 
 def _tempered(logits: Any) -> Any:
@@ -120,7 +121,7 @@ def task_loss(head: Head, raw: Any, clean_raw: Any, clean_labels: Any | None = N
         prob, ref = prob.reshape(b, -1), ref.reshape(b, -1).detach()
         dice = (2 * (prob * ref).sum(1) + 1.0) / (prob.sum(1) + ref.sum(1) + 1.0)
         return 1.0 - dice
-    raise ValueError(f"objective: unknown task {head.task!r}")
+    raise ConfigError(f"objective: unknown task {head.task!r}")
 
 
 def _foreground(head: Head, raw: Any) -> Any:

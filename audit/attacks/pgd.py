@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from audit.attacks.base import HU_RANGE, Attack, Candidates, Target, positive, success
 from audit.attacks.objectives import OBJECTIVES, output_distance, task_loss
 from audit.errors import ConfigError
-from audit.heads import Decisions
+from audit.artifact.heads import Decisions
 
 NORMS = ("linf", "l2")
 

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from audit.attacks import onnx2torch_ext
 from audit.errors import EngineError, InputError
 
 #: Parity tolerance between the twin and ONNX Runtime: |a - b| <= atol + rtol |b| on every output element.
@@ -54,8 +55,6 @@ class Twin:
 def unsupported_ops(model: Any) -> list[str]:
     """``op (domain, opset N)`` for every node type of an ONNX ``ModelProto`` that onnx2torch has no converter for."""
     from onnx2torch.node_converters.registry import get_converter
-
-    from audit.attacks import onnx2torch_ext
 
     onnx2torch_ext.register()
     opsets = {o.domain or "": o.version for o in model.opset_import}

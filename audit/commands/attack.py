@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from audit.config import load_attack_config
+from audit.pipelines.attack import run_attack_config, summary_lines
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("attack", help="gradient attacks (PGD, NPS-projected ascent, ...) on a deployed ONNX model")
@@ -16,9 +19,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from audit.attacks.config import load_attack_config
-    from audit.attacks.runner import run_attack_config, summary_lines
-
     config = load_attack_config(args.config)
     report = run_attack_config(config, args.out, progress=args.progress)
     for line in summary_lines(report):

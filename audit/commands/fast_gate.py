@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from audit.config import load_config
+from audit.errors import ConfigError
+from audit.gate import load_policy, load_report, table, write_junit
+from audit.pipelines.fast_gate import as_outcomes, run_fast_gate
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fast-gate", help="gate a model by drawing in rounds until every rule is decided (exit 1 if violated)")
@@ -19,11 +24,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from audit.config import load_config
-    from audit.errors import ConfigError
-    from audit.gate import load_policy, load_report, table, write_junit
-    from audit.sequential import as_outcomes, run_fast_gate
-
     if args.rounds < 1 or not 0 < args.error < 1:
         raise ConfigError(f"--rounds must be >= 1 and --error in (0, 1), got {args.rounds} and {args.error}")
     config = load_config(args.config)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from audit.gate import evaluate, load_policy, load_report, table, write_junit
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gate", help="check a report against a policy (exit 1 if any rule is violated)")
@@ -16,8 +18,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from audit.gate import evaluate, load_policy, load_report, table, write_junit
-
     report = load_report(args.report)
     rules = load_policy(args.policy)
     baseline = load_report(args.baseline) if args.baseline else None

@@ -6,13 +6,15 @@
 
 ``build`` prints one line per trained model and a summary, and writes
 ``metrics.json``, ``recipe.json``, the ONNX files and the state dicts to DIR.
-The ``models`` package (torch) is imported only when a sub-command runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from models.build import build
+from models.registry import REGISTRY
 
 
 def register(subparsers) -> None:
@@ -37,8 +39,6 @@ def register(subparsers) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from models.registry import REGISTRY
-
     for e in REGISTRY.values():
         print(f"{e.name:<12} {e.description}")
         print(f"{'':<12} variants: {', '.join(e.variants)}")
@@ -48,13 +48,7 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recipe_text(r: dict) -> str:
-    return f"{r['samples']} samples, {r['epochs']} epochs, {r['folds']} fold{'s' * (r['folds'] != 1)}"
-
-
 def _build(args: argparse.Namespace) -> int:
-    from models.build import build
-
     def log(line: str) -> None:
         print(line, flush=True)
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from audit.atomic import atomic_path
+from audit.io import atomic_path
+from audit.report.figures import nps_check_figure
 from audit.errors import InputError
-from audit.noise_spec import read_nps_table
+from audit.campaign.noise import read_nps_table
 from kernels import DoseModel, NoiseKey, estimate_nps, nps_noise, preset, radial_average, texture
 from kernels.nps import PRESET_WINDOWS, grid_variance
 
@@ -55,8 +56,6 @@ def run_check(args: argparse.Namespace) -> int:
     worst = float(np.max(np.abs(s_meas[band] / s_target[band] - 1))) if band.any() else float("nan")
     sigma_t = math.sqrt(grid_variance(nps.on_grid(shape, spacing), shape, spacing))
     (fav_t, fpk_t), (fav_m, fpk_m) = texture(f, s_target), texture(f, s_meas)
-
-    from audit.figures import nps_check_figure
 
     with atomic_path(args.out) as tmp:
         nps_check_figure(tmp, f=f, target=s_target, measured=s_meas, band=band, sample=noise[0], spacing=spacing,

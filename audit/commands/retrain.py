@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from audit.config import load_retrain_config
+from audit.pipelines.retrain import retrain_from_config
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("retrain", help="adaptive / adversarial retraining of a reference model, audited every round")
@@ -16,8 +19,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.retrain import load_retrain_config, retrain_from_config
-
     config = load_retrain_config(args.config)
     report = retrain_from_config(config, args.out, progress=args.progress)
     for r in report["rounds"]:

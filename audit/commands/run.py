@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from audit.config import load_config
+from audit.pipelines.run import run_config, summary_table
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="audit the models of a config file (TOML) and write the reports")
@@ -22,9 +25,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from audit.config import load_config
-    from audit.runner import run_config, summary_table
-
     config = load_config(args.config)
     report = run_config(config, args.out, resume=args.resume, progress=args.progress, ray=args.ray,
                         ray_actors=args.ray_actors, ray_gpus=args.ray_gpus)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -17,23 +18,30 @@ from audit.dicom.reader import POSITION_TOL_MM, SeriesHeaders, list_series, scan
 from audit.errors import InputError
 
 
+@dataclass(frozen=True)
+class RepeatedScans:
+    """R repeated scans ``(R, ny, nx)`` HU of one phantom, with spacing (mm) and a name."""
+
+    scans: np.ndarray
+    spacing: tuple[float, float]
+    name: str
+
+
 def read_repeated_scans(
     folders: str | os.PathLike | Sequence[str | os.PathLike],
     *,
     slice_index: int | None = None,
     name: str | None = None,
 ):
-    """One slice (HU) from each of R >= 2 repeated scans: an ``audit.scan_arm.RepeatedScans``.
+    """One slice (HU) from each of R >= 2 repeated scans: a ``RepeatedScans``.
 
     ``folders``: one folder per series, or a single folder holding the R series.
     The series must share their grid (shape, spacing, orientation and slice
     positions within 0.01 mm); ``slice_index`` picks the slice (default: the
     middle one). Returns ``scans`` (R, ny, nx) float32 HU, ``spacing`` (dy, dx)
-    mm and ``name``, ready for ``audit.scan_arm.scan_arm`` or the kernels'
+    mm and ``name``, ready for ``audit.pipelines.scan_arm.scan_arm`` or the kernels'
     NPS estimators.
     """
-    from audit.scan_arm import RepeatedScans
-
     series = _open_all(folders)
     if len(series) < 2:
         raise InputError(f"{_where(folders)}: found {len(series)} series; repeated scans need at least 2")

@@ -10,19 +10,17 @@ failure nothing half-written remains.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from audit.dicom.reader import CTVolume, SeriesHeaders
 from audit.errors import InputError
+from audit.io import atomic_dir
 
 INT16 = (-32768, 32767)
 _LO_MAX = 64  # characters in a DICOM LO value (SeriesDescription)
@@ -142,35 +140,10 @@ def write_flipped_case(
     }
 
 
-@contextlib.contextmanager
-def atomic_folder(target: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a hidden temporary folder beside ``target``; on success it is renamed onto ``target``.
-
-    On any error the temporary folder is removed and ``target`` is left as it was.
-    An existing ``target`` is an error unless ``overwrite`` (then it is replaced).
-    """
-    target = Path(target)
-    parent = target.parent if str(target.parent) else Path(".")
-    if target.exists() and not overwrite:
-        raise InputError(f"{target}: already exists; choose a new output folder (or pass overwrite=True)")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
-    except OSError as exc:
-        raise InputError(f"{parent}: cannot write output there ({exc.strerror or exc})") from None
-    try:
-        yield tmp
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=parent))
-            os.replace(target, old / target.name)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def atomic_folder(target: str | os.PathLike, *, overwrite: bool = False):
+    """A folder that appears complete or not at all (``audit.io.atomic_dir``); an existing ``target`` is an error
+    unless ``overwrite``."""
+    return atomic_dir(target, overwrite=overwrite)
 
 
 # -- internals ---------------------------------------------------------------------------------
@@ -180,12 +153,6 @@ def _pydicom():
     import pydicom
 
     return pydicom
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _fit(head: str, attack: str) -> str:
@@ -258,7 +225,12 @@ def _write_into(folder: Path, hu, spacing, *, reference, description, derivation
     """Write the series' files into ``folder`` (created here; the caller makes it atomic)."""
     pydicom = _pydicom()
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+    from pydicom.uid import (
+        PYDICOM_IMPLEMENTATION_UID,
+        CTImageStorage,
+        ExplicitVRLittleEndian,
+        generate_uid,
+    )
 
     hu, (dz, dy, dx) = _validated(hu, spacing)
     o, d = _geometry(reference, origin, direction)

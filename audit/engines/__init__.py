@@ -1,7 +1,10 @@
-"""Inference engines behind one interface; backends import their libraries lazily.
+"""Inference engines behind one interface, and the registry that opens them by name.
 
-``load_engine(path, backend=...)``: ``"onnxruntime"`` (default, any ``.onnx``)
-or ``"tensorrt"`` (GPU extra). ``TorchEngine`` wraps a module a user holds.
+``BACKENDS`` maps an engine name (``[[model]] engine = ...``) to its class;
+each class lists the config options it takes (``OPTIONS``) and opens an
+artifact with ``open(path, **options)``. Backends import their libraries
+lazily (onnxruntime, tensorrt, torch), so the registry costs nothing to
+import. Adding an engine: one module with an ``Engine`` subclass, one line here.
 """
 
 from __future__ import annotations
@@ -10,25 +13,36 @@ from pathlib import Path
 from typing import Any
 
 from audit.engines.base import Engine, InputSpec, pick_output, sha256_file
-from audit.errors import EngineError, InputError
+from audit.engines.ort import OnnxRuntimeEngine
+from audit.engines.torch_module import TorchEngine
+from audit.engines.trt import TensorRTEngine
+from audit.errors import ConfigError, InputError
 
-BACKENDS = ("onnxruntime", "tensorrt")
+#: Engine name -> backend class (one home for the list of engines).
+BACKENDS: dict[str, type[Engine]] = {
+    "onnxruntime": OnnxRuntimeEngine,
+    "tensorrt": TensorRTEngine,
+    "torch": TorchEngine,
+}
 
 
-def load_engine(path: str | Path, backend: str = "onnxruntime", **options: Any) -> Engine:
-    """Open a model artifact with the named backend; options go to the backend's constructor."""
+def backend(name: str) -> type[Engine]:
+    """The backend class called ``name``; ``ConfigError`` listing the known ones otherwise."""
+    if name not in BACKENDS:
+        raise ConfigError(f"model.engine: expected one of {', '.join(map(repr, BACKENDS))}, got {name!r}")
+    return BACKENDS[name]
+
+
+def load_engine(path: str | Path, name: str = "onnxruntime", **options: Any) -> Engine:
+    """Open a model artifact with the named backend; options go to the backend's ``open``."""
+    cls = backend(name)
     path = Path(path)
-    if backend not in BACKENDS:
-        raise EngineError(f"engine: expected one of {BACKENDS}, got {backend!r}")
     if not path.is_file():
         raise InputError(f"{path}: model file not found")
-    if backend == "onnxruntime":
-        from audit.engines.ort import OnnxRuntimeEngine
-
-        return OnnxRuntimeEngine(path, **options)
-    from audit.engines.trt import TensorRTEngine
-
-    return TensorRTEngine(path, **options)
+    unknown = sorted(set(options) - set(cls.OPTIONS))
+    if unknown:
+        raise ConfigError(f"model.{unknown[0]}: not an option of engine {name!r}; options: {', '.join(cls.OPTIONS) or 'none'}")
+    return cls.open(path, **options)
 
 
-__all__ = ["BACKENDS", "Engine", "InputSpec", "load_engine", "pick_output", "sha256_file"]
+__all__ = ["BACKENDS", "Engine", "InputSpec", "TorchEngine", "backend", "load_engine", "pick_output", "sha256_file"]

@@ -55,6 +55,13 @@ class Engine:
 
     #: Short backend name recorded in reports.
     backend = "base"
+    #: Config keys of ``[[model]]`` this backend takes (passed to ``open``).
+    OPTIONS: tuple[str, ...] = ()
+
+    @classmethod
+    def open(cls, path: Path, **options: Any) -> "Engine":
+        """Open the artifact at ``path`` (the registry's entry point)."""
+        return cls(path, **options)
 
     def run(self, batch: Any) -> dict[str, np.ndarray]:
         """Raw outputs for ``batch``: a dict output name -> NumPy array with the batch on axis 0."""

@@ -54,6 +54,7 @@ class OnnxRuntimeEngine(Engine):
     """An ``onnxruntime.InferenceSession`` behind the Engine interface."""
 
     backend = "onnxruntime"
+    OPTIONS = ("threads", "providers", "optimization")
 
     def __init__(self, path: str | Path, *, providers: Sequence[str] | None = None, threads: int = 0,
                  optimization: str = "all", session: Any = None) -> None:

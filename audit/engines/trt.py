@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from audit.atomic import atomic_path
+from audit.io import atomic_path
 from audit.engines.base import Engine, InputSpec, dims, sha256_file
 from audit.errors import EngineError, InputError
 from kernels._xp import optional_import
@@ -33,6 +33,7 @@ class TensorRTEngine(Engine):
     """A TensorRT execution context behind the Engine interface."""
 
     backend = "tensorrt"
+    OPTIONS = ("precision", "max_batch", "opt_batch", "workspace_gib")
 
     def __init__(self, path: str | Path, *, precision: str = "fp32", max_batch: int = 256, opt_batch: int = 64,
                  workspace_gib: float = 4.0) -> None:

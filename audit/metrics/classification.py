@@ -18,8 +18,11 @@ from audit.errors import InputError
 from audit.metrics import _checks
 
 
-def auc(labels, scores) -> float:
-    """Area under the ROC curve of ``scores`` for binary ``labels`` (N,), 0/1 with both classes present.
+def auc(labels, scores, *, missing_class: str = "raise") -> float:
+    """Area under the ROC curve of ``scores`` for binary ``labels`` (N,), 0/1.
+
+    A class absent from ``labels`` raises ``InputError`` (``missing_class="raise"``, for a report, where it is a
+    data problem) or gives NaN (``"nan"``, for a training fold that may lack one).
 
     Notes
     -----
@@ -29,9 +32,13 @@ def auc(labels, scores) -> float:
     ranks among all N = m + n scores. Study 5 reports readers' AUCs; DeLong's
     test for two of them is ``hypothesis.delong_test``.
     """
-    y = _checks.binary_labels("labels", labels)
+    if missing_class not in ("raise", "nan"):
+        raise InputError(f"missing_class: expected 'raise' or 'nan', got {missing_class!r}")
+    y = _checks.binary_labels("labels", labels, min_per_class=1 if missing_class == "raise" else 0)
     s = _checks.scores("scores", scores, y.size)
     m, n = int(y.sum()), int((~y).sum())
+    if m == 0 or n == 0:
+        return float("nan")
     return float((rankdata(s)[y].sum() - m * (m + 1) / 2.0) / (m * n))
 
 

@@ -9,15 +9,20 @@ need no reference labels. All rates are fractions in [0, 1].
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 from audit.errors import InputError
+from audit.io import plain
 from audit.metrics import _checks
-from audit.metrics.intervals import BINOMIAL_METHODS, POOLED_METHODS, binomial_interval, pooled_rate_interval
+from audit.metrics.intervals import (
+    BINOMIAL_METHODS,
+    POOLED_METHODS,
+    binomial_interval,
+    pooled_rate_interval,
+)
 
 #: Default thresholds s of the exceedance curve: 0, 0.01, ..., 1.
 DEFAULT_THRESHOLDS = np.linspace(0.0, 1.0, 101)
@@ -225,50 +230,34 @@ class RobustnessSummary:
             "class_names": list(self.class_names),
             "confidence": self.confidence,
             "SAN": self.san,
-            "SAN_fraction": _plain(self.san_fraction),
-            "SAN_fraction_ci": [_plain(self.san_fraction_low), _plain(self.san_fraction_high)],
+            "SAN_fraction": plain(self.san_fraction),
+            "SAN_fraction_ci": [plain(self.san_fraction_low), plain(self.san_fraction_high)],
             "SAN_fraction_ci_method": "wilson",
-            "SAR_overall": _plain(self.overall_sar),
-            "SAR_overall_ci": [_plain(self.overall_sar_low), _plain(self.overall_sar_high)],
+            "SAR_overall": plain(self.overall_sar),
+            "SAR_overall_ci": [plain(self.overall_sar_low), plain(self.overall_sar_high)],
             "per_sample": {
-                "n_flips": _plain(self.flip_counts),
-                "SAR": _plain(self.sar),
-                "SAR_ci_low": _plain(self.sar_low),
-                "SAR_ci_high": _plain(self.sar_high),
+                "n_flips": plain(self.flip_counts),
+                "SAR": plain(self.sar),
+                "SAR_ci_low": plain(self.sar_low),
+                "SAR_ci_high": plain(self.sar_high),
                 "ci_method": self.sample_ci_method,
             },
             "per_class": {
-                "N_c": _plain(self.class_counts),
-                "SAR": _plain(self.class_sar),
-                "SAR_ci_low": _plain(self.class_sar_low),
-                "SAR_ci_high": _plain(self.class_sar_high),
+                "N_c": plain(self.class_counts),
+                "SAR": plain(self.class_sar),
+                "SAR_ci_low": plain(self.class_sar_low),
+                "SAR_ci_high": plain(self.class_sar_high),
                 "ci_method": self.class_ci_method,
             },
             "CMR": {
-                "matrix": _plain(self.cmr),
-                "counts": _plain(self.cmr_counts),
+                "matrix": plain(self.cmr),
+                "counts": plain(self.cmr_counts),
                 "rows": "perturbed prediction",
                 "columns": "clean prediction",
                 "class_order": list(self.class_names),
             },
-            "exceedance": {"thresholds": _plain(self.thresholds), "fraction": _plain(self.exceedance)},
+            "exceedance": {"thresholds": plain(self.thresholds), "fraction": plain(self.exceedance)},
         }
-
-
-def _plain(value):
-    """NumPy scalars/arrays to Python ints, floats and nested lists, NaN and inf to None."""
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()] if value.ndim else _plain(value.item())
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        return v if math.isfinite(v) else None
-    return value
 
 
 def robustness_summary(

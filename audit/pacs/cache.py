@@ -50,8 +50,15 @@ class SeriesCache:
         if not marker.is_file():
             return None
         with contextlib.suppress(OSError):
-            os.utime(marker)
+            self._touch(marker)
         return folder
+
+    def _touch(self, marker: Path) -> None:
+        """Mark an entry as the most recently used: its marker's mtime strictly after every other entry's, so the
+        LRU order does not depend on the clock's resolution (two uses within one tick stay ordered)."""
+        latest = max((e[0] for e in self.entries()), default=0)
+        t = max(time.time_ns(), latest + 1)
+        os.utime(marker, ns=(t, t))
 
     def instances(self, series_uid: str) -> int | None:
         """Instance count recorded when the entry was completed, or None."""
@@ -78,6 +85,7 @@ class SeriesCache:
             yield tmp
             count = sum(1 for f in tmp.iterdir() if f.suffix == ".dcm")
             (tmp / MARKER).write_text(json.dumps({"series_uid": final.name, "instances": count}))
+            self._touch(tmp / MARKER)
             if final.exists():  # an incomplete leftover, or another process finished first
                 if (final / MARKER).is_file():
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -95,8 +103,8 @@ class SeriesCache:
             raise
         self.evict(keep=final.name)
 
-    def entries(self) -> list[tuple[float, int, Path]]:
-        """(last use, bytes, folder) of every complete entry, oldest first."""
+    def entries(self) -> list[tuple[int, int, Path]]:
+        """(last use in ns, bytes, folder) of every complete entry, oldest first."""
         out = []
         if not self.root.is_dir():
             return out
@@ -106,7 +114,7 @@ class SeriesCache:
                 continue
             try:
                 size = sum(f.stat().st_size for f in d.iterdir())
-                out.append((marker.stat().st_mtime, size, d))
+                out.append((marker.stat().st_mtime_ns, size, d))
             except OSError:
                 continue  # removed meanwhile
         return sorted(out, key=lambda e: e[0])

@@ -11,41 +11,31 @@ models (study 2) and timing.
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import math
 import platform
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from audit import records
-from audit.atomic import atomic_path
-from audit.campaign import AuditedModel, CampaignStats
-from audit.metrics import accuracy, binary_performance, macro_f1, precision_recall_f1, delong_test, robustness_summary, two_proportion_z_test
-from audit.noise_spec import NoiseSpec
+from audit.campaign import records
+from audit.campaign.noise import NoiseSpec
+from audit.io import plain
+from audit.metrics import accuracy, binary_performance, delong_test, macro_f1, precision_recall_f1, robustness_summary, two_proportion_z_test
 
 SCHEMA = "audit-report/1"
 WORST_CASES = 6
 
 
-def _plain(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return _plain(v.tolist())
-    if isinstance(v, (np.bool_, bool)):
-        return bool(v)
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        return float(v) if math.isfinite(float(v)) else None
-    return v
+class Audited(Protocol):
+    """What the report needs of an audited model (``audit.artifact.Audited``): its name, head and description."""
+
+    name: str
+    head: Any
+
+    def describe(self) -> dict[str, Any]: ...
 
 
-def clean_performance(model: AuditedModel, clean: records.CleanRecords) -> dict[str, Any]:
+def clean_performance(model: Audited, clean: records.CleanRecords) -> dict[str, Any]:
     known = clean.true_labels >= 0
     out: dict[str, Any] = {"N_labelled": int(known.sum()), "class_counts_predicted": np.bincount(
         clean.labels[clean.labels >= 0], minlength=max(model.head.n_classes, 1)).tolist()}
@@ -66,10 +56,10 @@ def clean_performance(model: AuditedModel, clean: records.CleanRecords) -> dict[
                                 for i, name in enumerate(model.head.labels_names)}
     except ValueError as exc:  # e.g. one class only in the labelled set
         out["note"] = str(exc)
-    return _plain(out)
+    return plain(out)
 
 
-def level_block(model: AuditedModel, clean: records.CleanRecords, rec: records.LevelRecords, *,
+def level_block(model: Audited, clean: records.CleanRecords, rec: records.LevelRecords, *,
                 confidence: float = 0.95) -> dict[str, Any]:
     """The report block of one model at one level; ``confidence`` sets every interval (the fast gate narrows it)."""
     head = model.head
@@ -92,7 +82,8 @@ def level_block(model: AuditedModel, clean: records.CleanRecords, rec: records.L
     return summary
 
 
-def worst_cases(rec_by_level: dict[float, records.LevelRecords], noise: NoiseSpec, ids: Sequence[str], limit: int) -> list[dict]:
+def worst_cases(rec_by_level: dict[float, records.LevelRecords], noise: NoiseSpec, ids: Sequence[str],
+                limit: int) -> list[dict]:
     """The samples that flip most at the lowest dose (or largest stress), with one flipping draw's key."""
     levels = sorted(rec_by_level, reverse=noise.kind != "nps")
     cases: list[dict] = []
@@ -107,7 +98,7 @@ def worst_cases(rec_by_level: dict[float, records.LevelRecords], noise: NoiseSpe
             k = int(np.argmax(rec.flipped[i]))
             cases.append({"sample": int(i), "id": ids[i], "level": level, "k": k, "SAR": float(n_i[i] / rec.flipped.shape[1]),
                           "noisy_label": int(rec.labels[i, k]), "noisy_score": float(rec.scores[i, k]),
-                          "key": [noise.seed, int(i), noise.level_key(level), k]})
+                          "key": noise.key(int(i), level, k)})
         if len(cases) >= limit:
             break
     return cases
@@ -126,8 +117,8 @@ def spread(model_blocks: list[dict[str, Any]]) -> dict[str, Any] | None:
                                  "SAR_overall_std": float(np.std([b["SAR_overall"] for b in blocks], ddof=1))}
         if all("CMR" in b for b in blocks):
             mats = np.array([[[np.nan if v is None else v for v in row] for row in b["CMR"]["matrix"]] for b in blocks])
-            entry["CMR_mean"] = _plain(np.nanmean(mats, axis=0))
-            entry["CMR_std"] = _plain(np.nanstd(mats, axis=0, ddof=1))
+            entry["CMR_mean"] = plain(np.nanmean(mats, axis=0))
+            entry["CMR_std"] = plain(np.nanstd(mats, axis=0, ddof=1))
         out.append(entry)
     return {"per_level": out}
 
@@ -135,7 +126,7 @@ def spread(model_blocks: list[dict[str, Any]]) -> dict[str, Any] | None:
 MAX_COMPARED_MODELS = 4
 
 
-def compare_models(a: AuditedModel, b: AuditedModel, clean_a: records.CleanRecords, clean_b: records.CleanRecords,
+def compare_models(a: Audited, b: Audited, clean_a: records.CleanRecords, clean_b: records.CleanRecords,
                    levels_a: dict, levels_b: dict) -> dict[str, Any]:
     """Decision-level equivalence of two artifacts of one model on the same draws.
 
@@ -176,9 +167,11 @@ def compare_models(a: AuditedModel, b: AuditedModel, clean_a: records.CleanRecor
     return out
 
 
-def build_report(out: Path, models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, stats: CampaignStats,
-                 *, extra: dict[str, Any] | None = None, worst: int = WORST_CASES,
-                 attacks: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+def build_report(out: Path, models: Sequence[Audited], source: Any, noise: NoiseSpec, timing: dict[str, Any],
+                 *, worst: int = WORST_CASES, attacks: Sequence[dict[str, Any]] = (),
+                 scan_arm: Sequence[dict[str, Any]] | None = None, build: dict[str, Any] | None = None) -> dict[str, Any]:
+    """report.json of a finished campaign from its records; ``timing``: ``CampaignStats.to_dict()``; ``attacks``:
+    attack blocks (``audit.attacks.blocks``); ``scan_arm``: scan-arm blocks; ``build``: the reference build audited."""
     n, k = len(source), noise.draws
     model_blocks = []
     loaded = []
@@ -211,12 +204,23 @@ def build_report(out: Path, models: Sequence[AuditedModel], source: Any, noise: 
         "models": model_blocks,
         "spread": spread(model_blocks),
         "comparisons": comparisons,
-        "attacks": list(attacks),  # audit.attacks.report.attack_block of each attack run
-        "timing": stats.to_dict(),
+        "attacks": list(attacks),  # audit.attacks.blocks.attack_block of each attack run
+        "timing": timing,
     }
-    if extra:
-        report.update(extra)
-    return _plain(report)
+    if scan_arm:
+        report["scan_arm"] = list(scan_arm)
+    if build:
+        report["build"] = build
+    return plain(report)
+
+
+def attach_dicom(report: dict[str, Any], links: dict[tuple[str, int], dict[str, Any]]) -> None:
+    """Link each worst case to its derived DICOM series: ``links[(model name, sample)]`` (``audit.report.cases``)."""
+    for model in report["models"]:
+        for case in model["worst_cases"]:
+            link = links.get((model["name"], case["sample"]))
+            if link is not None:
+                case["dicom"] = plain(link)
 
 
 def check_report(report: dict[str, Any], atol: float = 1e-9) -> None:
@@ -232,8 +236,3 @@ def check_report(report: dict[str, Any], atol: float = 1e-9) -> None:
                 raise AssertionError(f"{model['name']} level {block['level']}: CMR columns do not sum to 1")
             if not np.allclose(1.0 - np.diag(cmr)[present], sar[present], atol=atol):
                 raise AssertionError(f"{model['name']} level {block['level']}: 1 - diag(CMR) != SAR_c")
-
-
-def write_json(path: Path, report: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(report, indent=1, allow_nan=False))

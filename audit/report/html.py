@@ -1,16 +1,24 @@
-"""``report.html``: one self-contained page (figures embedded as PNG data URIs) from report.json."""
+"""``report.html``: one self-contained page (figures embedded as PNG data URIs) from an output folder.
+
+The page is a function of ``report.json`` and the files ``audit.report.cases``
+wrote beside it when the campaign ended (case panels, the NPS figure): it can
+be rendered again (``audit report OUT``) without the model, the data or the
+noise generator.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
+import json
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
-import numpy as np
-
-from audit import figures
-from audit.atomic import atomic_path
+from audit.errors import InputError
+from audit.io import write_text
+from audit.report import figures
+from audit.report.attacks import render_attack_html
+from audit.report.cases import NPS_FIGURE, case_image
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}
@@ -36,9 +44,9 @@ def _table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def render_html(report: dict[str, Any], *, nps_curves: tuple[np.ndarray, dict] | None = None,
-                case_images: Callable[[dict, dict], bytes | None] | None = None) -> str:
-    """The HTML page. ``case_images(model, case)`` renders a worst case's panel (None to skip)."""
+def render_html(report: dict[str, Any], folder: str | Path) -> str:
+    """The HTML page of ``report`` (report.json's content), with the figure files found under ``folder``."""
+    folder = Path(folder)
     noise = report["noise"]
     unit = noise["level_unit"]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Robustness audit</title><style>{CSS}</style></head><body>",
@@ -46,9 +54,8 @@ def render_html(report: dict[str, Any], *, nps_curves: tuple[np.ndarray, dict] |
              f"<p class='small'>schema {report['schema']} &middot; created {report['created']} &middot; "
              f"{report['data']['N']} samples of shape {report['data']['shape']} at {report['data']['spacing_mm']} mm &middot; "
              f"noise: {html.escape(noise['kind'])}, K = {noise['draws']} draws per level, seed {noise['seed']}</p>"]
-    if nps_curves is not None:
-        f, curves = nps_curves
-        parts.append("<h2>Noise used</h2>" + _img(figures.nps_used(f, curves, "radial NPS per dose"), "NPS per dose"))
+    if (folder / NPS_FIGURE).is_file():
+        parts.append("<h2>Noise used</h2>" + _img((folder / NPS_FIGURE).read_bytes(), "NPS per dose"))
     for model in report["models"]:
         parts.append(f"<h2>Model {html.escape(model['name'])}</h2>")
         eng = model["engine"]
@@ -72,11 +79,10 @@ def render_html(report: dict[str, Any], *, nps_curves: tuple[np.ndarray, dict] |
                                 [[c["id"], c["level"], c["SAR"], c["noisy_label"], c["noisy_score"], str(c["key"]),
                                   f"{c['dicom']['clean_dir']} / {c['dicom']['noisy_dir']}" if c.get("dicom") else "-"]
                                  for c in model["worst_cases"]]))
-            if case_images is not None:
-                for case in model["worst_cases"]:
-                    png = case_images(model, case)
-                    if png:
-                        parts.append(_img(png, f"case {case['id']}"))
+            for case in model["worst_cases"]:
+                png = case_image(folder, model["name"], case)
+                if png.is_file():
+                    parts.append(_img(png.read_bytes(), f"case {case['id']}"))
     for arm in report.get("scan_arm", []):
         parts.append(f"<h2>Repeated scans vs simulated noise: {html.escape(arm['model'])} at {arm['mas']:g} mAs</h2>")
         parts.append(_table(["phantom", "scans", "draws", "clean label", "SAR real", "SAR simulated", "sigma (HU)"],
@@ -85,8 +91,6 @@ def render_html(report: dict[str, Any], *, nps_curves: tuple[np.ndarray, dict] |
         parts.append(f"<p>CMR Z-test, real vs simulated: max |Z| = {_fmt(arm['max_abs_z'])}, "
                      f"{arm['entries_rejecting_95']} entries reject equality at 95%.</p>")
     if report.get("attacks"):
-        from audit.attacks.report import render_attack_html
-
         parts.append("<h2>Gradient attacks</h2><p class='small'>Perturbations found on the torch twin; a success counts "
                      "only where the deployed artifact's decision changed.</p>")
         parts.extend(render_attack_html(block, heading="h3") for block in report["attacks"])
@@ -99,6 +103,15 @@ def render_html(report: dict[str, Any], *, nps_curves: tuple[np.ndarray, dict] |
     return "\n".join(parts)
 
 
-def write_html(path: Path, page: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(page, encoding="utf-8")
+def render_report(folder: str | Path) -> Path:
+    """(Re)write ``folder/report.html`` from ``folder/report.json`` and the figure files beside it."""
+    folder = Path(folder)
+    path = folder / "report.json"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the report ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    write_text(folder / "report.html", render_html(report, folder))
+    return folder / "report.html"

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from audit.atomic import atomic_path
+from audit.io import atomic_path
 
 
 def write_junit(path: Path, report: dict[str, Any], ids: list[str]) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import affine_transform, gaussian_filter
 
+from audit.errors import ConfigError
 from models.phantoms._draw import sample_rng
 
 SIZE = 256
@@ -317,6 +318,6 @@ def bodysite_slices(n: int, seed: int = 0, *, patients: int | None = None) -> Bo
 def phantom_slice(class_name: str) -> np.ndarray:
     """The fixed phantom slice of a class: an average patient at the middle of the class, no texture (HU)."""
     if class_name not in BODYSITE_CLASSES:
-        raise ValueError(f"phantom class: expected one of {BODYSITE_CLASSES}, got {class_name!r}")
+        raise ConfigError(f"phantom class: expected one of {BODYSITE_CLASSES}, got {class_name!r}")
     u = BODYSITE_CLASSES.index(class_name) + 0.5
     return render(u, Patient(), np.random.default_rng(12345), texture=False)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from audit.errors import ConfigError
 from kernels.dose import DoseModel
 from kernels.keys import NoiseKey
 from kernels.nps import DEFAULT_CUTOFF, preset
@@ -77,9 +78,9 @@ class PhantomScanner:
     def scan(self, class_name: str, mas: float, repeats: int, seed: int = 0) -> ScanSet:
         """``repeats`` scans of the class phantom at ``mas`` (see the module notes for the keys)."""
         if class_name not in BODYSITE_CLASSES:
-            raise ValueError(f"scanner class: expected one of {BODYSITE_CLASSES}, got {class_name!r}")
+            raise ConfigError(f"scanner class: expected one of {BODYSITE_CLASSES}, got {class_name!r}")
         if int(repeats) < 1:
-            raise ValueError(f"scanner repeats: expected >= 1, got {repeats}")
+            raise ConfigError(f"scanner repeats: expected >= 1, got {repeats}")
         clean = phantom_slice(class_name)
         gain = gain_map(clean)
         c = BODYSITE_CLASSES.index(class_name)

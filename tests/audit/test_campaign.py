@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 from scipy.stats import norm
 
-from audit.campaign import AuditedModel, RunOptions, run_campaign
+from audit.artifact import AuditedModel
+from audit.campaign.run import RunOptions, run_campaign
 from audit.data import ArraySource
 from audit.engines import load_engine
-from audit.heads import head_from, preprocess_from
-from audit.noise_spec import NoiseSpec
+from audit.artifact.heads import head_from, preprocess_from
+from audit.campaign.noise import NoiseSpec
 from audit.report import check_report
-from audit.runner import write_reports
+from audit.pipelines.run import write_reports
 from tests.audit.conftest import REGION, SHAPE, SPACING, planted_images, write_config, write_manifest
 from tests.audit.planted import region_means
 
@@ -76,7 +75,7 @@ def _check_cmr(block):
 
 
 def _stats():
-    from audit.campaign import CampaignStats
+    from audit.campaign.run import CampaignStats
 
     return CampaignStats()
 
@@ -118,15 +117,28 @@ def test_killed_run_resumes_without_losing_or_duplicating_records(tmp_path, plan
     config = write_config(tmp_path / "audit.toml", planted, manifest, noise=noise, run="batch_size = 32\nshard_samples = 4")
     expected_shards = 12 * 3
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "audit", "run", str(config), "--out", str(killed), "--no-progress"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while len(_shards(killed)) < 4 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # Killed deterministically from inside the real CLI process: SIGKILL right after the 4th level shard lands and
+    # while the 5th is half-written (its temporary file on disk, not yet renamed).
+    driver = (
+        "import os, signal, sys\n"
+        "from audit.campaign import records\n"
+        "from audit.cli import main\n"
+        "real, seen = records.write_table, []\n"
+        "def write_table(path, columns):\n"
+        "    if path.name.startswith('shard-'):\n"
+        "        seen.append(path)\n"
+        "        if len(seen) == 5:\n"
+        "            (path.parent / ('.' + path.name + '.x.tmp')).write_bytes(b'half')\n"
+        "            os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    real(path, columns)\n"
+        "records.write_table = write_table\n"
+        f"sys.exit(main(['run', {str(config)!r}, '--out', {str(killed)!r}, '--no-progress']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
     done_at_kill = len(_shards(killed))
-    assert 0 < done_at_kill < expected_shards, f"kill landed outside the run ({done_at_kill} shards)"
+    assert done_at_kill == 4 < expected_shards
+    assert list(killed.rglob("*.tmp"))  # the half-written shard is there until --resume
     assert not (killed / "report.json").exists()
     # Without --resume the folder is refused; with it the run completes.
     again = subprocess.run([sys.executable, "-m", "audit", "run", str(config), "--out", str(killed)], capture_output=True, text=True)

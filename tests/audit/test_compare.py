@@ -10,12 +10,13 @@ import onnx
 import pytest
 import torch
 
-from audit.campaign import AuditedModel, CampaignStats, RunOptions, run_campaign
+from audit.artifact import AuditedModel
+from audit.campaign.run import CampaignStats, RunOptions, run_campaign
 from audit.data import ArraySource
 from audit.engines import load_engine
-from audit.heads import head_from, preprocess_from
-from audit.noise_spec import NoiseSpec
-from audit.quantize import quantize_int8
+from audit.artifact.heads import head_from, preprocess_from
+from audit.campaign.noise import NoiseSpec
+from audit.artifact.quantize import quantize_int8
 from audit.report import build_report, check_report
 from tests.audit.conftest import SPACING, planted_images
 
@@ -54,7 +55,7 @@ def test_same_draws_for_every_model_and_spread(tmp_path, planted):
     source = ArraySource(planted_images(24, spread_hu=5.0), (SPACING, SPACING))
     noise = NoiseSpec(kind="nps", levels=(50.0, 200.0), draws=12, seed=2, sigma_ref=30.0)
     stats = run_campaign(models, source, noise, tmp_path / "out", RunOptions(shard_samples=8))
-    report = build_report(tmp_path / "out", models, source, noise, stats)
+    report = build_report(tmp_path / "out", models, source, noise, stats.to_dict())
     (cmp,) = report["comparisons"]
     for entry in cmp["per_level"]:
         assert entry["decision_agreement"] == 1.0 and entry["SAR"]["z"] == 0.0
@@ -75,7 +76,7 @@ def test_int8_artifact_is_compared_to_fp32_at_the_decision_level(tmp_path):
     source = ArraySource(hu, (SPACING, SPACING))
     noise = NoiseSpec(kind="nps", levels=(25.0, 400.0), draws=10, seed=0, sigma_ref=60.0)
     stats = run_campaign(models, source, noise, tmp_path / "out", RunOptions(shard_samples=16))
-    report = build_report(tmp_path / "out", models, source, noise, CampaignStats())
+    report = build_report(tmp_path / "out", models, source, noise, CampaignStats().to_dict())
     check_report(report)
     (cmp,) = report["comparisons"]
     assert cmp["a"] == "fp32" and cmp["b"] == "int8"
@@ -93,7 +94,7 @@ def test_check_report_catches_a_broken_cmr(tmp_path, planted):
     source = ArraySource(planted_images(12, spread_hu=5.0), (SPACING, SPACING))
     noise = NoiseSpec(kind="gaussian", levels=(30.0,), draws=6, seed=2)
     run_campaign(models, source, noise, tmp_path / "out", RunOptions(shard_samples=8))
-    report = build_report(tmp_path / "out", models, source, noise, CampaignStats())
+    report = build_report(tmp_path / "out", models, source, noise, CampaignStats().to_dict())
     check_report(report)
     report["models"][0]["levels"][0]["CMR"]["matrix"][0][0] = 0.123
     with pytest.raises(AssertionError, match="CMR"):

@@ -10,8 +10,8 @@ import pytest
 
 from audit.config import load_config
 from audit.gate import evaluate, load_policy
-from audit.runner import run_config
-from audit.sequential import run_fast_gate
+from audit.pipelines.run import run_config
+from audit.pipelines.fast_gate import run_fast_gate
 from tests.audit.conftest import REGION, planted_images, write_config, write_manifest
 from tests.audit.planted import region_means
 

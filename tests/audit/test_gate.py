@@ -9,12 +9,13 @@ import sys
 import numpy as np
 import pytest
 
-from audit.campaign import AuditedModel, CampaignStats, RunOptions, run_campaign
+from audit.artifact import AuditedModel
+from audit.campaign.run import CampaignStats, RunOptions, run_campaign
 from audit.data import ArraySource
 from audit.engines import load_engine
 from audit.gate import evaluate, load_policy
-from audit.heads import head_from, preprocess_from
-from audit.noise_spec import NoiseSpec
+from audit.artifact.heads import head_from, preprocess_from
+from audit.campaign.noise import NoiseSpec
 from audit.report import build_report
 from tests.audit.conftest import SHAPE, SPACING, planted_images
 from tests.audit.planted import planted_model, region_means
@@ -29,7 +30,7 @@ def _report(tmp, model_path, seed, name="planted"):
     noise = NoiseSpec(kind="nps", levels=(50.0, 200.0), draws=40, seed=seed, sigma_ref=40.0)
     out = tmp / f"out-{model_path.stem}-{seed}"
     run_campaign([model], source, noise, out, RunOptions(shard_samples=30))
-    report = build_report(out, [model], source, noise, CampaignStats())
+    report = build_report(out, [model], source, noise, CampaignStats().to_dict())
     path = out / "report.json"
     path.write_text(json.dumps(report))
     return report, path

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from audit.errors import ConfigError
-from audit.heads import Head, Preprocess, head_from, preprocess_from
+from audit.artifact.heads import Head, Preprocess, head_from, preprocess_from
 
 
 def test_binary_from_probability_logits_and_beta():

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from audit.config import load_config
-from audit.runner import run_config
-from audit.scale import run_on_ray
+from audit.pipelines.run import run_config
+from audit.campaign.ray import run_on_ray
 from tests.audit.conftest import REGION, planted_images, write_config, write_manifest
 from tests.audit.planted import region_means
 

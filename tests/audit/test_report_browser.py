@@ -6,14 +6,15 @@ import shutil
 
 import pytest
 
-from audit.attacks.config import AttackSpec
-from audit.attacks.runner import plan_attacks
-from audit.campaign import AuditedModel, CampaignStats, RunOptions, run_campaign
+from audit.config import AttackSpec
+from audit.pipelines.attack import plan_attacks
+from audit.artifact import AuditedModel
+from audit.campaign.run import RunOptions, run_campaign
 from audit.data import ArraySource
 from audit.engines import load_engine
-from audit.heads import head_from, preprocess_from
-from audit.noise_spec import NoiseSpec
-from audit.runner import write_reports
+from audit.artifact.heads import head_from, preprocess_from
+from audit.campaign.noise import NoiseSpec
+from audit.pipelines.run import write_reports
 from tests.audit.conftest import SPACING, planted_images
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

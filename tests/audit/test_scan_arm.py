@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from audit.campaign import AuditedModel
+from audit.artifact import AuditedModel
 from audit.engines import load_engine
-from audit.heads import head_from, preprocess_from
-from audit.scan_arm import RepeatedScans, scan_arm
+from audit.artifact.heads import head_from, preprocess_from
+from audit.dicom import RepeatedScans
+from audit.pipelines.scan_arm import scan_arm
 from models.phantoms.scanner import PhantomScanner
 from tests.audit.planted import planted_model, region_means
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from models.metrics import auc
-from models.phantoms import (BODYSITE_CLASSES, PhantomScanner, bodysite_slices, disk_slices, fpr_candidates,
+from models.phantoms import (PhantomScanner, bodysite_slices, disk_slices, fpr_candidates,
                              nodule_cubes)
 from models.phantoms.bodysite import PATIENT_OFFSET_SD, Patient, render
 

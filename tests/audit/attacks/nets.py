@@ -11,9 +11,9 @@ import onnx
 import torch
 from torch import nn
 
-from audit.campaign import AuditedModel
+from audit.artifact import AuditedModel
 from audit.engines import load_engine
-from audit.heads import head_from, preprocess_from
+from audit.artifact.heads import head_from, preprocess_from
 
 WINDOW = (-1000.0, 1000.0)
 SHAPE = (24, 24)

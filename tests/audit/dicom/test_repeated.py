@@ -7,7 +7,7 @@ import pytest
 
 from audit.dicom import read_repeated_scans, write_series
 from audit.errors import InputError
-from audit.scan_arm import RepeatedScans
+from audit.dicom import RepeatedScans
 from kernels import LocalNPS, NoiseKey, estimate_nps, nps_noise, preset
 
 R, SHAPE, SPACING = 6, (3, 64, 64), (2.0, 0.8, 0.8)

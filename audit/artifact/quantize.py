@@ -12,7 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
-from audit.atomic import atomic_path
+from audit.io import atomic_path
 from audit.errors import EngineError
 
 

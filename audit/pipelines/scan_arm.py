@@ -12,24 +12,18 @@ stands in for a physical scanner until DICOM series arrive.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
-from audit.campaign import AuditedModel
+from audit.artifact import AuditedModel
+from audit.campaign.noise import draw_keys
+from audit.dicom.repeated import RepeatedScans
 from audit.errors import ConfigError
 from audit.metrics import cmr_z_test
-from kernels import LocalNPS, NoiseKey, local_nps_noise
-
-
-@dataclass(frozen=True)
-class RepeatedScans:
-    """R repeated scans ``(R, ny, nx)`` HU of one phantom, with spacing (mm) and a name."""
-
-    scans: np.ndarray
-    spacing: tuple[float, float]
-    name: str
+from kernels import LocalNPS, local_nps_noise
+from models.phantoms.bodysite import BODYSITE_CLASSES
+from models.phantoms.scanner import PhantomScanner
 
 
 def _labels(model: AuditedModel, images: np.ndarray, batch: int = 32) -> np.ndarray:
@@ -50,7 +44,7 @@ def scan_arm(model: AuditedModel, phantoms: Sequence[RepeatedScans], *, draws: i
         mean = local.mean_image.astype(np.float32)
         clean = int(model.decide(mean[None]).labels[0])
         real_labels = _labels(model, ph.scans.astype(np.float32))
-        keys = [NoiseKey(seed, j, 0, k) for k in range(draws)]
+        keys = draw_keys(seed, np.full(draws, j), 0.0, np.arange(draws))  # level 0: the scans' own dose (alpha = 1)
         sim_labels = _labels(model, mean[None] + local_nps_noise(keys, local))
         np.add.at(real, (real_labels, clean), 1)
         np.add.at(sim, (sim_labels, clean), 1)
@@ -72,9 +66,6 @@ def scan_arm(model: AuditedModel, phantoms: Sequence[RepeatedScans], *, draws: i
 
 def phantom_scanner_arm(mas: float, scans: int, seed: int = 0) -> list[RepeatedScans]:
     """Repeated scans of each body-site class phantom from the phantom scanner."""
-    from models.phantoms.bodysite import BODYSITE_CLASSES
-    from models.phantoms.scanner import PhantomScanner
-
     scanner = PhantomScanner()
     return [RepeatedScans(s.scans, tuple(s.spacing), name) for name in BODYSITE_CLASSES
             for s in [scanner.scan(name, mas, scans, seed)]]

@@ -1,67 +1,19 @@
-"""Sample sources: HU images with spacing and labels, loaded on demand.
-
-A source serves batches by index so a campaign's memory stays bounded whatever
-the number of samples. ``ArraySource`` wraps arrays already in memory (phantom
-sets); ``ManifestSource`` reads a CSV of ``path,label`` rows pointing at .npy or
-.npz files or DICOM series folders (paths relative to the CSV), or at series on a
-PACS (``dicomweb:<SeriesUID>``, read through ``audit.pacs``).
-"""
+"""``ManifestSource``: a CSV of ``path,label`` rows pointing at .npy or .npz files or DICOM
+series folders (paths relative to the CSV), or at series on a PACS (``dicomweb:<SeriesUID>``,
+read through ``audit.pacs``)."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from audit.dicom import crop_cube, scan_series
 from audit.errors import InputError
-
-
-@dataclass
-class ArraySource:
-    """Images ``(N, *shape)`` in HU with spacing (mm per axis) and optional labels (N,) (-1 = unknown)."""
-
-    images: np.ndarray
-    spacing: tuple[float, ...]
-    labels: np.ndarray | None = None
-    ids: list[str] = field(default_factory=list)
-    name: str = "arrays"
-    class_names: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.images.ndim not in (3, 4):
-            raise InputError(f"{self.name}: expected images (N, ny, nx) or (N, nz, ny, nx), got shape {self.images.shape}")
-        if len(self.spacing) != self.images.ndim - 1:
-            raise InputError(f"{self.name}: spacing {self.spacing} does not match image rank {self.images.ndim - 1}")
-        if not self.ids:
-            self.ids = [f"{self.name}:{i}" for i in range(len(self))]
-        bad = ~np.isfinite(self.images.reshape(len(self), -1)).all(axis=1)
-        if bad.any():
-            raise InputError(f"{self.ids[int(np.argmax(bad))]}: image contains NaN or inf")
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.images.shape[1:])
-
-    def load(self, index: Sequence[int]) -> np.ndarray:
-        return np.asarray(self.images[np.asarray(index)], dtype=np.float32)
-
-    def reference(self, i: int) -> None:
-        """Arrays carry no DICOM source for a derived series to borrow from (see ``ManifestSource.reference``)."""
-        return None
-
-    def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        h.update(np.ascontiguousarray(self.images, dtype=np.float32).tobytes())
-        h.update(repr((self.spacing, None if self.labels is None else self.labels.tolist())).encode())
-        return h.hexdigest()
-
+from audit.pacs import connect, parse_row
 
 _MM_COLUMNS = ("x", "y", "z")
 _VOXEL_COLUMNS = ("i", "j", "k")
@@ -144,8 +96,6 @@ class ManifestSource:
 
     def _pacs_rows(self, rows: list[dict], pacs) -> dict[int, tuple[str | None, str]]:
         """Rows naming PACS series, checked against the server now (a missing series fails before any work)."""
-        from audit.pacs.dicomweb import parse_row
-
         remote = {}
         for n, r in enumerate(rows):
             try:
@@ -159,8 +109,6 @@ class ManifestSource:
             if pacs is None:
                 raise InputError(f"{self.manifest}: row {min(remote) + 2} names a PACS series (dicomweb:...) but no "
                                  "server is configured; add a [pacs] table with url = ...")
-            from audit.pacs import connect
-
             self._pacs = connect(pacs)
             self._counts = {n: self._pacs.locate(series, study).instances for n, (study, series) in remote.items()}
         return remote
@@ -191,8 +139,6 @@ class ManifestSource:
 
     def _series_of(self, i: int):
         """The ``SeriesHeaders`` of DICOM row ``i`` (scanned once; a PACS row is fetched into the cache first)."""
-        from audit.dicom import scan_series
-
         path = self.paths[i]
         if i in self._remote:  # complete in the cache (retrieved again if it was evicted)
             study, uid = self._remote[i]
@@ -212,8 +158,6 @@ class ManifestSource:
         return series if self.centers[i] is None else series.header
 
     def _read_dicom(self, i: int) -> tuple[np.ndarray, tuple[float, ...]]:
-        from audit.dicom import crop_cube
-
         series = self._series_of(i)
         if self.centers[i] is None:
             return series.read(), tuple(series.spacing)

@@ -19,17 +19,19 @@ bounded, and ``gate.json`` says which is which.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from audit import records
-from audit.atomic import atomic_path
-from audit.campaign import AuditedModel, run_campaign
+from audit.artifact import AuditedModel
+from audit.campaign import records
+from audit.campaign.run import run_campaign
 from audit.config import AuditConfig
+from audit.data import open_source
 from audit.gate import Outcome, evaluate
+from audit.io import write_json
+from audit.pipelines.run import open_models
 from audit.report.build import clean_performance, level_block
 
 LEVEL_RULES = ("san_fraction", "sar", "sar_class", "cmr_offdiag")
@@ -81,10 +83,8 @@ def run_fast_gate(config: AuditConfig, rules: list[dict[str, Any]], out: Path, *
                   baseline: dict[str, Any] | None = None, models: list[AuditedModel] | None = None, source: Any = None,
                   progress: bool | None = False) -> dict[str, Any]:
     """Run the sequential gate; writes ``out/gate.json`` and returns it."""
-    from audit.runner import open_models, open_source
-
     models = models if models is not None else open_models(config)
-    source = source if source is not None else open_source(dict(config.data), pacs=config.pacs)
+    source = source if source is not None else open_source(config.data, pacs=config.pacs)
     noise, n = config.noise, len(source)
     big_k = noise.draws
     step = max(1, math.ceil(big_k / rounds))
@@ -133,8 +133,7 @@ def run_fast_gate(config: AuditConfig, rules: list[dict[str, Any]], out: Path, *
               "inference_ratio": full_inferences / max(inferences, 1),
               "passed": all(v.passed for v in verdicts.values()),
               "verdicts": [asdict(v) for v in verdicts.values()]}
-    with atomic_path(out / "gate.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=1, default=float))
+    write_json(out / "gate.json", result)
     return result
 
 

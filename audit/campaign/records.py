@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audit.atomic import atomic_path
+from audit.io import atomic_path
 from audit.errors import InputError
 
 RECORD_COLUMNS = ("sample", "level", "k", "clean_label", "label", "score", "flipped", "dice")

@@ -1,35 +1,30 @@
-"""From a validated attack config to report.json/HTML: open the artifact, build the twin, attack, let it decide."""
+"""``audit attack`` and the attacks of ``audit run`` / ``audit retrain``: config -> artifact and twin -> attacks,
+decided by the deployed engine -> report blocks (and ``attack.json`` / ``attack.html``)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from audit.artifact import AuditedModel, open_artifact
+from audit.attacks import ATTACKS, build_attack
 from audit.attacks.base import Target, run_attack
-from audit.attacks.config import AttackConfig, AttackSpec
-from audit.attacks.report import SCHEMA, attack_block, render_attack_page
-from audit.campaign import AuditedModel
-
-
-def open_model(config: AttackConfig) -> AuditedModel:
-    from audit.engines import load_engine
-    from audit.heads import head_from, preprocess_from
-
-    engine = load_engine(config.model_path, "onnxruntime", **dict(config.engine_options))
-    head = head_from(engine.metadata, config.head, str(config.model_path))
-    prep = preprocess_from(engine.metadata, config.preprocess, str(config.model_path))
-    return AuditedModel(config.model_name, engine, head, prep)
+from audit.attacks.blocks import SCHEMA, attack_block
+from audit.attacks.explain import explain_examples
+from audit.config import AttackConfig, AttackSpec
+from audit.data import open_source
+from audit.io import write_json, write_text
+from audit.report.attacks import render_attack_page
+from models.build import load_checkpoint
 
 
 def open_module(config: AttackConfig) -> Any:
+    """The user's torch module (a weights-only checkpoint of a registry net) to serve as the twin, or None."""
     if config.checkpoint is None:
         return None
-    from models.build import load_checkpoint
-
     return load_checkpoint(str(config.net), config.variant, config.checkpoint)
 
 
@@ -61,6 +56,12 @@ class AttackPlan:
         """The attacked samples (the first ``n`` of the source), in HU; load once and share between plans."""
         return self.source.load(np.arange(self.n))
 
+    def first_result(self, hu: np.ndarray, ids: list[str], *, seed_offset: int = 0) -> Any:
+        """The raw ``AttackResult`` of the first run on ``hu``, keeping the attacked inputs (what retraining adds)."""
+        _, attack = self.runs[0]
+        return run_attack(attack, self.model, hu, seed=self.spec.seed + seed_offset, batch_size=self.spec.batch_size,
+                          ids=ids, keep=0, progress=False, return_inputs=True)
+
     def run(self, hu: np.ndarray | None = None, *, progress: bool | None = None, prefix: str = "") -> list[dict[str, Any]]:
         """The report blocks: what ``attack.json`` lists under ``runs`` and ``report.json`` under ``attacks``.
         ``hu``: the samples ``load`` returns (loaded here if not given)."""
@@ -72,8 +73,6 @@ class AttackPlan:
                                 keep=spec.keep, progress=progress)
             explanations = []
             if spec.explain and result.examples:
-                from audit.attacks.explain import explain_examples
-
                 explanations = explain_examples(self.target, result)
             block = attack_block(result, label=prefix + label, class_names=self.model.head.labels_names,
                                  explanations=explanations)
@@ -87,10 +86,7 @@ class AttackPlan:
 def plan_attacks(spec: AttackSpec, model: AuditedModel, source: Any, *, module: Any = None) -> AttackPlan:
     """The twin (``module`` or onnx2torch, parity-checked on the first 8 samples) and every attack of ``spec``,
     ready to run; the samples themselves are read only when it runs."""
-    from audit.attacks import build_attack
-    from audit.campaign import check_input
-
-    check_input(model, source)
+    model.check_input(source)
     n = len(source) if spec.samples is None else min(spec.samples, len(source))
     target = Target.from_model(model, module, parity_hu=source.load(np.arange(min(n, 8))))
     runs = [(label, build_attack(spec.attack, target, **_extra(spec, params, source, n)))
@@ -99,31 +95,24 @@ def plan_attacks(spec: AttackSpec, model: AuditedModel, source: Any, *, module: 
 
 
 def run_attack_config(config: AttackConfig, out: Path, *, progress: bool | None = None) -> dict[str, Any]:
-    from audit.atomic import atomic_path
-    from audit.runner import open_source
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model = open_model(config)
-    source = open_source(dict(config.data), pacs=getattr(config, "pacs", None))
+    model = open_artifact(config.model, config.head, config.preprocess)
+    source = open_source(config.data, pacs=config.pacs)
     plan = plan_attacks(config.spec, model, source, module=open_module(config))
     runs = plan.run(progress=progress)
     spec = config.spec
     report = {"schema": SCHEMA, "model": model.describe(), "twin": plan.target.describe(),
-              "data": {"name": getattr(source, "name", str(config.data.get("manifest", ""))), "n": len(source),
+              "data": {"name": source.name, "n": len(source),
                        "shape": list(source.shape), "spacing": list(source.spacing)},
               "noise": spec.noise.to_dict() if spec.noise is not None else None, "runs": runs}
-    with atomic_path(out / "attack.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=1, allow_nan=True))
-    with atomic_path(out / "attack.html") as tmp:
-        tmp.write_text(render_attack_page(report), encoding="utf-8")
+    write_json(out / "attack.json", report)
+    write_text(out / "attack.html", render_attack_page(report))
     return report
 
 
 def _extra(spec: AttackSpec, params: dict[str, Any], source: Any, n: int) -> dict[str, Any]:
     """Attack parameters that come from the data rather than the config (e.g. the labels an AUC needs)."""
-    from audit.attacks import ATTACKS
-
     cls = ATTACKS[spec.attack]
     needs = getattr(cls, "needs", ())
     extra = dict(params)

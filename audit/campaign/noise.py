@@ -7,22 +7,37 @@ stress noises of study 3, ``gaussian`` (levels = sigma in HU), ``uniform``
 Keys: draw k of sample i at a level uses ``NoiseKey(seed, i, level_key, k)``
 with ``level_key = round(1000 * level)`` (the level in thousandths), so the
 noise at one dose does not depend on which other doses a campaign lists.
+``NoiseSpec.keys`` is the one place that layout is written; the campaign, the
+report's worst cases, the case images and the scan arm all call it.
 """
 
 from __future__ import annotations
 
+import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from audit.errors import ConfigError
+from audit.errors import ConfigError, InputError
 from kernels import DoseModel, RadialNPS, gaussian_noise, grid_variance, nps_noise, poisson_noise, preset, uniform_noise
 from kernels.nps import DEFAULT_CUTOFF, PRESET_WINDOWS
 
 KINDS = ("nps", "gaussian", "uniform", "poisson")
+
+
+def level_key(level: float) -> int:
+    """A level's part of a draw key: the level in thousandths, so one dose's draws do not depend on the others."""
+    return int(round(1000.0 * float(level)))
+
+
+def draw_keys(seed: int, samples: Any, level: float, ks: Any) -> np.ndarray:
+    """The (B, 4) uint64 keys ``(seed, sample, level_key(level), k)``: the one place the key layout is written."""
+    samples, ks = np.broadcast_arrays(np.asarray(samples, np.int64), np.asarray(ks, np.int64))
+    return np.stack([np.full(samples.size, seed), samples.ravel(), np.full(samples.size, level_key(level)), ks.ravel()],
+                    axis=1).astype(np.uint64)
 
 
 @dataclass(frozen=True)
@@ -64,9 +79,15 @@ class NoiseSpec:
             if self.method not in ("spectral", "spatial"):
                 raise ConfigError(f"noise.method: expected 'spectral' or 'spatial', got {self.method!r}")
 
-    @staticmethod
-    def level_key(level: float) -> int:
-        return int(round(1000.0 * float(level)))
+    level_key = staticmethod(level_key)
+
+    def keys(self, samples: Any, level: float, ks: Any) -> np.ndarray:
+        """The (B, 4) uint64 keys of draws ``ks`` of ``samples`` at ``level`` (see ``draw_keys``)."""
+        return draw_keys(self.seed, samples, level, ks)
+
+    def key(self, sample: int, level: float, k: int) -> list[int]:
+        """One draw's key as plain integers (what a report lists)."""
+        return [int(v) for v in self.keys([sample], level, [k])[0]]
 
     def dose_model(self, shape: Sequence[int], spacing: Sequence[float]) -> DoseModel:
         """The NPS at ``mas_ref`` scaled so the pixel sigma *on this image grid* is ``sigma_ref``."""
@@ -108,36 +129,8 @@ class NoiseSpec:
         return d
 
 
-def noise_spec_from(section: Mapping[str, Any], base: Path | None = None) -> NoiseSpec:
-    """Build a NoiseSpec from a config ``[noise]`` section; unknown keys are errors."""
-    allowed = {"kind", "levels", "draws", "seed", "preset", "table", "sigma_ref", "mas_ref", "electronic_fraction",
-               "cutoff", "z_fwhm_mm", "method"}
-    for key in section:
-        if key not in allowed:
-            raise ConfigError(f"noise.{key}: unknown key; allowed: {sorted(allowed)}")
-    kw = dict(section)
-    if "levels" in kw:
-        if not isinstance(kw["levels"], list):
-            raise ConfigError(f"noise.levels: expected a list of numbers, got {kw['levels']!r}")
-        kw["levels"] = tuple(kw["levels"])
-    if kw.get("table"):
-        path = Path(kw["table"])
-        path = path if path.is_absolute() or base is None else base / path
-        kw["table"] = str(path)
-        table = read_nps_table(path)
-        kw["table_values"] = tuple(zip(table.freq.tolist(), table.values.tolist()))
-    try:
-        return NoiseSpec(**kw)
-    except TypeError as exc:
-        raise ConfigError(f"noise: {exc}") from None
-
-
 def read_nps_table(path: Path) -> RadialNPS:
     """A radial NPS from a CSV with columns ``freq`` (1/mm) and ``nps`` (HU^2 mm^2)."""
-    import csv
-
-    from audit.errors import InputError
-
     try:
         with path.open(newline="") as fh:
             rows = list(csv.DictReader(fh))

@@ -10,28 +10,30 @@ whose shards were already written is skipped, so nothing is lost or duplicated.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any, Callable
 
-from audit.campaign import CampaignStats, run_campaign
-from audit.config import AuditConfig
+from audit.artifact import open_artifact
+from audit.campaign.run import CampaignStats, run_campaign
+from audit.data import open_source
+from audit.io import remove_stale_temps
 from kernels._xp import optional_import
 
 
-def _open(config: AuditConfig):
-    from audit.runner import open_models, open_source
+def _open(config: Any):
+    """The models and source of an ``audit.config.AuditConfig``, opened where this runs (driver or actor)."""
+    return [open_artifact(e, config.head, config.preprocess) for e in config.models], open_source(config.data, config.pacs)
 
-    return open_models(config), open_source(dict(config.data), pacs=config.pacs)
 
-
-def _one_thread_per_actor(config: AuditConfig) -> AuditConfig:
+def _one_thread_per_actor(config: Any) -> Any:
     """Actors get one CPU each: default ONNX Runtime to one intra-op thread unless the config says otherwise."""
     models = tuple(m if m.engine != "onnxruntime" or "threads" in m.options else
                    dataclasses.replace(m, options={**dict(m.options), "threads": 1}) for m in config.models)
     return dataclasses.replace(config, models=models)
 
 
-def run_on_ray(config: AuditConfig, out: Path, *, address: str = "auto", actors: int | None = None, num_gpus: float = 0.0,
+def run_on_ray(config: Any, out: Path, *, address: str = "auto", actors: int | None = None, num_gpus: float = 0.0,
                resume: bool = False, on_first_result: Callable[[list], None] | None = None) -> CampaignStats:
     """Run the campaign of ``config`` over Ray actors; returns the summed statistics.
 
@@ -39,8 +41,6 @@ def run_on_ray(config: AuditConfig, out: Path, *, address: str = "auto", actors:
     ``actors``: how many (default: the cluster's CPUs). ``num_gpus`` per actor (1 = one GPU each).
     """
     ray = optional_import("ray")
-    import time
-
     config = _one_thread_per_actor(config)
     if not ray.is_initialized():
         ray.init(address=None if address == "auto" else address, include_dashboard=False, log_to_driver=False,
@@ -53,7 +53,7 @@ def run_on_ray(config: AuditConfig, out: Path, *, address: str = "auto", actors:
 
     @ray.remote(num_cpus=1, num_gpus=num_gpus, max_restarts=3, max_task_retries=3)
     class CampaignWorker:
-        def __init__(self, config: AuditConfig, out: str) -> None:
+        def __init__(self, config: Any, out: str) -> None:
             self.config, self.out = config, Path(out)
             self.models, self.source = _open(config)
 
@@ -86,6 +86,5 @@ def run_on_ray(config: AuditConfig, out: Path, *, address: str = "auto", actors:
     total.seconds = time.perf_counter() - start
     for w in workers:
         ray.kill(w)
-    for stale in (out / "records").rglob(".*.tmp"):  # writes cut short by a killed actor
-        stale.unlink(missing_ok=True)
+    remove_stale_temps(out)  # writes cut short by a killed actor
     return total

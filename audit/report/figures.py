@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from pathlib import Path
 
 import numpy as np
@@ -41,15 +43,18 @@ def nps_check_figure(path: Path, *, f, target, measured, band, sample, spacing, 
     plt.close(fig)
 
 
-def png_bytes(fig) -> bytes:
+def png_bytes(fig, dpi: int = 100) -> bytes:
     """Render a figure to PNG bytes and close it."""
-    import io
-
     plt = _pyplot()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
+
+
+def png_base64(fig, dpi: int = 80) -> str:
+    """A figure as base64 PNG text (what report.json embeds for attack explanations)."""
+    return base64.b64encode(png_bytes(fig, dpi)).decode("ascii")
 
 
 def _none_to_nan(values) -> np.ndarray:

@@ -1,73 +1,9 @@
-"""Attack results as a report block (plain JSON) and as an HTML section.
-
-``attack_block(result, label=...)`` is what ``report.json`` holds under
-``attacks``: the attack and its parameters, both success rates (twin and
-deployed, the deployed one deciding), SAN/SAR, norms, timing, per-sample
-outcomes and, for flipped cases, the explanation figures (PNG, base64) made by
-``audit.attacks.explain``. ``render_attack_html(block)`` renders one block as a
-self-contained ``<section>`` for the HTML report.
-"""
+"""Attack blocks of report.json as HTML: one ``<section>`` per run, and ``audit attack``'s own page."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
-from typing import Any, Sequence
-
-import numpy as np
-
-from audit.attacks.base import AttackResult
-
-SCHEMA = "audit-attack/1"
-
-
-def attack_block(result: AttackResult, *, label: str | None = None, class_names: Sequence[str] = (),
-                 explanations: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The JSON block of one attack run (plain Python types only)."""
-    s = result.summary()
-    n_i = result.deployed_flips.sum(axis=1)
-    return {
-        "label": label or result.attack.get("name", "attack"),
-        "attack": _plain(result.attack),
-        "summary": _plain(s),
-        "notes": _plain(result.notes),
-        "samples": [
-            {"id": result.ids[i], "clean_label": _label(result.clean_labels[i], class_names),
-             "adv_label": _label(result.adv_labels[i], class_names), "clean_score": float(result.clean_scores[i]),
-             "adv_score": float(result.adv_scores[i]), "torch_flips": int(result.torch_flips[i].sum()),
-             "deployed_flips": int(n_i[i]), "sar": float(n_i[i] / result.k), "linf": float(result.linf[i].max()),
-             "l2": float(result.l2[i].max())}
-            for i in range(result.n)
-        ],
-        "explanations": explanations or [],
-    }
-
-
-def _label(v: Any, names: Sequence[str]) -> Any:
-    v = int(v)
-    return names[v] if 0 <= v < len(names) else v
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    return v
-
-
-def png_base64(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+from typing import Any
 
 
 def _fmt(v: Any) -> str:

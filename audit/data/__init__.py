@@ -1,0 +1,81 @@
+"""Where the images come from: a ``Source`` serves HU images with spacing, labels and ids, by index.
+
+A source serves batches by index so a campaign's memory stays bounded whatever
+the number of samples. ``ArraySource`` wraps arrays in memory; ``ManifestSource``
+reads a CSV manifest (arrays, DICOM folders, PACS series); the phantom sets of
+``models.phantoms`` come as ``ArraySource``. ``DataSection`` is the validated
+``[data]`` table and ``open_source`` the one way to turn it into a source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from audit.data.arrays import ArraySource
+from audit.data.manifest import ManifestSource
+from models.phantoms.bodysite import bodysite_slices
+from models.phantoms.nodules import nodule_cubes
+
+#: Phantom sets an audit can draw (``[data] phantom = ...``).
+PHANTOMS = ("nodules", "bodysite")
+
+
+class Source(Protocol):
+    """What the campaign, attacks and reports need of a data set."""
+
+    name: str
+    spacing: tuple[float, ...]
+    labels: np.ndarray | None
+    ids: list[str]
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int: ...
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def load(self, index: Sequence[int]) -> np.ndarray: ...
+
+    def reference(self, i: int) -> Any: ...
+
+    def fingerprint(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """The ``[data]`` table: a ``manifest`` (CSV) or a ``phantom`` set of ``n`` samples drawn with ``seed``."""
+
+    manifest: Path | None = None
+    phantom: str | None = None
+    n: int = 100
+    seed: int = 1
+    spacing: tuple[float, ...] | None = None
+    class_names: tuple[str, ...] = ()
+    cube: int = 32
+    target_spacing: float = 1.0
+
+
+def phantom_source(kind: str, n: int, seed: int) -> ArraySource:
+    """``n`` phantom nodule cubes or body-site slices drawn with ``seed``."""
+    if kind == "nodules":
+        s = nodule_cubes(n, seed)
+        return ArraySource(s.images, tuple(s.spacing), s.labels, name=f"phantom nodules (n={n}, seed={seed})",
+                           class_names=tuple(s.class_names))
+    s = bodysite_slices(n, seed)
+    return ArraySource(s.images, tuple(s.spacing), s.labels, name=f"phantom body-site slices (n={n}, seed={seed})",
+                       class_names=tuple(getattr(s, "class_names", ())))
+
+
+def open_source(data: DataSection, pacs: Any = None) -> Source:
+    """The source of a ``[data]`` table; ``pacs`` (a ``PacsServer``) serves manifest rows ``dicomweb:<UID>``."""
+    if data.manifest is not None:
+        return ManifestSource(data.manifest, data.spacing, data.class_names, cube=data.cube,
+                              target_spacing=data.target_spacing, pacs=pacs)
+    return phantom_source(str(data.phantom), data.n, data.seed)
+
+
+__all__ = ["PHANTOMS", "ArraySource", "DataSection", "ManifestSource", "Source", "open_source", "phantom_source"]

@@ -1,0 +1,54 @@
+"""``ArraySource``: HU images already in memory (phantom sets, retrain folds, tests)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from audit.errors import InputError
+
+
+@dataclass
+class ArraySource:
+    """Images ``(N, *shape)`` in HU with spacing (mm per axis) and optional labels (N,) (-1 = unknown)."""
+
+    images: np.ndarray
+    spacing: tuple[float, ...]
+    labels: np.ndarray | None = None
+    ids: list[str] = field(default_factory=list)
+    name: str = "arrays"
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.images.ndim not in (3, 4):
+            raise InputError(f"{self.name}: expected images (N, ny, nx) or (N, nz, ny, nx), got shape {self.images.shape}")
+        if len(self.spacing) != self.images.ndim - 1:
+            raise InputError(f"{self.name}: spacing {self.spacing} does not match image rank {self.images.ndim - 1}")
+        if not self.ids:
+            self.ids = [f"{self.name}:{i}" for i in range(len(self))]
+        bad = ~np.isfinite(self.images.reshape(len(self), -1)).all(axis=1)
+        if bad.any():
+            raise InputError(f"{self.ids[int(np.argmax(bad))]}: image contains NaN or inf")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape[1:])
+
+    def load(self, index: Sequence[int]) -> np.ndarray:
+        return np.asarray(self.images[np.asarray(index)], dtype=np.float32)
+
+    def reference(self, i: int) -> None:
+        """Arrays carry no DICOM source for a derived series to borrow from (see ``ManifestSource.reference``)."""
+        return None
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.images, dtype=np.float32).tobytes())
+        h.update(repr((self.spacing, None if self.labels is None else self.labels.tolist())).encode())
+        return h.hexdigest()

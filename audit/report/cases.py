@@ -1,0 +1,91 @@
+"""Files a report page shows that report.json cannot hold, written once when the campaign ends.
+
+For each worst case the noise is regenerated from its key once and drawn as a
+clean / noisy / difference panel (``cases/<model>/<case>.png``), and, when
+asked, written as a derived DICOM study (and pushed to the PACS); the NPS
+actually used per dose is drawn as ``figures/nps.png``. ``audit.report.html``
+then renders the page from report.json and these files alone: no model, no
+data, no noise generator needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from audit.campaign import records
+from audit.campaign.noise import NoiseSpec
+from audit.dicom import write_flipped_case
+from audit.io import atomic_path
+from audit.pacs import connect, push_case
+from audit.report import figures
+from kernels import radial_average
+
+CASES_DIR, FIGURES_DIR = "cases", "figures"
+NPS_FIGURE = f"{FIGURES_DIR}/nps.png"
+
+
+def case_name(case: dict[str, Any]) -> str:
+    """The file stem of a worst case: sample, level key and draw (unique per model)."""
+    return f"sample{case['sample']:06d}-level{case['key'][2]}-k{case['k']}"
+
+
+def case_image(out: Path, model: str, case: dict[str, Any]) -> Path:
+    return Path(out) / CASES_DIR / model / f"{case_name(case)}.png"
+
+
+def regenerate(source: Any, noise: NoiseSpec, case: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """A worst case's clean image and its noisy image, the noise regenerated from the case's key: (1, *shape) each."""
+    hu = source.load([case["sample"]])
+    key = np.array([case["key"]], dtype=np.uint64)
+    return hu, hu + noise.sample(key, case["level"], hu, source.spacing)
+
+
+def write_nps_figure(out: Path, noise: NoiseSpec, shape: Sequence[int], spacing: Sequence[float]) -> None:
+    """The radial NPS of every dose, as generated on the data's grid (``figures/nps.png``); nothing for stress noise."""
+    if noise.kind != "nps":
+        return
+    model = noise.dose_model(shape, spacing)
+    grid = tuple(shape[-2:]), tuple(spacing[-2:])
+    curves, f = {}, None
+    for level in noise.levels:
+        f, s, _ = radial_average(model.nps_at(level).on_grid(*grid, half=False), grid[1])
+        curves[f"{level:g} mAs"] = s
+    with atomic_path(Path(out) / NPS_FIGURE) as tmp:
+        tmp.write_bytes(figures.nps_used(f, curves, "radial NPS per dose"))
+
+
+def write_cases(out: Path, report: dict[str, Any], source: Any, noise: NoiseSpec, windows: dict[str, tuple[float, float]],
+                *, dicom: bool = False, pacs: Any = None) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every worst case's panel (always) and derived DICOM study (``dicom``, or a PACS with ``push``).
+
+    ``windows``: each model's HU display window. Returns the DICOM links per (model, sample) for
+    ``audit.report.build.attach_dicom``.
+    """
+    out = Path(out)
+    client = connect(pacs) if pacs is not None and pacs.push else None
+    unit = report["noise"]["level_unit"]
+    links: dict[tuple[str, int], dict[str, Any]] = {}
+    for model in report["models"]:
+        if not model["worst_cases"]:
+            continue
+        clean = records.load_clean(out, model["name"], len(source))
+        for case in model["worst_cases"]:
+            hu, noisy = regenerate(source, noise, case)
+            i = case["sample"]
+            title = (f"{case['id']} at {case['level']:g} {unit}, draw {case['k']}: label {int(clean.labels[i])} "
+                     f"({float(clean.scores[i]):.3f}) -> {case['noisy_label']} ({case['noisy_score']:.3f})")
+            with atomic_path(case_image(out, model["name"], case)) as tmp:
+                tmp.write_bytes(figures.case_panel(hu[0], noisy[0], windows[model["name"]], title))
+            if not (dicom or client is not None):
+                continue
+            c, n = (hu[0], noisy[0]) if hu[0].ndim == 3 else (hu[0][None], noisy[0][None])
+            spacing = tuple(source.spacing) if len(source.spacing) == 3 else (1.0, *source.spacing)
+            folder = out / "dicom" / model["name"] / case_name(case)
+            attack = "random NPS noise" if noise.kind == "nps" else f"{noise.kind} noise, level {case['level']:g}"
+            link = write_flipped_case(c, n, spacing, folder, level=float(case["level"]), key=tuple(case["key"]),
+                                      attack=attack, overwrite=True, reference=source.reference(i))
+            links[(model["name"], i)] = push_case(client, link, model["name"]) if client is not None else link
+    return links
