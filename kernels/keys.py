@@ -7,11 +7,13 @@ consumes the counter from its low words, so streams never overlap for draws
 smaller than 2**130 bytes, and the numbers a key yields do not depend on the
 batch it travels in, its position, the process or the machine.
 
-The uniforms are always drawn by NumPy on the host, also when the noise is then
-shaped on a GPU with CuPy: a perturbation found on a GPU replays from the same
-uniform bits on a laptop. The noise itself then agrees to float32 rounding
-(about 1e-6 relative): CUDA's and NumPy's log/sin/cos and cuFFT's and
-pocketfft's transforms round differently.
+On NumPy the uniforms come from NumPy's own C ``Philox`` (several times faster
+on a CPU than array code). On CuPy they are drawn on the device by the same
+generator written as array code (``kernels.philox``), which gives the same bits
+for the same key: a perturbation found on a GPU replays from the same uniform
+bits on a laptop, and no uniforms cross the bus. The noise itself then agrees
+to float32 rounding (about 1e-6 relative): CUDA's and NumPy's log/sin/cos and
+cuFFT's and pocketfft's transforms round differently.
 
 To regenerate one perturbation from a report, call the same kernel with the
 same noise spec and the single key ``NoiseKey(seed, sample_id, level, k)``.
@@ -25,6 +27,7 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
+from kernels import philox
 from kernels.errors import KernelError
 
 _U64_MAX = 2**64 - 1
@@ -60,10 +63,23 @@ def as_keys(keys: NoiseKey | Sequence[Sequence[int]] | np.ndarray) -> np.ndarray
     return arr
 
 
+def stream_of(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Philox keys ``(B, 2)`` and starting counters ``(B, 4)`` (uint64) of draw keys ``(B, 4)``.
+
+    ``key = (seed, sample_id)``, ``counter = (0, 0, k, level)`` (word 0 least significant).
+    """
+    keys = np.asarray(keys, dtype=np.uint64).reshape(-1, 4)
+    zeros = np.zeros(keys.shape[0], dtype=np.uint64)
+    return np.ascontiguousarray(keys[:, :2]), np.stack([zeros, zeros, keys[:, 3], keys[:, 2]], axis=1)
+
+
 def generator(key: Sequence[int] | np.ndarray) -> np.random.Generator:
     """The NumPy generator of one key (a fresh Philox stream at the key's counter)."""
     seed, sample_id, level, k = (int(v) for v in key)
-    return np.random.Generator(np.random.Philox(key=[seed, sample_id], counter=[0, 0, k, level]))
+    # uint64 arrays, not lists: NumPy reads a list holding a value >= 2**63 as float64 and rounds it.
+    return np.random.Generator(
+        np.random.Philox(key=np.array([seed, sample_id], dtype=np.uint64), counter=np.array([0, 0, k, level], dtype=np.uint64))
+    )
 
 
 def default_workers() -> int:
@@ -74,8 +90,14 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def uniforms(keys: np.ndarray, count: int, *, workers: int | None = None) -> np.ndarray:
-    """``count`` float32 uniforms in [0, 1) per key: a ``(B, count)`` host array."""
+def uniforms(keys: np.ndarray, count: int, *, xp=np, workers: int | None = None):
+    """``count`` float32 uniforms in [0, 1) per key: a ``(B, count)`` ``xp`` array.
+
+    On NumPy, NumPy's Philox fills the rows on host threads; on CuPy the array
+    Philox draws them on the device. The bits are the same either way.
+    """
+    if xp is not np:
+        return philox.uniforms(*(xp.asarray(a) for a in stream_of(keys)), count, xp=xp)
     out = np.empty((keys.shape[0], count), dtype=np.float32)
 
     def fill(rows: range) -> None:
@@ -96,17 +118,11 @@ def complex_normals(keys: np.ndarray, m: int, *, xp=np, workers: int | None = No
     sqrt(-ln(1 - u)), the next ``m`` the phase 2 pi u. The real and imaginary
     parts, times sqrt(2), are independent standard normals (tails end at 5.8
     sigma, the float32 resolution of u). On NumPy the work runs in cache-sized
-    blocks per key; on CuPy the uniforms travel to the device and the
-    transform runs there.
+    blocks per key; on CuPy the uniforms are drawn (``kernels.philox``, same
+    bits as NumPy's) and transformed on the device.
     """
     if xp is not np:
-        u = xp.asarray(uniforms(keys, 2 * m, workers=workers))
-        r = xp.sqrt(-xp.log1p(-u[:, :m]))
-        theta = u[:, m:] * xp.float32(2 * np.pi)
-        z = xp.empty((keys.shape[0], m, 2), dtype=xp.float32)
-        xp.multiply(r, xp.cos(theta), out=z[..., 0])
-        xp.multiply(r, xp.sin(theta), out=z[..., 1])
-        return z.view(xp.complex64)[..., 0]
+        return box_muller(uniforms(keys, 2 * m, xp=xp), xp=xp)
     out = np.empty((keys.shape[0], m), dtype=np.complex64)
     two_pi = np.float32(2 * np.pi)
 
@@ -126,6 +142,21 @@ def complex_normals(keys: np.ndarray, m: int, *, xp=np, workers: int | None = No
 
     parallel_rows(keys.shape[0], fill, workers=workers, min_items=2 * m)
     return out
+
+
+def box_muller(u, *, xp=np):
+    """Complex normals ``(B, m)`` (complex64) from float32 uniforms ``(B, 2m)``, whole-array in ``xp``.
+
+    The same operations, in the same order, as the blocked host loop of
+    ``complex_normals``: on NumPy the two give the same bits.
+    """
+    b, m = u.shape[0], u.shape[1] // 2
+    r = xp.sqrt(-xp.log1p(-u[:, :m]))
+    theta = u[:, m : 2 * m] * xp.float32(2 * np.pi)
+    z = xp.empty((b, m, 2), dtype=xp.float32)
+    xp.multiply(r, xp.cos(theta), out=z[..., 0])
+    xp.multiply(r, xp.sin(theta), out=z[..., 1])
+    return z.view(xp.complex64)[..., 0]
 
 
 def parallel_rows(n: int, fn: Callable[[range], None], *, workers: int | None = None, min_items: int = 0) -> None:
