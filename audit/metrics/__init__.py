@@ -3,10 +3,14 @@
 - ``robustness``: n_i, SAR_i, SAN (study 1), SAR_c and the CMR (study 2),
   exceedance curves, and ``robustness_summary``, the per-level block of report.json.
 - ``intervals``: Wilson and Clopper-Pearson intervals for binomial rates;
-  cluster-aware intervals (design-effect Wilson, bootstrap over samples) for
-  rates pooled over samples.
-- ``hypothesis``: the two-proportion Z-test for CMR entries and DeLong's test
+  cluster-aware intervals (design-effect Wilson, design-effect Clopper-Pearson,
+  bootstrap over samples) for rates pooled over samples; one-sided exact
+  bounds of a pooled rate (``exact_lower_bound``, ``exact_upper_bound``).
+- ``hypothesis``: the two-proportion Z-test for CMR entries (study 2's
+  formula, draws as independent trials: not for decisions) and DeLong's test
   for two correlated AUCs.
+- ``paired``: paired, cluster-aware comparison of two models' SARs on the same
+  samples and keyed draws (``paired_sar_test``, ``paired_noninferiority``).
 - ``classification``: clean performance (AUC, accuracy, sensitivity,
   specificity, confusion matrix, per-class and macro F1).
 - ``segmentation``: Dice of binary masks.
@@ -41,11 +45,21 @@ from audit.metrics.intervals import (
     binomial_interval,
     bootstrap_interval,
     clopper_pearson_interval,
+    cluster_exact_interval,
     cluster_wilson_interval,
     design_effect,
     effective_draws,
+    exact_lower_bound,
+    exact_upper_bound,
     pooled_rate_interval,
     wilson_interval,
+)
+from audit.metrics.paired import (
+    PAIRED_METHODS,
+    NonInferiorityTest,
+    PairedSARTest,
+    paired_noninferiority,
+    paired_sar_test,
 )
 from audit.metrics.robustness import (
     DEFAULT_THRESHOLDS,
@@ -68,7 +82,10 @@ __all__ = [
     "BINOMIAL_METHODS",
     "DEFAULT_THRESHOLDS",
     "DeLongTest",
+    "NonInferiorityTest",
+    "PAIRED_METHODS",
     "POOLED_METHODS",
+    "PairedSARTest",
     "PerClassScores",
     "RobustnessSummary",
     "ZTest",
@@ -81,6 +98,7 @@ __all__ = [
     "class_attack_rate",
     "class_attack_rate_intervals",
     "clopper_pearson_interval",
+    "cluster_exact_interval",
     "cluster_wilson_interval",
     "cmr_counts",
     "cmr_z_test",
@@ -91,9 +109,13 @@ __all__ = [
     "design_effect",
     "dice",
     "effective_draws",
+    "exact_lower_bound",
+    "exact_upper_bound",
     "exceedance_curve",
     "flip_counts",
     "macro_f1",
+    "paired_noninferiority",
+    "paired_sar_test",
     "pooled_rate_interval",
     "precision_recall_f1",
     "robustness_summary",

@@ -2,6 +2,12 @@
 
 Each returns a small frozen dataclass with the statistic and the two-sided
 p-value, so callers report both and choose their own significance level.
+
+The two-proportion Z-test is study 2's formula and treats every perturbed
+inference as an independent trial; draws of one sample are clustered and two
+models of one campaign see the same keyed draws, so it is shown for
+comparison with the study only. Decisions about two models' SARs use
+``audit.metrics.paired`` (``paired_sar_test``, ``paired_noninferiority``).
 """
 
 from __future__ import annotations
@@ -40,6 +46,16 @@ class ZTest:
 def two_proportion_z_test(p1, n1, p2, n2) -> ZTest:
     """Z-test of H0: the proportions ``p1`` (from ``n1`` trials) and ``p2`` (from ``n2`` trials) are equal.
 
+    Study formula, treats draws as independent; not for decisions. On
+    perturbed inferences of an audit the n trials are N samples times K
+    draws, and draws of one sample are clustered (same image) and, between
+    two models of one campaign, paired (same keyed draws); the Z-test ignores
+    both, so with images of different fragility it rejects equal models far
+    more often than its level (about 0.4 instead of 0.05 for N = 40, K = 50,
+    per-sample rates ~ Beta(0.5, 9.5)). Use ``paired.paired_sar_test`` or
+    ``paired.paired_noninferiority`` to decide; show this one beside it,
+    labelled as the study's formula.
+
     Proportions in [0, 1], trial counts integers >= 1; inputs broadcast, so a
     whole matrix of entries is tested at once. Where the pooled proportion is
     0 or 1 the standard error is 0; then p1 == p2 necessarily and the result
@@ -76,6 +92,8 @@ def two_proportion_z_test(p1, n1, p2, n2) -> ZTest:
 
 def cmr_z_test(counts_1, counts_2) -> ZTest:
     """Entry-wise Z-test between two CMRs given as count matrices (``robustness.cmr_counts``), both (C, C).
+
+    Study formula, treats draws as independent; not for decisions (see ``two_proportion_z_test``).
 
     Entry [a, b] compares CMR_1[a, b] = counts_1[a, b] / sum_a counts_1[a, b]
     with the same entry of CMR_2, with n = the column totals (K N_b of each

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.stats import binomtest
+from scipy.stats import beta, binomtest, norm
+from scipy.stats import t as student_t
 
 from audit.errors import InputError
 from audit.metrics import (
     binomial_interval,
     bootstrap_interval,
     clopper_pearson_interval,
+    cluster_exact_interval,
     cluster_wilson_interval,
     design_effect,
     effective_draws,
+    exact_lower_bound,
+    exact_upper_bound,
     pooled_rate_interval,
     wilson_interval,
 )
@@ -136,9 +140,91 @@ def test_bootstrap_is_seeded_and_sane():
         (lambda: cluster_wilson_interval([1, 5], 4), "flip_counts: expected counts in [0, K] = [0, 4]"),
         (lambda: cluster_wilson_interval([1, 2], 0), "draws: expected the number of perturbations"),
         (lambda: bootstrap_interval([1, 2], 4, n_boot=3), "n_boot: expected an integer >= 10"),
+        (lambda: cluster_exact_interval([1, 5], 4), "flip_counts: expected counts in [0, K] = [0, 4]"),
+        (lambda: exact_lower_bound([1, 2], 4, confidence=0.0), "confidence: expected a number in (0, 1)"),
+        (lambda: exact_upper_bound([1, 2], -1), "draws: expected the number of perturbations"),
     ],
 )
 def test_bad_input_names_the_argument(call, fragment):
     with pytest.raises(InputError, match=None) as info:
         call()
     assert fragment in str(info.value)
+
+
+# --- exact (Clopper-Pearson) bounds on effective counts --------------------------------------------
+
+
+def _cp(x, n, tail):
+    """Clopper-Pearson bounds in the beta-quantile form, fractional x and n allowed."""
+    lo = 0.0 if x == 0 else beta.ppf(tail, x, n - x + 1)
+    hi = 1.0 if x == n else beta.ppf(1 - tail, x + 1, n - x)
+    return lo, hi
+
+
+def test_cluster_exact_by_hand():
+    # n_i = [1, 3, 1, 3], K = 4: deff = 4/3, n_eff = 12 (z / t_3)^2 = 4.551507 (as for cluster Wilson), p = 0.5.
+    n_eff = 12 * (norm.ppf(0.975) / student_t.ppf(0.975, 3)) ** 2
+    assert n_eff == pytest.approx(4.551507, abs=1e-6)
+    assert cluster_exact_interval([1, 3, 1, 3], 4) == pytest.approx(_cp(0.5 * n_eff, n_eff, 0.025), abs=1e-12)
+    # One sample: deff = K, n_eff = 1 and x_eff = p, a fractional count: the beta form takes it.
+    assert cluster_exact_interval([3], 4, 0.9) == pytest.approx(_cp(0.75, 1.0, 0.05), abs=1e-12)
+    # Evenly spread flips over many samples: deff = 1, t -> z: the exact binomial interval on all N K draws.
+    even = cluster_exact_interval(np.full(4000, 2), 10)
+    assert even == pytest.approx(clopper_pearson_interval(8000, 40000), rel=2e-3)
+    # All-or-nothing samples: deff = K, one trial per sample.
+    n_eff = 4 * (norm.ppf(0.975) / student_t.ppf(0.975, 3)) ** 2
+    assert cluster_exact_interval([0, 0, 4, 4], 4) == pytest.approx(_cp(0.5 * n_eff, n_eff, 0.025), abs=1e-12)
+    # Wider than cluster Wilson in the tails it is used for.
+    n_i = [0] * 38 + [1, 2]
+    assert cluster_exact_interval(n_i, 50, 0.995)[0] < cluster_wilson_interval(n_i, 50, 0.995)[0]
+    assert np.isnan(cluster_exact_interval([], 5)[0])
+    assert pooled_rate_interval(n_i, 50, method="cluster_exact") == cluster_exact_interval(n_i, 50)
+
+
+def test_one_sided_exact_bounds():
+    n_i = np.array([0, 2, 0, 1, 5, 0, 0, 3])
+    # A one-sided bound at confidence c is the matching side of the two-sided interval at 2c - 1 (same tail).
+    lo, hi = cluster_exact_interval(n_i, 10, 0.99)
+    assert exact_lower_bound(n_i, 10, 0.995) == pytest.approx(lo, abs=1e-14)
+    assert exact_upper_bound(n_i, 10, 0.995) == pytest.approx(hi, abs=1e-14)
+    # No flips: lower 0, upper 1 - (1 - c)^(1 / n_eff) with deff = 1 and the one-sided t factor.
+    n_eff = 200 * (norm.ppf(0.99) / student_t.ppf(0.99, 39)) ** 2
+    assert exact_lower_bound([0] * 40, 5, 0.99) == 0.0
+    assert exact_upper_bound([0] * 40, 5, 0.99) == pytest.approx(1 - 0.01 ** (1 / n_eff), rel=1e-10)
+    # One sample carries all flips: deff about its count (here clipped to K = 5), the bounds widen accordingly.
+    assert design_effect([5] + [0] * 39, 5) == 5.0
+    assert exact_lower_bound([5] + [0] * 39, 5, 0.99) < exact_lower_bound([1] * 5 + [0] * 35, 5, 0.99)
+    assert exact_upper_bound([1] * 40, 1, 0.9) == 1.0 and np.isnan(exact_lower_bound([], 3))
+
+
+def test_wilson_is_anti_conservative_near_zero():
+    # One flip in 200 draws, 99.5% two-sided: Wilson's lower bound is 40 times the exact one.
+    wl, _ = wilson_interval(1, 200, 0.995)
+    cl, _ = clopper_pearson_interval(1, 200, 0.995)
+    assert wl == pytest.approx(5.1e-4, abs=1e-5) and cl == pytest.approx(1.25e-5, abs=1e-7)
+
+
+def test_exact_lower_bound_covers_rare_rates_where_wilson_does_not():
+    # True rate 4.5e-4 on every image, N = 40 cases, K = 50 draws (about 0.9 expected flips per audit).
+    # A lower bound at confidence 0.995 may exceed the truth in at most 0.5% of audits.
+    sims, n, k, p = 4000, 40, 50, 4.5e-4
+    rng = np.random.default_rng(17)
+    counts = rng.binomial(k, p, (sims, n))
+    exact = np.mean([exact_lower_bound(c, k, 0.995) > p for c in counts])
+    wilson = np.mean(wilson_interval(counts.sum(1), n * k, 0.99)[0] > p)  # one-sided 99.5% Wilson lower bound
+    cluster_wilson = np.mean([cluster_wilson_interval(c, k, 0.995)[0] > p for c in counts])  # 99.5% two-sided
+    print(f"\nlower bound above p = {p}: exact {exact:.4f}, Wilson {wilson:.4f}, "
+          f"cluster Wilson (two-sided) {cluster_wilson:.4f}")
+    assert exact <= 0.005 and binomtest(round(exact * sims), sims, 0.005, alternative="greater").pvalue > 0.01
+    assert wilson > 0.01 and binomtest(round(wilson * sims), sims, 0.005, alternative="greater").pvalue < 1e-4
+    assert cluster_wilson > 0.01
+    # Clustered rare flips (rates ~ Beta(0.05, 111), mean 4.5e-4, a few images carry them): still covered,
+    # for the population rate and for the mean rate of the audited images.
+    rates = rng.beta(0.05, 0.05 / p - 0.05, (sims // 2, n))
+    counts = rng.binomial(k, rates)
+    lows = np.array([exact_lower_bound(c, k, 0.995) for c in counts])
+    highs = np.array([exact_upper_bound(c, k, 0.995) for c in counts])
+    miss = {"lower > p": float(np.mean(lows > p)), "lower > mean p_i": float(np.mean(lows > rates.mean(1))),
+            "upper < mean p_i": float(np.mean(highs < rates.mean(1)))}
+    print(f"clustered rare flips, exact bounds missing: {miss}")
+    assert max(miss.values()) <= 0.005, miss
