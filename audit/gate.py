@@ -7,11 +7,13 @@ Rule kinds (``metric``):
   upper confidence bound instead of the estimate (stricter; the report's CI);
 - ``cmr_offdiag``: the largest off-diagonal CMR entry at ``level`` <= ``max``;
 - ``clean_auc`` (and ``clean_accuracy``, ``clean_macro_f1``): clean performance >= ``min``;
-- ``no_regression``: no significant worsening against ``--baseline``: per class and level, the
-  two-proportion Z-test of SAR_c (``test = "sar_class"``, default) or of every off-diagonal CMR entry
-  (``test = "cmr"``), one-sided in the worse direction, at ``alpha`` (default 0.05) Bonferroni-corrected
-  over the comparisons the rule makes. Draws of the same images under two noise seeds differ only by
-  draw noise, which the pooled binomial Z-test over-covers, so seed noise alone does not fail it.
+- ``no_regression``: no significant worsening against ``--baseline`` (a report of the same samples):
+  per level, and per class of the candidate's clean label (``test = "sar_class"``, default; ``"cmr"``
+  is the same per column of the CMR, whose off-diagonal mass is SAR_c) or overall (``test = "sar"``),
+  a one-sided paired test of the per-sample SAR_i differences (``audit.metrics.paired_noninferiority``,
+  sign-flip permutation over samples: the sample is the unit, its draws are clustered) against
+  ``margin`` (default 0), at ``alpha`` (default 0.05) Bonferroni-corrected over the comparisons the
+  rule makes. It fails only where a worsening is shown, so equal models fail at most alpha of the time.
 Every rule may name ``model`` (default: every model in the report) and a ``name``.
 """
 
@@ -19,19 +21,20 @@ from __future__ import annotations
 
 import json
 import math
-from statistics import NormalDist
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 from xml.etree import ElementTree as ET
 
+import numpy as np
+
 from audit.errors import ConfigError, InputError
 from audit.io import atomic_path
-from audit.metrics import two_proportion_z_test
+from audit.metrics import paired_noninferiority
 from audit.toml import read_toml
 
 METRICS = ("san_fraction", "sar", "sar_class", "cmr_offdiag", "clean_auc", "clean_accuracy", "clean_macro_f1", "no_regression")
-RULE_KEYS = {"metric", "level", "max", "min", "class", "bound", "model", "name", "test", "alpha"}
+RULE_KEYS = {"metric", "level", "max", "min", "class", "bound", "model", "name", "test", "alpha", "margin"}
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,7 @@ def evaluate(report: Mapping[str, Any], rules: list[dict[str, Any]], baseline: M
                 out.append(Outcome(name, mname, value, f">= {rule['min']:g}", value >= rule["min"]))
                 continue
             if metric == "no_regression":
-                out.append(_regression(rule, model, baseline, two_proportion_z_test))
+                out.append(_regression(rule, model, baseline))
                 continue
             block = level_block(model, rule["level"], name)
             if metric == "san_fraction":
@@ -150,44 +153,43 @@ def evaluate(report: Mapping[str, Any], rules: list[dict[str, Any]], baseline: M
     return out
 
 
-def _regression(rule, model, baseline, ztest) -> Outcome:
+def _regression(rule, model, baseline) -> Outcome:
     name = rule["name"]
     if baseline is None:
         raise InputError(f"{name}: needs --baseline REPORT.json")
     base = next((m for m in baseline["models"] if m["name"] == model["name"]), None)
     if base is None:
         raise InputError(f"{name}: the baseline has no model named '{model['name']}'")
-    alpha = float(rule.get("alpha", 0.05))
+    alpha, margin = rule.get("alpha", 0.05), rule.get("margin", 0.0)
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha < 1:
+        raise ConfigError(f"{name}: alpha: expected a number in (0, 1), got {alpha!r}")
+    if not isinstance(margin, (int, float)) or isinstance(margin, bool) or not 0 <= margin < 1:
+        raise ConfigError(f"{name}: margin: expected a SAR difference in [0, 1), got {margin!r}")
     test = rule.get("test", "sar_class")
-    comparisons = []  # (description, z) with z > 0 meaning worse now
+    comparisons = []  # (description, NonInferiorityTest)
     levels = [rule["level"]] if "level" in rule else [b["level"] for b in model["levels"]]
     for level in levels:
         now, then = level_block(model, level, name), level_block(base, level, name)
-        if test == "cmr" and "CMR" in now:
-            for b, col in enumerate(now["CMR"]["class_order"]):
-                n_now = now["per_class"]["N_c"][b] * now["K"]
-                n_then = then["per_class"]["N_c"][b] * then["K"]
-                for a, row in enumerate(now["CMR"]["class_order"]):
-                    if a == b or not n_now or not n_then:
-                        continue
-                    p1, p0 = now["CMR"]["matrix"][a][b], then["CMR"]["matrix"][a][b]
-                    comparisons.append((f"CMR[{row},{col}] at {level:g}", ztest(p1, n_now, p0, n_then).z))
-        elif "per_class" in now:
-            for c, cls in enumerate(now["class_names"]):
-                n_now, n_then = now["per_class"]["N_c"][c] * now["K"], then["per_class"]["N_c"][c] * then["K"]
-                if n_now and n_then:
-                    comparisons.append((f"SAR[{cls}] at {level:g}", ztest(now["per_class"]["SAR"][c], n_now,
-                                                                           then["per_class"]["SAR"][c], n_then).z))
-        else:
-            n = now["N"] * now["K"]
-            comparisons.append((f"SAR at {level:g}", ztest(now["SAR_overall"], n, then["SAR_overall"], then["N"] * then["K"]).z))
+        if now["N"] != then["N"] or now["K"] != then["K"]:
+            raise InputError(f"{name}: the baseline audited N = {then['N']}, K = {then['K']} at {level:g}, this report "
+                             f"N = {now['N']}, K = {now['K']}; a paired comparison needs the same samples and K")
+        n_now, n_then = np.asarray(now["per_sample"]["n_flips"]), np.asarray(then["per_sample"]["n_flips"])
+        labels = now["per_sample"].get("clean_label")
+        groups = [(f"SAR at {level:g}", np.ones(n_now.size, bool))]
+        if test in ("sar_class", "cmr") and labels is not None and "per_class" in now:
+            labels = np.asarray(labels)
+            groups = [(f"SAR[{cls}] at {level:g}", labels == c) for c, cls in enumerate(now["class_names"]) if np.any(labels == c)]
+        for desc, members in groups:
+            comparisons.append((desc, paired_noninferiority(n_now[members], n_then[members], now["K"], margin)))
     if not comparisons:
         return Outcome(name, model["name"], None, "no significant worsening", True, "nothing to compare")
-    z_crit = NormalDist().inv_cdf(1 - alpha / len(comparisons))  # one-sided, Bonferroni
-    worst = max(comparisons, key=lambda c: c[1])
-    failed = [c for c in comparisons if c[1] > z_crit]
-    detail = ("worse: " + "; ".join(f"{d} (Z={z:.2f})" for d, z in failed)) if failed else f"largest Z {worst[1]:.2f} ({worst[0]})"
-    return Outcome(name, model["name"], float(worst[1]), f"Z <= {z_crit:.2f}", not failed, detail)
+    level_alpha = alpha / len(comparisons)  # Bonferroni over the comparisons
+    worst = max(comparisons, key=lambda c: c[1].difference)
+    failed = [(d, t) for d, t in comparisons if t.shows_regression(level_alpha)]
+    detail = ("worse: " + "; ".join(f"{d} (+{t.difference:.4f}, p={t.p_regression:.2g})" for d, t in failed)) if failed \
+        else f"largest difference {worst[1].difference:+.4f} ({worst[0]}, p={worst[1].p_regression:.2g}); paired test over samples"
+    return Outcome(name, model["name"], float(worst[1].difference), f"no paired worsening > {margin:g} at p <= {level_alpha:.3g}",
+                   not failed, detail)
 
 
 def table(outcomes: list[Outcome]) -> str:

@@ -3,10 +3,17 @@
 Round r runs draws k_{r} <= k < k_{r+1} of every sample at the levels some
 undecided rule still needs; the keys are those of the full campaign, so the
 draws seen after r rounds are exactly the first k_{r+1} draws of a full run.
-After each round a rule is decided when its confidence bounds (at level
-1 - error/rounds per look, so the chance of a wrong early verdict is at most
-``error`` per rule, Bonferroni over the looks) lie wholly on one side of its
-limit. What can be decided early:
+After each round a rule is decided when a one-sided exact bound lies on one
+side of its limit: the Clopper-Pearson bound on effective counts
+(``audit.metrics.exact_upper_bound`` / ``exact_lower_bound``: draws of one
+image are clustered) at level 1 - error/looks per look, so the chance of a
+wrong early verdict is at most ``error`` per rule (Bonferroni over the looks;
+at any true rate only one of the two wrong verdicts is possible). "Wrong" is
+judged against the SAR of the audited case set (the mean flip probability of
+these N images), which is what the full gate estimates. Wilson bounds were
+used before and are anti-conservative near zero: one flip in the first 200
+draws gave a lower bound of 5e-4 where the exact one is 1.3e-5.
+What can be decided early:
 - ``sar`` / ``sar_class`` on the estimate: pass when the upper bound <= max, fail when the lower bound > max;
 - ``san_fraction``: fail as soon as SAN / N > max (SAN only grows with K); pass at full K;
 - ``cmr_offdiag``: pass when every class's SAR upper bound <= max (an off-diagonal entry never exceeds
@@ -24,6 +31,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from audit.artifact import AuditedModel
 from audit.campaign import records
 from audit.campaign.run import run_campaign
@@ -31,6 +40,7 @@ from audit.config import AuditConfig
 from audit.data import open_source
 from audit.gate import Outcome, evaluate
 from audit.io import write_json
+from audit.metrics import exact_lower_bound, exact_upper_bound
 from audit.pipelines.run import open_models
 from audit.report.build import clean_performance, level_block
 
@@ -49,33 +59,42 @@ class Verdict:
     detail: str = ""
 
 
-def _early(rule: dict[str, Any], block: dict[str, Any]) -> tuple[bool | None, float | None, str]:
-    """(verdict or None if undecided, the bound that decided it, a note) from a partial block."""
+def bounded_verdict(flip_counts: Any, draws: int, limit: float, confidence: float) -> tuple[bool | None, float | None, str]:
+    """(pass, fail or None if undecided, the bound that decided, a note) for "pooled SAR <= limit" from per-sample
+    flip counts after ``draws`` draws each, with one-sided exact bounds at ``confidence``."""
+    counts = np.asarray(flip_counts)
+    if counts.size == 0:
+        return None, None, ""
+    hi = exact_upper_bound(counts, draws, confidence)
+    if hi <= limit:
+        return True, hi, "exact upper bound"
+    lo = exact_lower_bound(counts, draws, confidence)
+    if lo > limit:
+        return False, lo, "exact lower bound"
+    return None, None, ""
+
+
+def _early(rule: dict[str, Any], clean: records.CleanRecords, rec: records.LevelRecords, names: list[str],
+           confidence: float) -> tuple[bool | None, float | None, str]:
+    """(verdict or None if undecided, the bound that decided it, a note) from the draws so far."""
     metric, limit = rule["metric"], rule.get("max")
     if rule.get("bound") == "upper":
         return None, None, ""
+    counts, k = rec.flipped.sum(axis=1), rec.flipped.shape[1]
     if metric == "sar":
-        lo, hi = block["SAR_overall_ci"]
-        if hi is not None and hi <= limit:
-            return True, hi, "upper bound"
-        if lo is not None and lo > limit:
-            return False, lo, "lower bound"
-    elif metric == "sar_class":
-        names = block.get("class_names", [])
-        if str(rule["class"]) in names and "per_class" in block:
-            c = names.index(str(rule["class"]))
-            lo, hi = block["per_class"]["SAR_ci_low"][c], block["per_class"]["SAR_ci_high"][c]
-            if hi is not None and hi <= limit:
-                return True, hi, "upper bound"
-            if lo is not None and lo > limit:
-                return False, lo, "lower bound"
-    elif metric == "san_fraction":
-        if block["SAN_fraction"] > limit:
-            return False, block["SAN_fraction"], "SAN only grows with more draws"
-    elif metric == "cmr_offdiag" and "per_class" in block:
-        highs = [h for h, n in zip(block["per_class"]["SAR_ci_high"], block["per_class"]["N_c"]) if n]
+        return bounded_verdict(counts, k, limit, confidence)
+    if metric == "sar_class" and str(rule["class"]) in names:
+        members = clean.labels == names.index(str(rule["class"]))
+        return bounded_verdict(counts[members], k, limit, confidence)
+    if metric == "san_fraction":
+        frac = float(np.mean(counts > 0))
+        if frac > limit:
+            return False, frac, "SAN only grows with more draws"
+    elif metric == "cmr_offdiag" and names:
+        highs = [exact_upper_bound(counts[clean.labels == c], k, confidence) for c in range(len(names))
+                 if np.any(clean.labels == c)]
         if highs and max(highs) <= limit:
-            return True, max(highs), "largest class SAR upper bound"
+            return True, max(highs), "largest class SAR exact upper bound"
     return None, None, ""
 
 
@@ -122,7 +141,7 @@ def run_fast_gate(config: AuditConfig, rules: list[dict[str, Any]], out: Path, *
                 continue
             lv = next(v for v in noise.levels if math.isclose(v, rule["level"]))
             rec = records.load_level(out, m.name, lv, noise.level_key(lv), n, done_at[lv])
-            verdict, value, note = _early(rule, level_block(m, clean, rec, confidence=confidence))
+            verdict, value, note = _early(rule, clean, rec, list(m.head.labels_names), confidence)
             if verdict is not None:
                 limit = f"<= {rule['max']:g}"
                 verdicts[(i, m.name)] = Verdict(rule["name"], m.name, verdict, value, limit, done_at[lv], False,

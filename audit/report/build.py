@@ -20,7 +20,8 @@ import numpy as np
 from audit.campaign import records
 from audit.campaign.noise import NoiseSpec
 from audit.io import plain
-from audit.metrics import accuracy, binary_performance, delong_test, macro_f1, precision_recall_f1, robustness_summary, two_proportion_z_test
+from audit.metrics import (accuracy, binary_performance, delong_test, macro_f1, paired_sar_test, precision_recall_f1,
+                           robustness_summary, two_proportion_z_test)
 
 SCHEMA = "audit-report/1"
 WORST_CASES = 6
@@ -74,6 +75,8 @@ def level_block(model: Audited, clean: records.CleanRecords, rec: records.LevelR
         if rec.dice is not None:
             summary["dice_mean"] = float(np.nanmean(rec.dice))
     summary["level"] = rec.level
+    if head.n_classes:  # whose SAR_i is whose: the gate's paired per-class comparison needs it
+        summary["per_sample"]["clean_label"] = clean.labels.tolist()
     known = clean.true_labels >= 0
     if head.task == "binary" and known.any() and len(np.unique(clean.true_labels[known])) == 2:
         # Clean vs noisy AUC on the same cases (draw k = 0 of each sample), DeLong's test for correlated AUCs.
@@ -131,24 +134,25 @@ def compare_models(a: Audited, b: Audited, clean_a: records.CleanRecords, clean_
     """Decision-level equivalence of two artifacts of one model on the same draws.
 
     Per level: the agreement of their perturbed decisions, the CMR between them
-    (rows: B's label, columns: A's label, over all perturbed inferences), and the
-    two-proportion Z-test of their SARs overall and per class of A's clean label.
+    (rows: B's label, columns: A's label, over all perturbed inferences), and a
+    paired, cluster-aware test of their SARs (``audit.metrics.paired_sar_test``:
+    sign-flip permutation of the per-sample differences of flip counts; the
+    sample is the unit, since the models share samples and keyed draws), overall
+    and per class of A's clean label. Study 2's draw-level Z-test is kept beside
+    it as ``study_z``, labelled: it treats the N x K draws as independent.
     """
     c = a.head.n_classes
     out: dict[str, Any] = {"a": a.name, "b": b.name, "clean_agreement": float(np.mean(clean_a.labels == clean_b.labels)),
-                           "per_level": []}
+                           "test": PAIRED_TEST, "per_level": []}
     known = clean_a.true_labels >= 0
     if a.head.task == b.head.task == "binary" and known.any() and len(np.unique(clean_a.true_labels[known])) == 2:
         t = delong_test(clean_a.true_labels[known], clean_a.scores[known], clean_b.scores[known])
         out["clean_auc"] = {"a": t.auc_a, "b": t.auc_b, "z": t.z, "p_value": t.p_value, "test": "DeLong"}
     for level in levels_a:
         ra, rb = levels_a[level], levels_b[level]
-        n, k = ra.flipped.shape
         entry: dict[str, Any] = {"level": level, "decision_agreement": float(np.mean(ra.labels == rb.labels)),
                                  "flip_agreement": float(np.mean(ra.flipped == rb.flipped))}
-        sar_a, sar_b = float(ra.flipped.mean()), float(rb.flipped.mean())
-        z = two_proportion_z_test(sar_a, n * k, sar_b, n * k)
-        entry["SAR"] = {"a": sar_a, "b": sar_b, "z": z.z, "p_value": z.p_value, "rejects_equality_95": bool(z.rejects())}
+        entry["SAR"] = _paired(ra.flipped, rb.flipped)
         if c and a.head.n_classes == b.head.n_classes:
             counts = np.zeros((c, c))
             np.add.at(counts, (rb.labels.ravel(), ra.labels.ravel()), 1)
@@ -159,12 +163,25 @@ def compare_models(a: Audited, b: Audited, clean_a: records.CleanRecords, clean_
             for cls in range(c):
                 members = clean_a.labels == cls
                 if members.any():
-                    pa, pb = float(ra.flipped[members].mean()), float(rb.flipped[members].mean())
-                    zc = two_proportion_z_test(pa, int(members.sum()) * k, pb, int(members.sum()) * k)
-                    per_class.append({"class": a.head.labels_names[cls], "SAR_a": pa, "SAR_b": pb, "z": zc.z, "p_value": zc.p_value})
+                    per_class.append({"class": a.head.labels_names[cls], **_paired(ra.flipped[members], rb.flipped[members])})
             entry["per_class"] = per_class
         out["per_level"].append(entry)
     return out
+
+
+PAIRED_TEST = ("paired sign-flip permutation test of per-sample SAR_i differences (samples are the unit: draws of "
+               "one image are clustered and both models see the same keyed draws); CI: cluster-robust t")
+
+
+def _paired(flips_a: np.ndarray, flips_b: np.ndarray) -> dict[str, Any]:
+    """The paired test of two models' SAR on the same samples and draws, with the study's Z-test beside it."""
+    t = paired_sar_test(flips_a, flips_b)
+    n, k = flips_a.shape
+    z = two_proportion_z_test(t.sar_a, n * k, t.sar_b, n * k)
+    return {"a": t.sar_a, "b": t.sar_b, "difference": t.difference, "ci": [t.ci_low, t.ci_high], "p_value": t.p_value,
+            "samples": t.n_samples, "discordant_samples": t.n_discordant, "method": t.method,
+            "rejects_equality_95": bool(t.rejects(0.05)),
+            "study_z": {"z": z.z, "p_value": z.p_value, "note": "study 2's formula; treats draws as independent"}}
 
 
 def build_report(out: Path, models: Sequence[Audited], source: Any, noise: NoiseSpec, timing: dict[str, Any],

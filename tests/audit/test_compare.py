@@ -58,7 +58,7 @@ def test_same_draws_for_every_model_and_spread(tmp_path, planted):
     report = build_report(tmp_path / "out", models, source, noise, stats.to_dict())
     (cmp,) = report["comparisons"]
     for entry in cmp["per_level"]:
-        assert entry["decision_agreement"] == 1.0 and entry["SAR"]["z"] == 0.0
+        assert entry["decision_agreement"] == 1.0 and entry["SAR"]["difference"] == 0.0 and entry["SAR"]["p_value"] == 1.0
     spread = report["spread"]["per_level"][0]
     assert spread["models"] == 2 and spread["SAR_overall_std"] == 0.0
     assert spread["models_with_any_flip"] in (0, 2)

@@ -63,3 +63,28 @@ def test_bad_retrain_config_exits_2(tmp_path, capsys, body, match):
     assert main(["retrain", str(cfg), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err
+
+
+def test_adaptive_training_with_its_own_nps_ascent_runs_end_to_end(quick_nodule, tmp_path, capsys):
+    """Study 1's Algorithm 2 with study 1's own attack (NPS-projected ascent at the [noise] dose): one round on the
+    quick model, from the CLI; the attack is planned as audit attack plans it (its NPS, spacing, parity check)."""
+    _, _, cache = quick_nodule
+    cfg = tmp_path / "retrain.toml"
+    cfg.write_text(f'[model]\nname = "nodule3d"\nquick = true\ncache_dir = "{cache}"\n\n'
+                   '[retrain]\nmode = "adaptive"\nrounds = 1\nepochs = 1\ntrain_samples = 16\ntest_samples = 16\naudit = false\n\n'
+                   '[attack]\nname = "nps_ascent"\nrestarts = 2\n\n'
+                   '[noise]\nkind = "nps"\nlevels = [10]\n')
+    out = tmp_path / "rt"
+    assert main(["retrain", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "retrain.json").read_text())
+    assert [r["round"] for r in report["rounds"]] == [0, 1]
+    assert report["config"]["attack"]["name"] == "nps_ascent"
+    assert (out / "nodule3d-round1.onnx").is_file()
+
+
+def test_retrain_attack_parameters_are_checked_before_anything_loads(tmp_path, capsys):
+    cfg = tmp_path / "r.toml"
+    cfg.write_text('[attack]\nname = "nps_ascent"\nstepz = 2\n')
+    assert main(["retrain", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "attack.stepz: unknown parameter of attack 'nps_ascent'" in err and not (tmp_path / "o").exists()
