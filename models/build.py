@@ -119,7 +119,7 @@ def _run(recipe: registry.Recipe, out: Path, *, progress: bool | None, log: Call
         for split in splits:
             stem = f"{recipe.model}-r{r}-f{split.fold}"
             t1 = time.perf_counter()
-            res = training.train(bp, recipe, data, split, seed, progress=progress,
+            res = training.train(bp, recipe, data, split, seed, progress=progress, log=log,
                                  desc=f"{recipe.model} r{r} f{split.fold}")
             test = training.evaluate(bp, res.net, data, split.test)
             t2 = time.perf_counter()

@@ -19,7 +19,7 @@ import copy
 import hashlib
 import sys
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -125,8 +125,11 @@ def evaluate(bp: Blueprint, net: torch.nn.Module, data: Data, idx: np.ndarray) -
 
 
 def train(bp: Blueprint, recipe: Recipe, data: Data, split: Split, seed: int, *, progress: bool | None = None,
-          desc: str = "") -> TrainResult:
-    """Train one model on ``split.train`` and keep the epoch with the best validation score."""
+          desc: str = "", log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train one model on ``split.train`` and keep the epoch with the best validation score.
+
+    Progress: a bar per epoch on a terminal; otherwise one ``log`` line per epoch (loss, validation score), so
+    a long build is never silent in a log."""
     progress = show_progress() if progress is None else progress
     augment = AUGMENTATIONS[bp.augment] if bp.augment else None
     with deterministic(seed):
@@ -160,6 +163,9 @@ def train(bp: Blueprint, recipe: Recipe, data: Data, split: Split, seed: int, *,
             if bar is not None:
                 bar.set_postfix(loss=f"{total / order.size:.4f}", val=f"{score:.4f}")
                 bar.close()
+            elif log is not None:
+                log(f"{desc.strip()} epoch {epoch + 1}/{recipe.epochs}: train loss {total / order.size:.4f}, "
+                    f"validation score {score:.4f}".strip())
             if score > best or best_state is None:
                 best, best_state, best_epoch, best_metrics = score, copy.deepcopy(net.state_dict()), epoch + 1, m
         net.load_state_dict(best_state)

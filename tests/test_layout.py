@@ -153,7 +153,7 @@ def test_the_checker_finds_what_it_forbids(tmp_path):
 
 
 def test_gate_loads_neither_campaign_nor_engines(tmp_path):
-    report = ROOT / "tests" / "audit" / "data" / "demo_quick_report_v0.json"
+    report = ROOT / "tests" / "audit" / "data" / "demo_quick_report.json"
     policy = tmp_path / "policy.toml"
     policy.write_text('[[rule]]\nmetric = "sar"\nlevel = 10\nmax = 0.5\n')
     probe = (

@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     report, stats = run_demo(args.out, quick=args.quick, progress=args.progress, log=partial(print, flush=True))
     print(summary_table(report))
-    print(f"{stats.inferences} inferences in {stats.seconds:.1f} s; reports: {args.out / 'report.json'}, "
-          f"{args.out / 'report.html'}, {args.out / 'junit.xml'}")
+    done = (f"{stats.inferences} inferences in {stats.seconds:.1f} s" if stats.inferences else
+            f"the finished audit in {args.out} was reused (delete the folder to run it again)")
+    print(f"{done}; reports: {args.out / 'report.json'}, {args.out / 'report.html'}, {args.out / 'junit.xml'}")
     return 0

@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("report", type=Path)
     p.add_argument("--policy", type=Path, required=True, help="policy file (TOML) of [[rule]] tables; see README")
     p.add_argument("--baseline", type=Path, help="an earlier report.json for no_regression rules")
-    p.add_argument("--junit", type=Path, default=Path("gate-junit.xml"), help="JUnit XML with one test case per rule")
+    p.add_argument("--junit", type=Path, default=None, help="also write JUnit XML with one test case per rule here")
     p.set_defaults(func=run)
 
 
@@ -23,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
     baseline = load_report(args.baseline) if args.baseline else None
     outcomes = evaluate(report, rules, baseline)
     print(table(outcomes))
-    write_junit(args.junit, outcomes)
+    if args.junit is not None:
+        write_junit(args.junit, outcomes)
     failed = sum(not o.passed for o in outcomes)
     print(f"gate: {'FAILED' if failed else 'passed'} ({failed} of {len(outcomes)} checks violated)")
     return 1 if failed else 0

@@ -35,6 +35,8 @@ def register(subparsers) -> None:
     bp.add_argument("--samples", type=int, help="phantom samples in all, test split included (default: the recipe's)")
     bp.add_argument("--quick", action="store_true", help="the CI-sized recipe (smaller data, fewer epochs)")
     bp.add_argument("--out", required=True, help="output directory (created if missing)")
+    bp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="progress bars (default: on a terminal, off under CI; one line per epoch otherwise)")
     bp.set_defaults(func=_build)
 
 
@@ -43,9 +45,12 @@ def _list(args: argparse.Namespace) -> int:
         print(f"{e.name:<12} {e.description}")
         print(f"{'':<12} variants: {', '.join(e.variants)}")
         d, q = e.default, e.quick
-        print(f"{'':<12} recipe: {d['samples']} samples, {d['epochs']} epochs, {d['folds']} folds; "
-              f"--quick: {q['samples']} samples, {q['epochs']} epochs, {q['folds']} fold")
+        print(f"{'':<12} recipe: {_recipe(d)}; --quick: {_recipe(q)}")
     return 0
+
+
+def _recipe(r: dict) -> str:
+    return f"{r['samples']} samples, {r['epochs']} epochs, {r['folds']} fold{'s' * (r['folds'] != 1)}"
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -53,7 +58,7 @@ def _build(args: argparse.Namespace) -> int:
         print(line, flush=True)
 
     result = build(args.name, args.variant, out=args.out, folds=args.folds, repeats=args.repeats, quick=args.quick,
-                   seed=args.seed, epochs=args.epochs, samples=args.samples, log=log)
+                   seed=args.seed, epochs=args.epochs, samples=args.samples, progress=args.progress, log=log)
     summary = result.metrics["summary"]
     parts = [f"{k} {v['mean']:.3f} (min {v['min']:.3f})" for k, v in summary.items()
              if k in ("auc", "macro_f1", "accuracy", "mae", "dice", "contour_mae_mm")]

@@ -63,7 +63,7 @@ def run_check(args: argparse.Namespace) -> int:
     print(f"{'':12}{'target':>10}{'measured':>10}")
     print(f"{'sigma (HU)':12}{sigma_t:10.3f}{float(noise.std()):10.3f}")
     print(f"{'f_av (1/mm)':12}{fav_t:10.4f}{fav_m:10.4f}")
-    print(f"{'f_peak':12}{fpk_t:10.4f}{fpk_m:10.4f}")
+    print(f"{'f_peak (1/mm)':12}{fpk_t:10.4f}{fpk_m:10.4f}")
     print(f"worst radial-bin error in the checked band: {100 * worst:.2f}%")
     print(f"wrote {args.out}")
     return 0

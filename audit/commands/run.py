@@ -21,13 +21,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "instance) or a cluster address; needs the ray extra")
     p.add_argument("--ray-actors", type=int, default=None, help="number of actors (default: the cluster's CPUs)")
     p.add_argument("--ray-gpus", type=float, default=0.0, help="GPUs per actor (1 = one GPU each)")
+    p.add_argument("--policy", type=Path, default=None,
+                   help="gate policy (TOML): its verdict heads the report; exit 1 if a rule is violated")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     report = run_config(config, args.out, resume=args.resume, progress=args.progress, ray=args.ray,
-                        ray_actors=args.ray_actors, ray_gpus=args.ray_gpus)
+                        ray_actors=args.ray_actors, ray_gpus=args.ray_gpus, policy=args.policy)
     print(summary_table(report))
     print(f"reports: {args.out / 'report.json'}, {args.out / 'report.html'}, {args.out / 'junit.xml'}")
-    return 0
+    verdict = report["summary"]["verdict"]
+    if verdict is not None:
+        print(f"gate ({args.policy}): {verdict}")
+    return 1 if verdict == "fail" else 0

@@ -58,6 +58,7 @@ class OnnxRuntimeEngine(Engine):
 
     def __init__(self, path: str | Path, *, providers: Sequence[str] | None = None, threads: int = 0,
                  optimization: str = "all", session: Any = None) -> None:
+        self.threads, self.optimization = int(threads), str(optimization)  # 0 threads: ONNX Runtime's default
         import onnxruntime as ort
 
         path = Path(path)
@@ -114,4 +115,5 @@ class OnnxRuntimeEngine(Engine):
         return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "path": str(self.path), "sha256": self.sha256, "providers": self.providers}
+        return {**super().describe(), "path": str(self.path), "sha256": self.sha256, "providers": self.providers,
+                "threads": self.threads, "optimization": self.optimization}

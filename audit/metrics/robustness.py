@@ -232,7 +232,7 @@ class RobustnessSummary:
             "SAN": self.san,
             "SAN_fraction": plain(self.san_fraction),
             "SAN_fraction_ci": [plain(self.san_fraction_low), plain(self.san_fraction_high)],
-            "SAN_fraction_ci_method": "wilson",
+            "SAN_fraction_ci_method": "clopper_pearson",
             "SAR_overall": plain(self.overall_sar),
             "SAR_overall_ci": [plain(self.overall_sar_low), plain(self.overall_sar_high)],
             "per_sample": {
@@ -267,8 +267,8 @@ def robustness_summary(
     class_names: Sequence[str] | None = None,
     *,
     confidence: float = 0.95,
-    class_ci_method: str = "cluster_wilson",
-    sample_ci_method: str = "wilson",
+    class_ci_method: str = "cluster_exact",
+    sample_ci_method: str = "clopper_pearson",
     thresholds=None,
     n_boot: int = 2000,
     seed: int | np.random.Generator = 0,
@@ -306,7 +306,8 @@ def robustness_summary(
     sar = n_i / k
     sar_low, sar_high = binomial_interval(n_i, np.full(n, k), conf, sample_ci_method)
     san = int(np.count_nonzero(n_i))
-    san_low, san_high = binomial_interval(san, n, conf, "wilson")
+    # Exact by default: these rates are often near 0, where Wilson's bounds are anti-conservative.
+    san_low, san_high = binomial_interval(san, n, conf, "clopper_pearson")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     class_low, class_high = class_attack_rate_intervals(
         y, p, c, conf, method=class_ci_method, n_boot=n_boot, seed=rng

@@ -13,10 +13,12 @@ from audit.campaign.run import CampaignStats, run_campaign
 from audit.config import AuditConfig
 from audit.data import Source, open_source
 from audit.errors import ConfigError
+from audit.gate import evaluate, load_policy
 from audit.io import write_json
 from audit.pipelines.attack import plan_attacks
 from audit.pipelines.scan_arm import phantom_scanner_arm, scan_arm
 from audit.report import attach_dicom, build_report, render_report, write_cases, write_junit, write_nps_figure
+from audit.report.build import attach_gate
 
 
 def open_models(config: AuditConfig) -> list[AuditedModel]:
@@ -25,10 +27,15 @@ def open_models(config: AuditConfig) -> list[AuditedModel]:
 
 def write_reports(out: Path, models: Sequence[AuditedModel], source: Source, noise: NoiseSpec, stats: CampaignStats, *,
                   worst: int = 6, dicom: bool = False, pacs: Any = None, attacks: Sequence[dict] = (),
-                  scan_arm: Sequence[dict] | None = None, build: dict | None = None) -> dict[str, Any]:
-    """report.json, the figure files, report.html and junit.xml of a finished campaign."""
+                  scan_arm: Sequence[dict] | None = None, build: dict | None = None,
+                  policy: Path | None = None) -> dict[str, Any]:
+    """report.json, the figure files, report.html and junit.xml of a finished campaign; with ``policy`` the gate's
+    verdict on the report heads it."""
+    rules = load_policy(policy) if policy is not None else None
     report = build_report(out, models, source, noise, stats.to_dict(), worst=worst, attacks=attacks, scan_arm=scan_arm,
                           build=build)
+    if rules is not None:
+        attach_gate(report, str(policy), evaluate(report, rules))
     windows = {m.name: m.preprocess.window for m in models}
     attach_dicom(report, write_cases(out, report, source, noise, windows, dicom=dicom, pacs=pacs))
     write_nps_figure(out, noise, source.shape, source.spacing)
@@ -39,8 +46,12 @@ def write_reports(out: Path, models: Sequence[AuditedModel], source: Source, noi
 
 
 def run_config(config: AuditConfig, out: Path, *, resume: bool = False, progress: bool | None = None,
-               ray: str | None = None, ray_actors: int | None = None, ray_gpus: float = 0.0) -> dict[str, Any]:
-    """Run the campaign (in this process, or over Ray with ``ray`` = "auto" or an address) and write the reports."""
+               ray: str | None = None, ray_actors: int | None = None, ray_gpus: float = 0.0,
+               policy: Path | None = None) -> dict[str, Any]:
+    """Run the campaign (in this process, or over Ray with ``ray`` = "auto" or an address) and write the reports;
+    ``policy``: a gate policy whose verdict heads the report (checked before anything runs)."""
+    if policy is not None:
+        load_policy(policy)
     models = open_models(config)
     source = open_source(config.data, pacs=config.pacs)
     options = config.run if progress is None else dataclasses.replace(config.run, progress=progress)
@@ -64,7 +75,7 @@ def run_config(config: AuditConfig, out: Path, *, resume: bool = False, progress
     attacks = [block for plan in plans
                for block in plan.run(hu, progress=options.progress, prefix=f"{plan.model.name}: " if len(models) > 1 else "")]
     return write_reports(out, models, source, config.noise, stats, worst=config.worst, dicom=config.dicom_cases,
-                         pacs=config.pacs, attacks=attacks, scan_arm=arm)
+                         pacs=config.pacs, attacks=attacks, scan_arm=arm, policy=policy)
 
 
 def summary_table(report: dict[str, Any]) -> str:

@@ -11,7 +11,9 @@ models (study 2) and timing.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import platform
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -20,8 +22,18 @@ import numpy as np
 from audit.campaign import records
 from audit.campaign.noise import NoiseSpec
 from audit.io import plain
-from audit.metrics import (accuracy, binary_performance, delong_test, macro_f1, paired_sar_test, precision_recall_f1,
-                           robustness_summary, two_proportion_z_test)
+from audit.metrics import (
+    accuracy,
+    binary_performance,
+    delong_test,
+    macro_f1,
+    paired_sar_test,
+    precision_recall_f1,
+    robustness_summary,
+    two_proportion_z_test,
+)
+from audit.metrics.dose_response import fit_critical_dose
+from kernels import grid_variance
 
 SCHEMA = "audit-report/1"
 WORST_CASES = 6
@@ -85,8 +97,8 @@ def level_block(model: Audited, clean: records.CleanRecords, rec: records.LevelR
     return summary
 
 
-def worst_cases(rec_by_level: dict[float, records.LevelRecords], noise: NoiseSpec, ids: Sequence[str],
-                limit: int) -> list[dict]:
+def worst_cases(rec_by_level: dict[float, records.LevelRecords], clean: records.CleanRecords, noise: NoiseSpec,
+                ids: Sequence[str], limit: int) -> list[dict]:
     """The samples that flip most at the lowest dose (or largest stress), with one flipping draw's key."""
     levels = sorted(rec_by_level, reverse=noise.kind != "nps")
     cases: list[dict] = []
@@ -100,6 +112,7 @@ def worst_cases(rec_by_level: dict[float, records.LevelRecords], noise: NoiseSpe
                 continue
             k = int(np.argmax(rec.flipped[i]))
             cases.append({"sample": int(i), "id": ids[i], "level": level, "k": k, "SAR": float(n_i[i] / rec.flipped.shape[1]),
+                          "clean_label": int(clean.labels[i]), "clean_score": float(clean.scores[i]),
                           "noisy_label": int(rec.labels[i, k]), "noisy_score": float(rec.scores[i, k]),
                           "key": noise.key(int(i), level, k)})
         if len(cases) >= limit:
@@ -200,7 +213,7 @@ def build_report(out: Path, models: Sequence[Audited], source: Any, noise: Noise
             **m.describe(),
             "clean": clean_performance(m, clean),
             "levels": [level_block(m, clean, by_level[lv]) for lv in noise.levels],
-            "worst_cases": worst_cases(by_level, noise, source.ids, worst),
+            "worst_cases": worst_cases(by_level, clean, noise, source.ids, worst),
         })
     comparisons = []
     if 2 <= len(loaded) <= MAX_COMPARED_MODELS:
@@ -215,7 +228,7 @@ def build_report(out: Path, models: Sequence[Audited], source: Any, noise: Noise
     report = {
         "schema": SCHEMA,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "tool": {"name": "ct-robustness-audit", "python": platform.python_version()},
+        "tool": provenance(),
         "data": data,
         "noise": noise.to_dict(),
         "models": model_blocks,
@@ -228,7 +241,70 @@ def build_report(out: Path, models: Sequence[Audited], source: Any, noise: Noise
         report["scan_arm"] = list(scan_arm)
     if build:
         report["build"] = build
+    report["summary"] = summary(model_blocks, loaded, source, noise)
     return plain(report)
+
+
+#: SAR targets of the critical dose (1% and 5%), after FDA's LCD-CT dose-reduction reporting.
+CRITICAL_SAR = (0.01, 0.05)
+
+
+def provenance() -> dict[str, Any]:
+    """The tool and the library versions that produced a report."""
+    versions = {}
+    for name in ("ct-robustness-audit", "numpy", "scipy", "onnxruntime", "onnx", "torch", "pydicom"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"name": "ct-robustness-audit", "version": versions.pop("ct-robustness-audit"),
+            "python": platform.python_version(), "libraries": versions}
+
+
+def noise_sigma(noise: NoiseSpec, shape: Sequence[int], spacing: Sequence[float]) -> list[float | None]:
+    """Pixel sigma (HU) of the noise each level adds on the data's grid (None where it depends on the image)."""
+    if noise.kind == "nps":
+        model = noise.dose_model(shape, spacing)
+        grid = tuple(shape[-2:]), tuple(spacing[-2:])
+        return [math.sqrt(grid_variance(model.nps_at(lv).on_grid(*grid), *grid)) for lv in noise.levels]
+    if noise.kind == "gaussian":
+        return [float(lv) for lv in noise.levels]
+    if noise.kind == "uniform":
+        return [float(lv) / math.sqrt(3.0) for lv in noise.levels]
+    return [None for _ in noise.levels]
+
+
+def summary(model_blocks: list[dict[str, Any]], loaded: list, source: Any, noise: NoiseSpec) -> dict[str, Any]:
+    """The verdict-first block: what was audited, the noise, the headline per level and the critical dose."""
+    spec = noise.to_dict()
+    out: dict[str, Any] = {
+        "verdict": None, "gate": None,
+        "data": {"source": getattr(source, "name", "data"), "N": len(source), "shape": list(source.shape),
+                 "spacing_mm": list(source.spacing)},
+        "noise": {"kind": noise.kind, "mode": spec.get("mode", "add"), "preset": spec.get("preset"),
+                  "level_unit": spec["level_unit"], "levels": list(noise.levels), "draws": noise.draws,
+                  "sigma_hu": noise_sigma(noise, source.shape, source.spacing)},
+        "models": [],
+    }
+    for block, (m, clean, by_level) in zip(model_blocks, loaded):
+        entry: dict[str, Any] = {
+            "name": block["name"], "sha256": block["engine"].get("sha256"), "engine": block["engine"].get("backend"),
+            "per_level": [{"level": b["level"], "N": b["N"], "K": b["K"], "SAN": b["SAN"], "SAN_fraction": b["SAN_fraction"],
+                           "SAN_fraction_ci": b["SAN_fraction_ci"], "SAR": b["SAR_overall"], "SAR_ci": b["SAR_overall_ci"]}
+                          for b in block["levels"]],
+            "critical_dose": None}
+        if noise.kind == "nps" and len(noise.levels) >= 3:
+            counts = np.stack([by_level[lv].flipped.sum(axis=1) for lv in noise.levels])
+            fits = fit_critical_dose(np.asarray(noise.levels, float), counts, noise.draws, targets=CRITICAL_SAR)
+            entry["critical_dose"] = [{"target": t, **f.to_dict()} for t, f in zip(CRITICAL_SAR, fits)]
+        out["models"].append(entry)
+    return out
+
+
+def attach_gate(report: dict[str, Any], policy: str, outcomes: Sequence[Any]) -> None:
+    """The gate's verdict on this report (``audit run --policy``): on the page, first."""
+    report["summary"]["gate"] = {"policy": policy, "outcomes": [plain(dict(o.__dict__)) for o in outcomes]}
+    report["summary"]["verdict"] = "pass" if all(o.passed for o in outcomes) else "fail"
 
 
 def attach_dicom(report: dict[str, Any], links: dict[tuple[str, int], dict[str, Any]]) -> None:

@@ -9,9 +9,10 @@ import pytest
 
 from audit.errors import InputError
 from audit.metrics import (
+    clopper_pearson_interval,
+    cluster_exact_interval,
     class_attack_rate,
     class_attack_rate_intervals,
-    cluster_wilson_interval,
     cmr_counts,
     confusion_matrix_for_robustness,
     exceedance_curve,
@@ -20,7 +21,6 @@ from audit.metrics import (
     sample_attack_rate,
     san_fraction,
     successful_attack_number,
-    wilson_interval,
 )
 
 # N = 4 samples, K = 3 draws, 3 classes.
@@ -114,17 +114,17 @@ def test_summary_hand_case_and_json():
     assert d["per_sample"]["n_flips"] == [1, 0, 2, 0]
     assert d["per_class"]["N_c"] == [2, 1, 1, 0]
     assert d["per_class"]["SAR"][:3] == pytest.approx([1 / 6, 2 / 3, 0]) and d["per_class"]["SAR"][3] is None
-    assert d["per_class"]["SAR_ci_low"][3] is None and d["per_class"]["ci_method"] == "cluster_wilson"
+    assert d["per_class"]["SAR_ci_low"][3] is None and d["per_class"]["ci_method"] == "cluster_exact"
     assert [row[3] for row in d["CMR"]["matrix"]] == [None] * 4
     assert d["CMR"]["counts"][2] == [0, 2, 3, 0] and d["CMR"]["class_order"] == ["lung", "liver", "head", "pelvis"]
     assert d["exceedance"] == {"thresholds": [0.0, 0.5, 1.0], "fraction": [0.5, 0.25, 0.0]}
     assert d["SAR_overall"] == pytest.approx(3 / 12)
-    # Per-sample intervals are Wilson on (n_i, K); SAN fraction Wilson on (SAN, N).
-    assert d["per_sample"]["SAR_ci_high"][1] == pytest.approx(wilson_interval(0, 3)[1])
-    assert d["SAN_fraction_ci"] == pytest.approx(list(wilson_interval(2, 4)))
-    # Class 0 pools samples 0 and 1 (n_i = 1, 0); the default interval is the cluster-aware one.
-    assert d["per_class"]["SAR_ci_high"][0] == pytest.approx(cluster_wilson_interval([1, 0], 3)[1])
-    assert d["SAR_overall_ci"] == pytest.approx(list(cluster_wilson_interval([1, 0, 2, 0], 3)))
+    # Exact by default (rates near 0): per-sample Clopper-Pearson on (n_i, K); SAN fraction on (SAN, N).
+    assert d["per_sample"]["SAR_ci_high"][1] == pytest.approx(clopper_pearson_interval(0, 3)[1])
+    assert d["SAN_fraction_ci"] == pytest.approx(list(clopper_pearson_interval(2, 4)))
+    # Class 0 pools samples 0 and 1 (n_i = 1, 0); the default interval is the cluster-aware exact one.
+    assert d["per_class"]["SAR_ci_high"][0] == pytest.approx(cluster_exact_interval([1, 0], 3)[1])
+    assert d["SAR_overall_ci"] == pytest.approx(list(cluster_exact_interval([1, 0, 2, 0], 3)))
 
 
 def test_summary_bootstrap_is_seeded_and_methods_selectable():
