@@ -1,4 +1,4 @@
-"""The main job: ``audit demo --quick`` end to end on the CI-sized reference model (build shared with tests/models)."""
+"""The main job: ``audit demo`` on the shipped reference model, and ``--quick --train`` on the CI-sized build."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def test_quick_demo_writes_reports_and_reuses_a_finished_run(quick_nodule, tmp_p
     _, _, cache = quick_nodule
     env = {**os.environ, "AUDIT_CACHE_DIR": str(cache)}
     out = tmp_path / "demo"
-    first = subprocess.run([sys.executable, "-m", "audit", "demo", "--quick", "--out", str(out)], capture_output=True, text=True, env=env)
+    first = subprocess.run([sys.executable, "-m", "audit", "demo", "--quick", "--train", "--out", str(out)], capture_output=True, text=True, env=env)
     assert first.returncode == 0, first.stderr
     report = json.loads((out / "report.json").read_text())
     check_report(report)
@@ -25,5 +25,21 @@ def test_quick_demo_writes_reports_and_reuses_a_finished_run(quick_nodule, tmp_p
     sar = [b["SAR_overall"] for b in model["levels"]]
     assert sar[0] >= sar[-1]  # more noise (10 mAs) flips at least as often as little noise (500 mAs)
     assert "SAN" in first.stdout and (out / "report.html").is_file() and (out / "junit.xml").is_file()
-    again = subprocess.run([sys.executable, "-m", "audit", "demo", "--quick", "--out", str(out)], capture_output=True, text=True, env=env)
-    assert again.returncode == 0 and "0 inferences" in again.stdout  # finished shards are reused
+    again = subprocess.run([sys.executable, "-m", "audit", "demo", "--quick", "--train", "--out", str(out)], capture_output=True, text=True, env=env)
+    assert again.returncode == 0 and "was reused" in again.stdout  # finished shards are reused
+
+
+def test_demo_audits_the_shipped_model_without_training(tmp_path, monkeypatch, capsys):
+    """On a fresh clone the main job needs no build: the shipped artifact is audited at once (nothing is cached)."""
+    from audit.cli import main
+
+    cache = tmp_path / "empty-cache"
+    monkeypatch.setenv("AUDIT_CACHE_DIR", str(cache))
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    check_report(report)
+    assert report["build"]["shipped"] is True and report["build"]["test_metrics"]["auc"] >= 0.85
+    assert report["summary"]["models"][0]["critical_dose"] is not None
+    assert not (cache / "models").exists()  # nothing was trained
+    assert "shipped reference nodule3d model" in capsys.readouterr().out
