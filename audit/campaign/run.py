@@ -58,12 +58,16 @@ class CampaignStats:
     noise_seconds: float = 0.0
     engine_seconds: float = 0.0
     per_model: dict[str, float] = field(default_factory=dict)
+    retries: list[dict[str, Any]] = field(default_factory=list)  # scale-out: blocks redone after a lost worker
 
     def to_dict(self) -> dict[str, Any]:
         rate = self.inferences / self.seconds if self.seconds else 0.0
-        return {"inferences": self.inferences, "shards_run": self.shards_run, "shards_reused": self.shards_reused,
-                "wall_seconds": round(self.seconds, 3), "noise_seconds": round(self.noise_seconds, 3),
-                "engine_seconds": round(self.engine_seconds, 3), "images_per_second": round(rate, 2)}
+        out = {"inferences": self.inferences, "shards_run": self.shards_run, "shards_reused": self.shards_reused,
+               "wall_seconds": round(self.seconds, 3), "noise_seconds": round(self.noise_seconds, 3),
+               "engine_seconds": round(self.engine_seconds, 3), "images_per_second": round(rate, 2)}
+        if self.retries:
+            out["ray_retries"] = list(self.retries)
+        return out
 
 
 def fingerprint(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, options: RunOptions) -> str:
@@ -95,10 +99,16 @@ class Plan:
 
 
 def start_store(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, out: Path, options: RunOptions,
-                resume: bool) -> None:
-    """Check or write ``campaign.json``: a fresh run needs a fresh folder, ``resume`` the same campaign."""
+                resume: bool, create: bool = True) -> None:
+    """Check or write ``campaign.json``: a fresh run needs a fresh folder, ``resume`` the same campaign.
+
+    ``create=False`` (a scale-out worker) never writes it: a missing marker means this worker does not see the
+    driver's output folder."""
     fp = fingerprint(models, source, noise, options)
     marker = out / "campaign.json"
+    if not create and not marker.exists():
+        raise InputError(f"{out}: no campaign.json where the driver wrote one: this worker does not see the driver's "
+                         "output folder (scale-out needs a filesystem every node mounts at the same path)")
     if marker.exists():
         previous = json.loads(marker.read_text()).get("fingerprint")
         if not resume:
@@ -223,7 +233,8 @@ class Consumer:
 
 def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, out: Path, options: RunOptions = RunOptions(),
                  *, resume: bool = False, draws: tuple[int, int] | None = None,
-                 levels: Sequence[float] | None = None, blocks: Sequence[int] | None = None) -> CampaignStats:
+                 levels: Sequence[float] | None = None, blocks: Sequence[int] | None = None,
+                 create_store: bool = True) -> CampaignStats:
     """Run (or finish, with ``resume``) a campaign; records land under ``out/records``.
 
     ``draws = (k0, k1)`` runs only draws k0 <= k < k1 (the sequential gate's rounds; the keys are
@@ -239,7 +250,7 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
         raise ConfigError(f"models: names must be unique, got {names}")
     for m in models:
         m.check_input(source)
-    start_store(models, source, noise, out, options, resume)
+    start_store(models, source, noise, out, options, resume, create_store)
     if resume and blocks is None:
         remove_stale_temps(out)  # writes cut short when the earlier run was killed
     work = plan(models, len(source), noise, out, options, draws=draws, levels=levels, blocks=blocks)

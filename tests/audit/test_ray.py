@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from audit.config import load_config
 from audit.pipelines.run import run_config
-from audit.campaign.ray import run_on_ray
+from audit.campaign.ray import _open, run_on_ray
+from audit.campaign.run import RunOptions, run_campaign
+from audit.errors import InputError
 from tests.audit.conftest import REGION, planted_images, write_config, write_manifest
 from tests.audit.planted import region_means
 
@@ -73,3 +76,22 @@ def test_missing_ray_is_explained(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
     with pytest.raises(USER_ERRORS, match=r"ct-robustness-audit\[ray\]"):
         optional_import("ray")
+
+
+def test_relative_out_means_the_drivers_folder(local_ray, config, tmp_path, monkeypatch):
+    """A relative --out is resolved on the driver before anything is shipped: the records land beside the
+    driver's campaign.json, wherever the actors' working folder is."""
+    monkeypatch.chdir(tmp_path)
+    stats = run_on_ray(config, Path("rel-out"))
+    assert stats.inferences == 48 * 40 * 2
+    assert (tmp_path / "rel-out" / "campaign.json").is_file()
+    assert len(list((tmp_path / "rel-out" / "records").rglob("shard-*.parquet"))) == 8 * 2
+
+
+def test_a_worker_that_cannot_see_the_store_never_creates_one(tmp_path, planted, config):
+    """What an actor without the shared folder meets: one line naming the cause, and no store of its own."""
+    models, source = _open(config)
+    with pytest.raises(InputError, match="does not see the driver's output folder"):
+        run_campaign(models, source, config.noise, tmp_path / "elsewhere", RunOptions(shard_samples=6), resume=True,
+                     blocks=[0], create_store=False)
+    assert not (tmp_path / "elsewhere").exists()
