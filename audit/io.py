@@ -18,6 +18,7 @@ import shutil
 import stat
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -103,12 +104,22 @@ def is_temp(path: Path) -> bool:
     return path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX)
 
 
-def remove_stale_temps(root: str | os.PathLike) -> int:
-    """Remove every temporary file or folder a killed write left anywhere under ``root``; returns how many."""
+def remove_stale_temps(root: str | os.PathLike, *, older_than: float | None = None, recursive: bool = True) -> int:
+    """Remove every temporary file or folder a killed write left under ``root`` (anywhere, or directly in it when
+    not ``recursive``); with ``older_than`` (seconds) only those untouched that long, for folders that other
+    processes may be writing into right now. Returns how many."""
     root = Path(root)
     if not root.is_dir():
         return 0
-    stale = [p for p in root.rglob(f".*{TEMP_SUFFIX}") if is_temp(p)]
+    found = root.rglob(f".*{TEMP_SUFFIX}") if recursive else root.glob(f".*{TEMP_SUFFIX}")
+    now = time.time()
+    stale = []
+    for p in found:
+        try:
+            if is_temp(p) and (older_than is None or now - p.stat().st_mtime > older_than):
+                stale.append(p)
+        except OSError:
+            continue  # removed meanwhile
     for p in sorted(stale, key=lambda q: len(q.parts), reverse=True):
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)

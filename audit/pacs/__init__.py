@@ -10,9 +10,9 @@ dicomweb-client is imported only when a connection is opened.
 """
 
 from audit.pacs.cache import SeriesCache
-from audit.pacs.config import PACS_KEYS, PacsServer, pacs_server_from
+from audit.pacs.config import PacsServer
 from audit.pacs.dicomweb import DicomWebPacs, PacsError, SeriesRef, connect, parse_row
 from audit.pacs.push import push_case, stable_uids
 
-__all__ = ["DicomWebPacs", "PACS_KEYS", "PacsError", "PacsServer", "SeriesCache", "SeriesRef", "connect",
-           "pacs_server_from", "parse_row", "push_case", "stable_uids"]
+__all__ = ["DicomWebPacs", "PacsError", "PacsServer", "SeriesCache", "SeriesRef", "connect",
+           "parse_row", "push_case", "stable_uids"]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from audit.errors import InputError
+from audit.io import remove_stale_temps
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 MARKER = ".complete"
@@ -139,16 +140,12 @@ class SeriesCache:
 
     def _discard(self, folder: Path) -> None:
         try:
-            gone = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=self.root))
+            gone = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=self.root))
             os.replace(folder, gone / folder.name)
         except OSError:
             return
         shutil.rmtree(gone, ignore_errors=True)
 
     def _remove_stale(self) -> None:
-        now = time.time()
-        for d in self.root.iterdir():
-            if d.name.startswith(".") and d.suffix in (".tmp", ".old"):
-                with contextlib.suppress(OSError):
-                    if now - d.stat().st_mtime > STALE_S:
-                        shutil.rmtree(d, ignore_errors=True)
+        """Temporaries of retrievals and discards that a killed process left (others may be writing now: age)."""
+        remove_stale_temps(self.root, older_than=STALE_S, recursive=False)

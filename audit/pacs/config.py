@@ -1,4 +1,4 @@
-"""Where the PACS is and how to talk to it: one frozen ``PacsServer``, validated from the ``[pacs]`` table.
+"""Where the PACS is and how to talk to it: one frozen ``PacsServer`` (``audit.config.pacs_section`` reads the table).
 
 Credentials are never stored on the object (so never in a report, a log line
 or an exception): it holds only the *names* of the environment variables, or
@@ -10,14 +10,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from audit.errors import ConfigError
-
-PACS_KEYS = ("url", "username_env", "password_env", "credentials_file", "verify_tls", "ca_bundle", "timeout",
-             "retries", "backoff", "cache_dir", "cache_max_mb", "push")
-
 
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/ct-robustness-audit/pacs`` (``~/.cache/...`` when unset)."""
@@ -103,37 +98,3 @@ class PacsServer:
                 raise ConfigError(f"pacs.credentials_file: {self.credentials_file} must start with a line 'username:password'")
             return user, password
         return None
-
-
-def pacs_server_from(section: Mapping[str, Any], base: Path) -> PacsServer:
-    """Validate the ``[pacs]`` table; relative paths are relative to ``base`` (the config's folder)."""
-    for key in section:
-        if key not in PACS_KEYS:
-            raise ConfigError(f"pacs.{key}: unknown key; allowed: {', '.join(PACS_KEYS)}")
-    if not isinstance(section.get("url"), str):
-        raise ConfigError("pacs.url: missing; the DICOMweb root, e.g. \"https://pacs.example.org/dicom-web\"")
-
-    def path(key: str) -> Path | None:
-        if key not in section:
-            return None
-        if not isinstance(section[key], str):
-            raise ConfigError(f"pacs.{key}: expected a path (string), got {section[key]!r}")
-        p = Path(section[key]).expanduser()
-        return p if p.is_absolute() else base / p
-
-    def typed(key: str, kind, default):
-        value = section.get(key, default)
-        ok = isinstance(value, bool) if kind is bool else (isinstance(value, kind) and not isinstance(value, bool))
-        if not ok:
-            raise ConfigError(f"pacs.{key}: expected {kind.__name__ if isinstance(kind, type) else 'a number'}, got {value!r}")
-        return value
-
-    for key in ("username_env", "password_env"):
-        if key in section and (not isinstance(section[key], str) or not section[key]):
-            raise ConfigError(f"pacs.{key}: expected the NAME of an environment variable, got {section[key]!r}")
-    return PacsServer(
-        url=section["url"], username_env=section.get("username_env"), password_env=section.get("password_env"),
-        credentials_file=path("credentials_file"), verify_tls=typed("verify_tls", bool, True), ca_bundle=path("ca_bundle"),
-        timeout=float(typed("timeout", (int, float), 30.0)), retries=typed("retries", int, 3),
-        backoff=float(typed("backoff", (int, float), 1.0)), cache_dir=path("cache_dir"),
-        cache_max_mb=float(typed("cache_max_mb", (int, float), 2048.0)), push=typed("push", bool, False))

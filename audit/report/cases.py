@@ -10,6 +10,7 @@ data, no noise generator needed.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,7 +19,7 @@ import numpy as np
 from audit.campaign import records
 from audit.campaign.noise import NoiseSpec
 from audit.dicom import write_flipped_case
-from audit.io import atomic_path
+from audit.io import PRIVATE_DIR_MODE, atomic_path
 from audit.pacs import connect, push_case
 from audit.report import figures
 from kernels import radial_average
@@ -85,6 +86,8 @@ def write_cases(out: Path, report: dict[str, Any], source: Any, noise: NoiseSpec
             spacing = tuple(source.spacing) if len(source.spacing) == 3 else (1.0, *source.spacing)
             folder = out / "dicom" / model["name"] / case_name(case)
             attack = "random NPS noise" if noise.kind == "nps" else f"{noise.kind} noise, level {case['level']:g}"
+            (out / "dicom").mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
+            os.chmod(out / "dicom", PRIVATE_DIR_MODE)  # derived cases carry the source's patient identity
             link = write_flipped_case(c, n, spacing, folder, level=float(case["level"]), key=tuple(case["key"]),
                                       attack=attack, overwrite=True, reference=source.reference(i))
             links[(model["name"], i)] = push_case(client, link, model["name"]) if client is not None else link
