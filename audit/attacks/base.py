@@ -308,7 +308,10 @@ def run_attack(attack: Attack, model: AuditedModel, hu: np.ndarray, *, seed: int
         kk = v.shape[1]
         tf = np.zeros((len(chunk), kk), bool)
         df = np.zeros((len(chunk), kk), bool)
-        adv_labels, adv_scores = d_clean.labels.copy(), d_clean.scores.copy()
+        # What the table calls "clean": the decision a success is judged against (for an attack that starts from
+        # a reference, e.g. the false-positive attack's uniform-noise patch, that start; not the real image).
+        base = d_ref if cands.reference is not None and cands.mode == "flip" else d_clean
+        adv_labels, adv_scores = base.labels.copy(), base.scores.copy()
         adv_x = None
         first = np.full(len(chunk), -1)
         diff = (v - v0[:, None]).reshape(len(chunk), kk, -1)
@@ -333,7 +336,7 @@ def run_attack(attack: Attack, model: AuditedModel, hu: np.ndarray, *, seed: int
             for i in np.nonzero(new)[0]:
                 if len(examples) < keep:
                     examples.append((start + int(i), k, x_clean_t[i].numpy().copy(), x_adv[i].numpy().copy()))
-        for key, val in (("tf", tf), ("df", df), ("cl", d_clean.labels), ("al", adv_labels), ("cs", d_clean.scores),
+        for key, val in (("tf", tf), ("df", df), ("cl", base.labels), ("al", adv_labels), ("cs", base.scores),
                          ("as", adv_scores), ("li", li), ("l2", l2), ("x", adv_x)):
             if val is not None:
                 parts[key].append(np.asarray(val))
