@@ -31,8 +31,9 @@ def test_workflow_commands_run_and_gate(tmp_path, planted):
     (tmp_path / "audit.toml").write_text(f'[model]\npath = "{planted}"\nname = "planted"\n[data]\nmanifest = "{manifest}"\n'
                                          '[noise]\nlevels = [50, 100]\ndraws = 6\n')
     policy = _block("toml", "# policy.toml").replace('class = "malignant"', 'class = "above"').replace("level = 100", "level = 100")
-    # The README's policy names levels 50 and 100 and a baseline rule; the example job runs without --baseline.
-    policy = policy.split("[[rule]]\nname = \"no regression")[0]
+    # The README's policy names levels 50 and 100, then a clean-AUC rule (the planted model has no meaningful
+    # AUC) and a baseline rule; the example job runs without --baseline.
+    policy = policy.split("[[rule]]\nname = \"clean AUC")[0]
     (tmp_path / "policy.toml").write_text(policy.replace("max = 0.5", "max = 1.0").replace("max = 0.25", "max = 1.0"))
     for cmd in commands:
         argv = shlex.split(cmd)
