@@ -26,7 +26,8 @@ from typing import Any, Mapping
 
 from audit.artifact import ACTIVATIONS, TASKS, ModelEntry
 from audit.attacks import ATTACKS, check_attack_params
-from audit.campaign.noise import KINDS, NoiseSpec, read_nps_table
+from audit.campaign.noise import KINDS, MODES, NoiseSpec, read_nps_table
+from audit.campaign.reduction import SCAN_NOISE
 from audit.campaign.run import RunOptions
 from audit.data import PHANTOMS, DataSection
 from audit.engines import BACKENDS, backend
@@ -39,9 +40,11 @@ SECTIONS = ("model", "head", "preprocess", "data", "noise", "run", "report", "sc
 ATTACK_SECTIONS = ("model", "head", "preprocess", "data", "attack", "noise")
 RETRAIN_SECTIONS = ("model", "retrain", "attack", "noise")
 NOISE_KEYS = ("kind", "levels", "draws", "seed", "preset", "table", "sigma_ref", "mas_ref", "electronic_fraction",
-              "cutoff", "z_fwhm_mm", "method")
+              "cutoff", "z_fwhm_mm", "method", "mode", "fractions", "acquired_mas", "scan_noise", "phantom_series",
+              "phantom_mas", "reference_diameter_mm", "strict_kernel", "roi_mm")
 ATTACK_RUN_KEYS = ("name", "seed", "batch_size", "keep", "explain", "samples")
 RETRAIN_MODES = ("adaptive", "pgd", "uniform")
+MAX_THREADS = 4096  # engine threads: more is a typo, and the engines take a C int
 
 
 @dataclass(frozen=True)
@@ -154,8 +157,9 @@ def model_entries(raw: Any, base: Path) -> tuple[ModelEntry, ...]:
         name = t.str("name", path.stem)
         options: dict[str, Any] = {}
         for key in backend(engine).OPTIONS:
-            if key in ("threads", "max_batch", "opt_batch"):
-                value = t.int(key, None, low=0 if key == "threads" else 1)
+            if key in ("threads", "max_batch", "opt_batch"):  # C ints in the engines
+                value = (t.int(key, None, low=0, high=MAX_THREADS) if key == "threads"
+                         else t.int(key, None, low=1, high=2**31 - 1))
             elif key == "providers":
                 value = t.strings(key, None)
             elif key == "workspace_gib":
@@ -226,12 +230,33 @@ def data_section(t: Table) -> DataSection:
 
 
 def noise_section(t: Table, **defaults: Any) -> NoiseSpec:
-    """``[noise]``: see ``audit.campaign.noise.NoiseSpec`` for the kinds and keys."""
+    """``[noise]``: see ``audit.campaign.noise.NoiseSpec`` for the kinds, modes and keys."""
     kw: dict[str, Any] = dict(defaults)
     if "kind" in t:
         kw["kind"] = t.str("kind", choices=KINDS)
+    if "mode" in t:
+        kw["mode"] = t.str("mode", choices=MODES)
+    if "levels" in t and "fractions" in t:
+        raise ConfigError(f"{t.key('fractions')}: give fractions (of the acquired dose) or levels (mAs), not both")
     if "levels" in t:
         kw["levels"] = t.numbers("levels", low=0, low_open=True)
+    if "fractions" in t:
+        fractions = t.numbers("fractions", low=0, low_open=True)
+        bad = [f for f in fractions if f >= 1]
+        if bad:
+            raise ConfigError(f"{t.key('fractions')}: expected numbers in (0, 1) (fractions of the acquired dose; a "
+                              f"reduction can only lower it), got {bad[0]:g}")
+        kw["fractions"] = fractions
+    if "scan_noise" in t:
+        kw["scan_noise"] = t.str("scan_noise", choices=SCAN_NOISE)
+    for key in ("acquired_mas", "phantom_mas", "reference_diameter_mm", "roi_mm"):
+        if key in t:
+            kw[key] = t.float(key, low=0, low_open=True)
+    if "phantom_series" in t:
+        kw["phantom_series"] = tuple(str(t.base / p if t.base is not None and not Path(p).is_absolute() else p)
+                                     for p in t.strings("phantom_series"))
+    if "strict_kernel" in t:
+        kw["strict_kernel"] = t.bool("strict_kernel")
     for key in ("draws", "seed"):
         if key in t:
             kw[key] = t.int(key, low=1 if key == "draws" else 0, high=2**63 - 1)
@@ -346,7 +371,8 @@ def parse_attack_config(raw: Mapping[str, Any], base: Path) -> AttackConfig:
     if "path" not in m:
         raise ConfigError("model.path: missing; set it to the deployed ONNX file")
     path = m.path("path")
-    options = {k: v for k, v in (("threads", m.int("threads", None, low=0)), ("optimization", m.str("optimization", None)))
+    options = {k: v for k, v in (("threads", m.int("threads", None, low=0, high=MAX_THREADS)),
+                                 ("optimization", m.str("optimization", None)))
                if v is not None}
     entry = ModelEntry(path, m.str("name", path.stem), "onnxruntime", MappingProxyType(options))
     checkpoint = m.path("checkpoint", None)

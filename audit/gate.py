@@ -48,42 +48,134 @@ class Outcome:
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
+    """report.json, checked for every key the gate reads (types included): a hand-edited or truncated report is one
+    ``InputError`` naming the key, never a crash in the middle of the table."""
     path = Path(path)
     try:
-        report = json.loads(path.read_text())
+        report = json.loads(path.read_bytes().decode("utf-8"))
     except OSError as exc:
         raise InputError(f"{path}: cannot read the report ({exc.strerror or exc})") from None
-    except ValueError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: the report is not UTF-8 text (byte {exc.start})") from None
+    except (ValueError, RecursionError) as exc:
+        raise InputError(f"{path}: not valid JSON ({str(exc)[:120] or 'nested too deeply'})") from None
     if not isinstance(report, dict) or report.get("schema") != "audit-report/1":
         raise InputError(f"{path}: expected an audit report with \"schema\": \"audit-report/1\"")
+
+    def fail(where: str, what: str, got: Any = None) -> None:
+        text = repr(got)
+        text = text if len(text) <= 60 else text[:57] + "..."
+        raise InputError(f"{path}: {where}: {what}" + ("" if got is None else f", got {text}") +
+                         " (not a complete report of audit run?)")
+
+    def get(obj: Mapping[str, Any], key: str, where: str, kind: Any, what: str) -> Any:
+        if key not in obj:
+            fail(f"{where}.{key}" if where else key, "missing")
+        if not kind(obj[key]):
+            fail(f"{where}.{key}" if where else key, f"expected {what}", obj[key])
+        return obj[key]
+
+    def number(v: Any) -> bool:
+        return (isinstance(v, float) and math.isfinite(v)) or (type(v) is int and abs(v) < 2**63)
+
+    def count(v: Any) -> bool:
+        return type(v) is int and 0 <= v < 2**63
+
+    def numbers(n: int | None, *, none: bool = True, kind: Any = number) -> Any:
+        return lambda v: isinstance(v, list) and (n is None or len(v) == n) and all(kind(x) or (none and x is None) for x in v)
+
+    def table(v: Any) -> bool:
+        return isinstance(v, dict)
+
+    models = get(report, "models", "", lambda v: isinstance(v, list) and v and all(map(table, v)),
+                 "a non-empty list of model blocks")
+    for i, m in enumerate(models):
+        w = f"models[{i}]"
+        get(m, "name", w, lambda v: isinstance(v, str) and v, "a non-empty string")
+        task = get(get(m, "head", w, table, "a table"), "task", f"{w}.head", lambda v: isinstance(v, str), "a string")
+        clean = get(m, "clean", w, table, "a table")
+        for key in ("auc", "accuracy", "macro_f1"):
+            if clean.get(key) is not None and not number(clean[key]):
+                fail(f"{w}.clean.{key}", "expected a number", clean[key])
+        levels = get(m, "levels", w, lambda v: isinstance(v, list) and v and all(map(table, v)),
+                     "a non-empty list of level blocks")
+        for j, b in enumerate(levels):
+            wb = f"{w}.levels[{j}]"
+            get(b, "level", wb, number, "a number")
+            n = get(b, "N", wb, count, "a sample count")
+            get(b, "K", wb, count, "a draw count")
+            get(b, "SAN_fraction", wb, number, "a number")
+            get(b, "SAR_overall", wb, number, "a number")
+            get(b, "SAR_overall_ci", wb, lambda v: numbers(2)(v) and number(v[1]), "[low, high] numbers")
+            names = b.get("class_names", [])
+            if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+                fail(f"{wb}.class_names", "expected a list of strings", names)
+            per_sample = get(b, "per_sample", wb, table, "a table")
+            get(per_sample, "n_flips", f"{wb}.per_sample", numbers(n, none=False, kind=count), f"{n} flip counts")
+            if per_sample.get("clean_label") is not None:
+                get(per_sample, "clean_label", f"{wb}.per_sample", numbers(n, none=False, kind=count), f"{n} labels")
+            classification = task in ("binary", "multiclass", "rating")
+            if classification or "per_class" in b:
+                per_class = get(b, "per_class", wb, table, "a table")
+                for key in ("SAR", "SAR_ci_high"):
+                    get(per_class, key, f"{wb}.per_class", numbers(len(names)), f"{len(names)} numbers (one per class)")
+            if classification or "CMR" in b:
+                cmr = get(b, "CMR", wb, table, "a table")
+                get(cmr, "matrix", f"{wb}.CMR", lambda v: isinstance(v, list) and all(numbers(None)(r) for r in v),
+                    "a matrix (list of rows of numbers)")
     return report
 
 
 def load_policy(path: str | Path) -> list[dict[str, Any]]:
+    """The ``[[rule]]`` tables of a policy file, every key checked (types included) before any report is read."""
     path = Path(path)
     raw = read_toml(path, "policy")
     extra = set(raw) - {"rule"}
     if extra:
         raise ConfigError(f"{path}: unknown section(s) {sorted(extra)}; a policy holds [[rule]] tables")
     rules = raw.get("rule", [])
+    if isinstance(rules, dict):
+        raise ConfigError(f"{path}: rule: expected [[rule]] tables (double brackets: a list of rules), got one [rule] table")
+    if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
+        text = repr(rules)
+        raise ConfigError(f"{path}: rule: expected [[rule]] tables, got {text if len(text) <= 60 else text[:57] + '...'}")
     if not rules:
         raise ConfigError(f"{path}: no [[rule]] tables")
+
+    def check(label: str, rule: Mapping[str, Any], key: str, ok: Any, what: str) -> None:
+        if key in rule and not ok(rule[key]):
+            text = repr(rule[key])
+            raise ConfigError(f"{path}: {label}: {key}: expected {what}, got {text if len(text) <= 60 else text[:57] + '...'}")
+
+    def number(v: Any) -> bool:
+        return (isinstance(v, float) and math.isfinite(v)) or (type(v) is int and abs(v) < 2**63)
+
     for i, rule in enumerate(rules):
-        label = rule.get("name") or f"rule {i + 1} ({rule.get('metric', '?')})"
+        name = rule.get("name")
+        check(f"rule {i + 1}", rule, "name", lambda v: isinstance(v, str) and v.strip(), "a non-empty string")
+        metric = rule.get("metric")
+        label = name or f"rule {i + 1} ({metric if isinstance(metric, str) else '?'})"
         unknown = set(rule) - RULE_KEYS
         if unknown:
             raise ConfigError(f"{path}: {label}: unknown key(s) {sorted(unknown)}")
-        if rule.get("metric") not in METRICS:
-            raise ConfigError(f"{path}: {label}: unknown metric {rule.get('metric')!r}; expected one of {', '.join(METRICS)}")
-        needs_max = rule["metric"] in ("san_fraction", "sar", "sar_class", "cmr_offdiag")
-        if needs_max and not isinstance(rule.get("max"), (int, float)):
+        if metric not in METRICS:
+            raise ConfigError(f"{path}: {label}: unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+        check(label, rule, "level", number, "a number (the dose or stress level of the report)")
+        check(label, rule, "max", number, "a finite number")
+        check(label, rule, "min", number, "a finite number")
+        check(label, rule, "class", lambda v: (isinstance(v, str) and v) or type(v) is int, "a class name")
+        check(label, rule, "model", lambda v: isinstance(v, str) and v, "a model name")
+        check(label, rule, "test", lambda v: v in ("sar_class", "cmr", "sar"), "'sar_class', 'cmr' or 'sar'")
+        check(label, rule, "alpha", lambda v: number(v) and 0 < v < 1, "a number in (0, 1)")
+        check(label, rule, "margin", lambda v: number(v) and 0 <= v < 1, "a SAR difference in [0, 1)")
+        needs_max = metric in ("san_fraction", "sar", "sar_class", "cmr_offdiag")
+        if needs_max and "max" not in rule:
             raise ConfigError(f"{path}: {label}: needs a numeric 'max'")
-        if rule["metric"].startswith("clean_") and not isinstance(rule.get("min"), (int, float)):
+        if metric.startswith("clean_") and "min" not in rule:
             raise ConfigError(f"{path}: {label}: needs a numeric 'min'")
         if needs_max and "level" not in rule:
             raise ConfigError(f"{path}: {label}: needs the 'level' (dose) it applies to")
-        if rule["metric"] == "sar_class" and "class" not in rule:
+        if metric == "sar_class" and "class" not in rule:
             raise ConfigError(f"{path}: {label}: needs the 'class' it applies to")
         if rule.get("bound", "estimate") not in ("estimate", "upper"):
             raise ConfigError(f"{path}: {label}: bound must be 'estimate' or 'upper'")

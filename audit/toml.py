@@ -21,6 +21,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 _MISSING = object()
+#: Integers beyond 64 bits are refused everywhere (TOML allows them; nothing downstream can hold them).
+INT_LOW, INT_HIGH = -(2**63), 2**63 - 1
 
 
 def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
@@ -36,6 +38,8 @@ def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML (arrays or tables nested too deeply)") from None
 
 
 def check_sections(raw: Mapping[str, Any], allowed: Iterable[str]) -> None:
@@ -83,10 +87,12 @@ class Table:
         if v is default and key not in self.raw:
             return v
         if isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(f"{self.key(key)}: expected an integer, got {v!r}")
-        if (low is not None and v < low) or (high is not None and v > high):
-            rng = f">= {low}" if high is None else (f"<= {high}" if low is None else f"in [{low}, {high}]")
-            raise ConfigError(f"{self.key(key)}: expected an integer {rng}, got {v!r}")
+            raise ConfigError(f"{self.key(key)}: expected an integer, got {_short(v)}")
+        low = INT_LOW if low is None else low
+        high = INT_HIGH if high is None else high
+        if v < low or v > high:
+            rng = f">= {low}" if high == INT_HIGH else (f"<= {high}" if low == INT_LOW else f"in [{low}, {high}]")
+            raise ConfigError(f"{self.key(key)}: expected an integer {rng}, got {_short(v)}")
         return v
 
     def float(self, key: str, default: Any = _MISSING, *, low: float | None = None, high: float | None = None,
@@ -101,7 +107,7 @@ class Table:
         if v is default and key not in self.raw:
             return v
         if not isinstance(v, bool):
-            raise ConfigError(f"{self.key(key)}: expected true or false, got {v!r}")
+            raise ConfigError(f"{self.key(key)}: expected true or false, got {_short(v)}")
         return v
 
     def str(self, key: str, default: Any = _MISSING, *, choices: Sequence[str] | None = None) -> Any:
@@ -109,9 +115,9 @@ class Table:
         if v is default and key not in self.raw:
             return v
         if not isinstance(v, str) or not v:
-            raise ConfigError(f"{self.key(key)}: expected a non-empty string, got {v!r}")
+            raise ConfigError(f"{self.key(key)}: expected a non-empty string, got {_short(v)}")
         if choices is not None and v not in choices:
-            raise ConfigError(f"{self.key(key)}: expected one of {', '.join(map(repr, choices))}, got {v!r}")
+            raise ConfigError(f"{self.key(key)}: expected one of {', '.join(map(repr, choices))}, got {_short(v)}")
         return v
 
     def path(self, key: str, default: Any = _MISSING) -> Any:
@@ -120,7 +126,7 @@ class Table:
         if v is default and key not in self.raw:
             return v
         if not isinstance(v, str) or not v or "\0" in v:
-            raise ConfigError(f"{self.key(key)}: expected a path string, got {v!r}")
+            raise ConfigError(f"{self.key(key)}: expected a path string, got {_short(v)}")
         p = Path(v)
         return p if p.is_absolute() or self.base is None else self.base / p
 
@@ -131,7 +137,7 @@ class Table:
             return v
         if not isinstance(v, list) or (nonempty and not v) or (length is not None and len(v) != length):
             what = f"a list of {length} numbers" if length is not None else "a non-empty list of numbers"
-            raise ConfigError(f"{self.key(key)}: expected {what}, got {v!r}")
+            raise ConfigError(f"{self.key(key)}: expected {what}, got {_short(v)}")
         return tuple(check_number(self.key(key), x, low=low, low_open=low_open) for x in v)
 
     def strings(self, key: str, default: Any = _MISSING) -> Any:
@@ -139,7 +145,7 @@ class Table:
         if v is default and key not in self.raw:
             return v
         if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-            raise ConfigError(f"{self.key(key)}: expected a list of strings, got {v!r}")
+            raise ConfigError(f"{self.key(key)}: expected a list of strings, got {_short(v)}")
         return tuple(v)
 
     def table(self, key: str) -> "Table":
@@ -162,11 +168,19 @@ class Table:
 def check_number(key: str, v: Any, *, low: float | None = None, high: float | None = None, low_open: bool = False,
                  high_open: bool = False) -> float:
     """A finite int or float within the bounds, as float; ``ConfigError`` naming ``key`` otherwise."""
+    if isinstance(v, int) and not isinstance(v, bool) and not INT_LOW <= v <= INT_HIGH:
+        raise ConfigError(f"{key}: expected a finite number, got {_short(v)} (beyond 64-bit integers)")
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ConfigError(f"{key}: expected a finite number, got {v!r}")
+        raise ConfigError(f"{key}: expected a finite number, got {_short(v)}")
     v = float(v)
     if low is not None and (v < low or (low_open and v == low)):
         raise ConfigError(f"{key}: expected a number {'>' if low_open else '>='} {low:g}, got {v:g}")
     if high is not None and (v > high or (high_open and v == high)):
         raise ConfigError(f"{key}: expected a number {'<' if high_open else '<='} {high:g}, got {v:g}")
     return v
+
+
+def _short(v: Any, limit: int = 80) -> str:
+    """``repr`` of a value for an error message, cut to ``limit`` characters (a message stays one short line)."""
+    text = repr(v)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -111,8 +111,9 @@ class NPSEstimate:
         return GridNPS(self.nps, self.spacing, "estimated")
 
     def as_radial(self) -> RadialNPS:
+        """The radial average as a table tied to this grid: its variance is the one drawn on it."""
         f, s, _ = self.radial()
-        return RadialNPS(f, s, "estimated (radial)")
+        return RadialNPS(f, s, "estimated (radial)", (self.nps.shape, self.spacing))
 
 
 def estimate_nps(

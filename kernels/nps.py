@@ -94,16 +94,49 @@ def texture(f, s) -> tuple[float, float]:
     return float(np.sum(f * s) / total), float(f[int(np.argmax(s))])
 
 
+def _box_angle(f: np.ndarray, box: tuple[float, float] | None) -> np.ndarray:
+    """Angle (radians) of the circle of radius ``f`` inside the box |fy| <= box[0], |fx| <= box[1]."""
+    if box is None:
+        return np.full(f.shape, 2 * np.pi)
+    r = np.maximum(f, 1e-300)
+    quadrant = np.arcsin(np.minimum(1.0, box[0] / r)) - np.arccos(np.minimum(1.0, box[1] / r))
+    return 4 * np.clip(quadrant, 0.0, np.pi / 2)
+
+
+def band_weights(f: np.ndarray, edge: float, d: float) -> np.ndarray:
+    """Weights (1, 1/2 or 0) of a grid's frequencies ``f`` (spacing ``d``) in a band |f| <= ``edge`` (1/mm).
+
+    Where the grid reaches past the band, a sample on its edge stands for half a
+    cell inside it (both -edge and +edge are sampled); on a grid whose own
+    Nyquist frequency is the edge, that sample is the whole periodic cell.
+    """
+    a, tol = np.abs(np.asarray(f, np.float64)), 1e-9 * edge
+    w = np.where(a <= edge + tol, 1.0, 0.0)
+    if 0.5 / d > edge + tol:
+        w[np.abs(a - edge) <= tol] = 0.5
+    return w
+
+
+def nyquist_box(spacing: Sequence[float]) -> tuple[float, float]:
+    """(fy, fx) Nyquist frequencies (1/mm): the square band that an image grid's FFT covers."""
+    return 0.5 / spacing[0], 0.5 / spacing[1]
+
+
 @dataclass(frozen=True, eq=False)
 class RadialNPS:
     """An isotropic NPS given as a table S(|f|), linearly interpolated, zero past the last frequency.
 
     ``freq`` in 1/mm (increasing, from 0), ``values`` in HU^2 mm^2 (>= 0).
+    ``grid``: ``((ny, nx), (dy, dx))`` of the image grid the table was measured
+    on (radial average of a 2D NPS), else None. Such a table is zero outside that
+    grid's Nyquist box (its values past Nyquist only describe the box's corners),
+    and its ``variance`` is the one generated on that grid.
     """
 
     freq: np.ndarray
     values: np.ndarray
     name: str = "table"
+    grid: tuple[tuple[int, int], tuple[float, float]] | None = None
 
     def __post_init__(self) -> None:
         f = np.asarray(to_numpy(self.freq), dtype=np.float64).ravel()
@@ -120,9 +153,17 @@ class RadialNPS:
             raise KernelError("nps table values: expected some positive power, got all zeros")
         object.__setattr__(self, "freq", f)
         object.__setattr__(self, "values", s)
+        if self.grid is not None:
+            if len(self.grid) != 2:
+                raise KernelError(f"nps table grid: expected ((ny, nx), (dy, dx)), got {self.grid!r}")
+            shape = _checks.shape("nps table grid shape", self.grid[0], (2,))
+            object.__setattr__(self, "grid", (shape, _checks.spacing("nps table grid spacing", self.grid[1], 2)))
 
     def __call__(self, f, xp: ModuleType | None = None):
-        """S at radial frequencies ``f`` (1/mm), in the namespace of ``xp`` (NumPy by default)."""
+        """S at radial frequencies ``f`` (1/mm), in the namespace of ``xp`` (NumPy by default).
+
+        Ignores ``grid``'s band (a function of |f| only); ``on_grid`` applies it.
+        """
         xp = namespace(xp)
         return xp.interp(xp.asarray(f), xp.asarray(self.freq), xp.asarray(self.values), right=0.0)
 
@@ -132,10 +173,30 @@ class RadialNPS:
         nz = np.nonzero(self.values > 0)[0]
         return float(self.freq[min(nz[-1] + 1, self.freq.size - 1)])
 
-    def variance(self, f_max: float = math.inf) -> float:
-        """Integral of S over the disk |f| <= f_max (HU^2): 2 pi int f S(f) df."""
-        f = np.linspace(0.0, min(f_max, self.freq[-1]), 8193)
-        return float(2 * np.pi * np.trapezoid(f * self(f), f))
+    @property
+    def band(self) -> tuple[float, float] | None:
+        """The Nyquist box of ``grid`` outside which S is zero, or None (no limit)."""
+        return None if self.grid is None else nyquist_box(self.grid[1])
+
+    def power(self, box: tuple[float, float] | None = None) -> float:
+        """Integral of S (HU^2) over the box |fy| <= box[0], |fx| <= box[1] (whole plane if None), within ``band``.
+
+        What a grid with that Nyquist box generates, up to sampling: the
+        continuous quantity to compare with the continuous total.
+        """
+        band = self.band
+        if box is not None and band is not None:
+            box = (min(box[0], band[0]), min(box[1], band[1]))
+        box = box if box is not None else band
+        end = self.freq[-1] if box is None else min(self.freq[-1], math.hypot(*box))
+        f = np.union1d(np.linspace(0.0, end, 8193), self.freq[self.freq <= end])
+        return float(np.trapezoid(f * self(f) * _box_angle(f, box), f))
+
+    def variance(self) -> float:
+        """Pixel variance (HU^2): on ``grid`` what drawing on it generates (sum of S times bin area), else the integral of S."""
+        if self.grid is None:
+            return self.power()
+        return grid_variance(self._sample(*self.grid, np, True), *self.grid)
 
     def summary(self) -> NPSSummary:
         f = np.linspace(0.0, self.freq[-1], 8193)
@@ -144,34 +205,42 @@ class RadialNPS:
 
     def scaled(self, factor: float) -> "RadialNPS":
         factor = _checks.positive("nps scale factor", factor)
-        return RadialNPS(self.freq, self.values * factor, self.name)
+        return RadialNPS(self.freq, self.values * factor, self.name, self.grid)
 
     def with_sigma(self, sigma: float) -> "RadialNPS":
-        """The same shape scaled so that its integral is ``sigma**2`` (HU)."""
+        """The same shape scaled so that its ``variance`` is ``sigma**2`` (HU)."""
         return self.scaled(_checks.positive("sigma", sigma) ** 2 / self.variance())
 
     def on_grid(self, shape: Sequence[int], spacing: Sequence[float], xp: ModuleType | None = None, *, half: bool = True):
-        """S (HU^2 mm^2) on the 2D FFT grid of an image; warns if Nyquist cuts off > 1% of the power."""
+        """S (HU^2 mm^2) on the 2D FFT grid of an image; warns if the grid's Nyquist box cuts off > 1% of the power."""
         shape = _checks.shape("shape", shape, (2,))
         spacing = _checks.spacing("spacing", spacing, 2)
-        nyquist = min(0.5 / spacing[0], 0.5 / spacing[1])
-        lost = 1.0 - self.variance(nyquist) / self.variance()
+        lost = 1.0 - self.power(nyquist_box(spacing)) / self.power()
         if lost > 0.01:
             warnings.warn(
-                f"nps '{self.name}': {100 * lost:.1f}% of its power lies beyond the Nyquist frequency "
-                f"{nyquist:.3f} 1/mm of spacing {spacing} mm and is not generated",
+                f"nps '{self.name}': {100 * lost:.1f}% of its power lies beyond the Nyquist frequencies "
+                f"{'/'.join(f'{f:.3f}' for f in nyquist_box(spacing))} 1/mm of spacing {spacing} mm and is not generated",
                 NPSTruncationWarning,
                 stacklevel=2,
             )
-        xp = namespace(xp)
-        return self(radial_frequency(shape, spacing, xp, half=half), xp)
+        return self._sample(shape, spacing, namespace(xp), half)
+
+    def _sample(self, shape, spacing, xp, half):
+        s = self(radial_frequency(shape, spacing, xp, half=half), xp)
+        band = self.band
+        if band is None:
+            return s
+        fy, fx = frequency_axes(shape, spacing, half=half)
+        wy, wx = (band_weights(f, edge, d) for f, edge, d in zip((fy, fx), band, spacing))
+        return s if np.all(wy == 1) and np.all(wx == 1) else s * xp.asarray(wy[:, None] * wx[None, :])
 
 
 @dataclass(frozen=True, eq=False)
 class GridNPS:
     """A full 2D NPS array (HU^2 mm^2) in FFT order on the grid of ``spacing`` (mm), e.g. an estimate.
 
-    On another grid it is bilinearly interpolated in frequency (zero outside its band).
+    On another grid it is bilinearly interpolated in frequency, periodically
+    (as the NPS of a sampled image is), and zero outside its Nyquist box.
     """
 
     values: np.ndarray
@@ -195,7 +264,7 @@ class GridNPS:
 
     def radial(self) -> RadialNPS:
         f, s, _ = radial_average(self.values, self.spacing)
-        return RadialNPS(f, s, f"{self.name} (radial)")
+        return RadialNPS(f, s, f"{self.name} (radial)", (self.values.shape, self.spacing))
 
     def summary(self) -> NPSSummary:
         f, s, _ = radial_average(self.values, self.spacing)
@@ -215,26 +284,29 @@ class GridNPS:
         if tuple(shape) == self.values.shape and np.allclose(spacing, self.spacing):
             s = self.values[:, : shape[1] // 2 + 1] if half else self.values
             return xp.asarray(s)
-        # Interpolate on the centred (fftshifted) source grid.
-        src = np.fft.fftshift(self.values)
-        ax = [np.fft.fftshift(np.fft.fftfreq(n, d)) for n, d in zip(self.values.shape, self.spacing)]
         fy, fx = frequency_axes(shape, spacing, half=half)
-        out = _bilinear(src, ax[0], ax[1], fy[:, None], fx[None, :])
-        return xp.asarray(out)
+        return xp.asarray(_periodic_bilinear(self.values, self.spacing, fy, fx, spacing))
 
 
-def _bilinear(img: np.ndarray, ya: np.ndarray, xa: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Bilinear interpolation of ``img`` on increasing axes ``ya``, ``xa``; zero outside."""
-    y, x = np.broadcast_arrays(y, x)
-    iy = np.interp(y, ya, np.arange(ya.size), left=-1, right=-1)
-    ix = np.interp(x, xa, np.arange(xa.size), left=-1, right=-1)
-    inside = (iy >= 0) & (ix >= 0)
-    iy, ix = np.clip(iy, 0, ya.size - 1), np.clip(ix, 0, xa.size - 1)
-    y0, x0 = np.minimum(np.floor(iy).astype(int), ya.size - 2), np.minimum(np.floor(ix).astype(int), xa.size - 2)
-    ty, tx = iy - y0, ix - x0
-    v = (img[y0, x0] * (1 - ty) * (1 - tx) + img[y0 + 1, x0] * ty * (1 - tx)
-         + img[y0, x0 + 1] * (1 - ty) * tx + img[y0 + 1, x0 + 1] * ty * tx)
-    return np.where(inside, v, 0.0)
+def _periodic_bilinear(s: np.ndarray, spacing, fy: np.ndarray, fx: np.ndarray, target_spacing) -> np.ndarray:
+    """Bilinear interpolation of a full FFT-order NPS ``s`` at frequencies ``fy`` x ``fx`` (1/mm); zero past its Nyquist box.
+
+    The NPS of a sampled image is periodic in frequency (period 1/spacing), so
+    cells wrap around: target frequencies between the last sample and +Nyquist
+    interpolate towards the -Nyquist side, for odd and even sizes alike.
+    """
+    weights = []
+    for f, n, d, target_d in zip((fy, fx), s.shape, spacing, target_spacing):
+        u = np.asarray(f, np.float64) * (n * d)  # fractional FFT index
+        i0 = np.floor(u)
+        t = u - i0
+        i0 = i0.astype(np.int64) % n
+        weights.append((i0, (i0 + 1) % n, t, band_weights(f, 0.5 / d, target_d)))
+    (y0, y1, ty, by), (x0, x1, tx, bx) = weights
+    y0, y1, ty = y0[:, None], y1[:, None], ty[:, None]
+    out = (s[y0, x0] * (1 - ty) * (1 - tx) + s[y1, x0] * ty * (1 - tx)
+           + s[y0, x1] * (1 - ty) * tx + s[y1, x1] * ty * tx)
+    return out * by[:, None] * bx[None, :]
 
 
 # --- Presets -----------------------------------------------------------------

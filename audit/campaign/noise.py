@@ -4,6 +4,24 @@ Kinds: ``nps`` (stationary NPS noise at doses in mAs, the default), and the
 stress noises of study 3, ``gaussian`` (levels = sigma in HU), ``uniform``
 (levels = half-width in HU) and ``poisson`` (levels = counts lambda).
 
+Modes of ``nps`` noise (``NoiseSpec.mode``):
+
+- ``"add"``: the whole noise of each dose is added (the studies' protocol). Right
+  for noise-free inputs (phantoms); on a real scan it double-counts the noise
+  the scan already has.
+- ``"reduce"``: dose reduction on real scans acquired at D0: only the noise a
+  lower dose D adds is inserted, NPS S(D) - S(D0) per slice, from the scan's
+  acquired dose (DICOM tags, or ``acquired_mas``) and its own noise
+  (``scan_noise``); see ``audit.campaign.reduction``. Levels are ``fractions``
+  of the acquired dose (e.g. ``(0.5, 0.25, 0.1)``) or absolute mAs below it.
+- ``"auto"`` (the default): decided by the data when the spec is bound to a
+  source (``resolved(source)``, ``noise_model(source)``): ``reduce`` if the
+  source holds DICOM series (real scans; their dose is read from their headers)
+  or ``acquired_mas`` or ``fractions`` are given, ``add`` otherwise (phantoms and
+  array files: noise-free or of unknown dose). A DICOM series without dose tags
+  and no ``acquired_mas`` is then an error naming the series, never silently
+  ``add``. Unbound (``sample`` without a model), ``auto`` adds, as before.
+
 Keys: draw k of sample i at a level uses ``NoiseKey(seed, i, level_key, k)``
 with ``level_key = round(1000 * level)`` (the level in thousandths), so the
 noise at one dose does not depend on which other doses a campaign lists.
@@ -14,6 +32,7 @@ report's worst cases, the case images and the scan arm all call it.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +40,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from audit.campaign.reduction import SCAN_NOISE, DoseReduction
 from audit.errors import ConfigError, InputError
 from kernels import DoseModel, RadialNPS, gaussian_noise, grid_variance, nps_noise, poisson_noise, preset, uniform_noise
 from kernels.nps import DEFAULT_CUTOFF, PRESET_WINDOWS
 
 KINDS = ("nps", "gaussian", "uniform", "poisson")
+MODES = ("auto", "add", "reduce")
+MODE_LABELS = {
+    "add": "add: the whole noise of each dose is added (the studies' protocol; right for noise-free inputs such as phantoms)",
+    "reduce": "reduce: only the noise the lower dose adds to the scan's own is inserted, S(D) - S(D0)",
+    "auto": "auto: reduce on DICOM series (real scans) or with acquired_mas/fractions set, add on phantoms and arrays",
+}
 
 
 def level_key(level: float) -> int:
@@ -42,6 +68,17 @@ def draw_keys(seed: int, samples: Any, level: float, ks: Any) -> np.ndarray:
 
 @dataclass(frozen=True)
 class NoiseSpec:
+    """The ``[noise]`` table: kind, levels, draws, seed, the NPS and its dose model, and the mode (module docstring).
+
+    Reduce mode: ``fractions`` (each in (0, 1), fractions of the acquired dose) become the ``levels``; without
+    them ``levels`` are absolute mAs, each below every series' acquired dose. ``acquired_mas`` supplies the dose
+    of series (or arrays) that state none. ``scan_noise``: where the scan's own noise comes from (``"estimate"``
+    from its uniform regions, ROIs of 32 pixels or ``roi_mm``; ``"phantom"`` from ``phantom_series`` repeated scans at their
+    stated dose or ``phantom_mas``, a kernel mismatch warned or, with ``strict_kernel``, refused; ``"model"`` the
+    preset/table at ``sigma_ref``/``mas_ref``, scaled to the patient's size if ``reference_diameter_mm``).
+    ``electronic_fraction`` is the electronic share of the variance at ``mas_ref`` in every mode.
+    """
+
     kind: str = "nps"
     levels: tuple[float, ...] = (10.0, 50.0, 100.0, 200.0, 500.0)
     draws: int = 50
@@ -55,8 +92,40 @@ class NoiseSpec:
     z_fwhm_mm: float | None = None
     method: str = "spectral"
     table_values: tuple[tuple[float, float], ...] = field(default=(), repr=False)
+    mode: str = "auto"
+    fractions: tuple[float, ...] = ()
+    acquired_mas: float | None = None
+    scan_noise: str = "estimate"
+    phantom_series: tuple[str, ...] = ()
+    phantom_mas: float | None = None
+    reference_diameter_mm: float | None = None
+    strict_kernel: bool = False
+    roi_mm: float | None = None
 
     def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"noise.mode: expected one of {MODES}, got {self.mode!r}")
+        if self.fractions:
+            bad = [f for f in self.fractions if not (isinstance(f, (int, float)) and math.isfinite(f) and 0 < f < 1)]
+            if bad:
+                raise ConfigError(f"noise.fractions: expected numbers in (0, 1) (fractions of the acquired dose; a "
+                                  f"reduction can only lower it), got {bad[0]!r}")
+            if self.mode == "add":
+                raise ConfigError("noise.fractions: fractions of the acquired dose need mode = 'reduce' (or 'auto'); "
+                                  "mode 'add' takes levels in mAs")
+            object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
+            object.__setattr__(self, "levels", self.fractions)
+        if self.mode == "reduce" and self.kind != "nps":
+            raise ConfigError(f"noise.mode: 'reduce' applies to kind = 'nps' only, got kind {self.kind!r}")
+        if self.scan_noise not in SCAN_NOISE:
+            raise ConfigError(f"noise.scan_noise: expected one of {SCAN_NOISE}, got {self.scan_noise!r}")
+        if self.scan_noise == "phantom" and len(self.phantom_series) < 2:
+            raise ConfigError("noise.phantom_series: scan_noise = 'phantom' needs at least 2 repeated phantom scans "
+                              f"(folders), got {len(self.phantom_series)}")
+        for key in ("acquired_mas", "phantom_mas", "reference_diameter_mm", "roi_mm"):
+            v = getattr(self, key)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ConfigError(f"noise.{key}: expected a positive number, got {v!r}")
         if self.kind not in KINDS:
             raise ConfigError(f"noise.kind: expected one of {KINDS}, got {self.kind!r}")
         if not self.levels or any(not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0) for v in self.levels):
@@ -104,10 +173,44 @@ class NoiseSpec:
         variance = grid_variance(shape_nps.on_grid(*grid), *grid)
         return DoseModel(shape_nps.scaled(self.sigma_ref**2 / variance), self.mas_ref, self.electronic_fraction)
 
+    def resolved_mode(self, source: Any) -> str:
+        """``add`` or ``reduce`` for this source (``auto`` decided by the data; see the module docstring)."""
+        if self.kind != "nps" or self.mode == "add":
+            return "add"
+        if self.mode == "reduce" or self.fractions or self.acquired_mas is not None:
+            return "reduce"
+        getter = getattr(source, "acquisition", None)
+        is_dicom = getattr(source, "source_slices", None)
+        if callable(getter) and callable(is_dicom) and any(is_dicom(i) is not None for i in range(len(source))):
+            return "reduce"  # real scans: their noise is already in them
+        return "add"
+
+    def resolved(self, source: Any) -> "NoiseSpec":
+        """This spec with ``mode`` decided for ``source`` (what report.json records)."""
+        return dataclasses.replace(self, mode=self.resolved_mode(source))
+
+    def noise_model(self, source: Any) -> DoseModel | DoseReduction | None:
+        """The model ``sample`` takes for this source: a ``DoseModel`` (add), a ``DoseReduction`` (reduce; reads every
+        sample's acquired dose now and refuses bad levels or missing doses, naming the series), None (stress noise)."""
+        if self.kind != "nps":
+            return None
+        if self.resolved_mode(source) == "reduce":
+            return DoseReduction(self.resolved(source), source)
+        return self.dose_model(source.shape, source.spacing)
+
     def sample(self, keys: np.ndarray, level: float, hu: np.ndarray, spacing: Sequence[float], *, workers: int = 1,
-               model: DoseModel | None = None) -> np.ndarray:
-        """Noise (HU) for the images ``hu`` (B, *shape), one key per image."""
+               model: DoseModel | DoseReduction | None = None) -> np.ndarray:
+        """Noise (HU) for the images ``hu`` (B, *shape), one key per image.
+
+        ``model``: from ``noise_model(source)``; a ``DoseReduction`` inserts only what the lower dose adds. Mode
+        ``reduce`` needs it (the acquired doses are the source's); ``add`` and unbound ``auto`` add the whole noise.
+        """
         shape = hu.shape[1:]
+        if isinstance(model, DoseReduction):
+            return model.sample(keys, level, hu, spacing, workers=workers)
+        if self.kind == "nps" and self.mode == "reduce":
+            raise ConfigError("noise.mode 'reduce': sample() needs the model of the scans, NoiseSpec.noise_model(source) "
+                              "(their acquired doses and own noise)")
         if self.kind == "nps":
             model = model or self.dose_model(shape, spacing)
             z = self.z_fwhm_mm if len(shape) == 3 else None
@@ -121,28 +224,54 @@ class NoiseSpec:
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("kind", "draws", "seed")}
         d["levels"] = list(self.levels)
-        d["level_unit"] = {"nps": "mAs", "gaussian": "HU (sigma)", "uniform": "HU (half-width)", "poisson": "counts (lambda)"}[self.kind]
+        d["level_unit"] = {"nps": "fraction of the acquired dose" if self.fractions else "mAs", "gaussian": "HU (sigma)", "uniform": "HU (half-width)", "poisson": "counts (lambda)"}[self.kind]
         d["key"] = "NoiseKey(seed, sample_index, round(1000 * level), k)"
         if self.kind == "nps":
             d.update(preset=None if self.table else self.preset, table=self.table, sigma_ref=self.sigma_ref, mas_ref=self.mas_ref,
                      electronic_fraction=self.electronic_fraction, cutoff=self.cutoff, z_fwhm_mm=self.z_fwhm_mm, method=self.method)
+            if self.mode != "auto":  # decided (``resolved(source)``, or given): labelled; unbound "auto" adds, as before
+                d.update(mode=self.mode, mode_label=MODE_LABELS[self.mode])
+            if self.mode == "reduce":
+                d.update(fractions=list(self.fractions) or None, acquired_mas=self.acquired_mas, scan_noise=self.scan_noise,
+                         phantom_series=list(self.phantom_series) or None, phantom_mas=self.phantom_mas,
+                         reference_diameter_mm=self.reference_diameter_mm, strict_kernel=self.strict_kernel,
+                         roi_mm=self.roi_mm)
         return d
 
 
 def read_nps_table(path: Path) -> RadialNPS:
-    """A radial NPS from a CSV with columns ``freq`` (1/mm) and ``nps`` (HU^2 mm^2)."""
+    """A radial NPS from a UTF-8 CSV with columns ``freq`` (1/mm, strictly increasing from >= 0) and ``nps``
+    (HU^2 mm^2, finite, >= 0, not all zero); anything else is one ``InputError`` naming the file (and the row)."""
+    path = Path(path)
     try:
-        with path.open(newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        values = [(float(r["freq"]), float(r["nps"])) for r in rows]
+        text = path.read_bytes().decode("utf-8-sig")
     except OSError as exc:
         raise InputError(f"{path}: cannot read the NPS table ({exc.strerror or exc})") from None
-    except (KeyError, ValueError, TypeError):
-        raise InputError(f"{path}: expected a CSV with a header 'freq,nps' and numeric values (1/mm, HU^2 mm^2)") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: the NPS table is not UTF-8 text (byte {exc.start})") from None
+    header = "expected a CSV with a header 'freq,nps' and numeric values (1/mm, HU^2 mm^2)"
+    if "\0" in text:
+        raise InputError(f"{path}: the NPS table holds a NUL byte; {header}")
+    try:
+        rows = list(csv.DictReader(text.splitlines()))
+    except csv.Error as exc:
+        raise InputError(f"{path}: not a readable CSV ({exc}); {header}") from None
+    if not rows or "freq" not in rows[0] or "nps" not in rows[0]:
+        raise InputError(f"{path}: {header}")
+    values = []
+    for n, r in enumerate(rows):
+        try:
+            f, v = float(r["freq"]), float(r["nps"])
+        except (TypeError, ValueError):  # a short row gives None, a word a ValueError
+            cells = [r.get("freq"), r.get("nps")]
+            raise InputError(f"{path}: row {n + 2}: {header}, got {cells!r}"[:300]) from None
+        if not (math.isfinite(f) and math.isfinite(v)):
+            raise InputError(f"{path}: row {n + 2}: expected finite numbers, got freq {f:g}, nps {v:g}")
+        values.append((f, v))
     if len(values) < 2:
         raise InputError(f"{path}: expected at least 2 rows in the NPS table")
     try:
         f, s = zip(*values)
         return RadialNPS(np.array(f), np.array(s), path.name)
-    except ValueError as exc:
+    except ValueError as exc:  # KernelError: negative power, frequencies not increasing, all zeros
         raise InputError(f"{path}: {exc}") from None

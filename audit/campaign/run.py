@@ -29,7 +29,7 @@ from audit.artifact import AuditedModel, Decisions
 from audit.campaign import records
 from audit.campaign.noise import NoiseSpec
 from audit.errors import ConfigError, InputError
-from audit.io import atomic_path, progress_bar, remove_stale_temps
+from audit.io import atomic_path, is_temp, progress_bar, remove_stale_temps
 
 _DONE = object()
 
@@ -102,22 +102,53 @@ def start_store(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, o
                 resume: bool, create: bool = True) -> None:
     """Check or write ``campaign.json``: a fresh run needs a fresh folder, ``resume`` the same campaign.
 
-    ``create=False`` (a scale-out worker) never writes it: a missing marker means this worker does not see the
-    driver's output folder."""
+    Before a fresh run writes anything: ``out`` must be new, empty or an output folder of ours (a folder holding
+    other files is refused), every data row passes the source's first pass (``preflight``: readable, finite, right
+    rank, shape and modality) and every model decides one sample (its head fits its outputs), so a bad input
+    fails with nothing written. ``create=False`` (a scale-out worker) never writes it: a missing marker means this
+    worker does not see the driver's output folder."""
     fp = fingerprint(models, source, noise, options)
     marker = out / "campaign.json"
     if not create and not marker.exists():
         raise InputError(f"{out}: no campaign.json where the driver wrote one: this worker does not see the driver's "
                          "output folder (scale-out needs a filesystem every node mounts at the same path)")
     if marker.exists():
-        previous = json.loads(marker.read_text()).get("fingerprint")
+        try:
+            previous = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            raise InputError(f"{marker}: unreadable; this folder's campaign cannot be resumed, choose another --out") from None
         if not resume:
             raise InputError(f"{out}: holds results of an earlier run; pass --resume to finish it or choose another --out")
         if previous != fp:
             raise InputError(f"{out}: holds results of a different campaign (models, data or noise changed); choose another --out")
-    else:
-        with atomic_path(marker) as tmp:
-            tmp.write_text(json.dumps({"fingerprint": fp, "noise": noise.to_dict(), "models": [m.name for m in models]}, indent=1))
+        return
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder; --out must be a new, empty or earlier output folder")
+    if out.is_dir():  # what an output folder of ours holds, even when its marker is gone (audit demo redoes a run)
+        ours = {"campaign.json", "records", "report.json", "report.html", "junit.xml", "gate.json"}
+        names = sorted(p.name for p in out.iterdir() if not is_temp(p))
+        if names and not set(names) & ours:
+            raise InputError(f"{out}: not empty and holds no run of ours (no campaign.json; found {names[0]!r}"
+                             f"{f' and {len(names) - 1} more' if len(names) > 1 else ''}); choose a new or empty --out")
+    labels = getattr(source, "labels", None)
+    for m in models if labels is not None else ():  # a label no class of the model has would skew every metric
+        n = m.head.n_classes
+        bad = np.flatnonzero((np.asarray(labels) >= n) | (np.asarray(labels) < -1)) if n else ()
+        if len(bad):
+            i = int(bad[0])
+            raise InputError(f"{source.name}: sample {i} ({source.ids[i]}): label {int(labels[i])} is not a class of model "
+                             f"'{m.name}' (expected 0..{n - 1}, or -1 for unknown)")
+    preflight = getattr(source, "preflight", None)
+    if preflight is not None:
+        preflight()
+    if len(source):
+        sample = source.load([0])
+        for m in models:  # the head reads the engine's outputs (names, count, classes) before any shard exists
+            fixed = m.engine.input_spec.shape[0]
+            m.decide_batched(np.repeat(sample, fixed if isinstance(fixed, int) else 1, axis=0), options.batch_size)
+    remove_stale_temps(out)  # a fresh run: what an earlier run killed before its marker left is ours to clear
+    with atomic_path(marker) as tmp:
+        tmp.write_text(json.dumps({"fingerprint": fp, "noise": noise.to_dict(), "models": [m.name for m in models]}, indent=1))
 
 
 def plan(models: Sequence[AuditedModel], n: int, noise: NoiseSpec, out: Path, options: RunOptions, *,
@@ -149,10 +180,10 @@ def plan(models: Sequence[AuditedModel], n: int, noise: NoiseSpec, out: Path, op
 
 
 def produce(put: Any, stopped: Any, work: Plan, models: Sequence[AuditedModel], source: Any, noise: NoiseSpec,
-            options: RunOptions) -> None:
-    """The producer: for each block, its images, then per level batches of noisy, preprocessed inputs."""
+            options: RunOptions, dose_model: Any) -> None:
+    """The producer: for each block, its images, then per level batches of noisy, preprocessed inputs.
+    ``dose_model``: ``noise.noise_model(source)`` (the whole noise of a dose, or what a lower dose adds)."""
     k0, k = work.first_ks[0], work.k
-    dose_model = noise.dose_model(source.shape, source.spacing) if noise.kind == "nps" else None
     for first, levels in work.todo:
         idx = np.arange(first, min(first + options.shard_samples, work.n))
         hu = source.load(idx)
@@ -250,6 +281,8 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
         raise ConfigError(f"models: names must be unique, got {names}")
     for m in models:
         m.check_input(source)
+    noise = noise.resolved(source)  # add or reduce, decided by the data; recorded in campaign.json
+    dose_model = noise.noise_model(source)  # reduce: acquired doses read and every level checked, before any output
     start_store(models, source, noise, out, options, resume, create_store)
     if resume and blocks is None:
         remove_stale_temps(out)  # writes cut short when the earlier run was killed
@@ -269,7 +302,7 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
 
     def producer() -> None:
         try:
-            produce(put, stop.is_set, work, models, source, noise, options)
+            produce(put, stop.is_set, work, models, source, noise, options, dose_model)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
             put(("error", exc))
         finally:

@@ -36,6 +36,9 @@ class ArraySource:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def preflight(self) -> None:
+        """Nothing left to check before a campaign: arrays in memory are checked (rank, spacing, finite) on creation."""
+
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.images.shape[1:])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -46,13 +47,7 @@ class ManifestSource:
         self.cube = int(cube)
         self.target_spacing = float(target_spacing)
         self._series: dict[Path, object] = {}
-        try:
-            with self.manifest.open(newline="") as fh:
-                rows = list(csv.DictReader(fh))
-        except OSError as exc:
-            raise InputError(f"{self.manifest}: cannot read the manifest ({exc.strerror or exc})") from None
-        if not rows or "path" not in rows[0]:
-            raise InputError(f"{self.manifest}: expected a CSV with a header naming at least 'path' (and 'label')")
+        rows = self._rows()
         base = self.manifest.parent
         self._remote = self._pacs_rows(rows, pacs)  # row -> (study UID or None, series UID) on the PACS
         self.paths = [self._pacs.cache.folder(self._remote[n][1]) if n in self._remote else
@@ -61,31 +56,125 @@ class ManifestSource:
         self.centers = [self._center(n, r) for n, r in enumerate(rows)]
         self.ids = [r.get("id") or (r["path"] if c is None else f"{r['path']}@{','.join(f'{v:g}' for v in c[0])}")
                     for r, c in zip(rows, self.centers)]
-        try:
-            self.labels = np.array([int(r["label"]) if r.get("label", "") not in ("", None) else -1 for r in rows], np.int64)
-        except ValueError as exc:
-            raise InputError(f"{self.manifest}: label column must hold integers ({exc})") from None
+        self.labels = np.array([self._label(n, r) for n, r in enumerate(rows)], np.int64)
         for n, (p, c) in enumerate(zip(self.paths, self.centers)):
-            if n in self._remote or p.is_dir():
-                continue  # a DICOM series folder (or a PACS series), read on demand
-            if c is not None:
-                raise InputError(f"{p}: lesion coordinates in {self.manifest.name} apply to DICOM folders only")
-            if p.suffix not in (".npy", ".npz"):
-                raise InputError(f"{p}: unsupported file type '{p.suffix}'; expected .npy, .npz or a DICOM folder")
-            if not p.is_file():
-                raise InputError(f"{p}: file listed in {self.manifest.name} not found")
-        first, first_spacing = self._read(0)
+            row = f"{self.manifest}: row {n + 2}"
+            try:
+                if n in self._remote or p.is_dir():
+                    continue  # a DICOM series folder (or a PACS series), read on demand
+                if c is not None:
+                    raise InputError(f"{row}: {p}: lesion coordinates in {self.manifest.name} apply to DICOM folders only")
+                if p.suffix not in (".npy", ".npz"):
+                    raise InputError(f"{row}: {p}: unsupported file type '{p.suffix}'; expected .npy, .npz or a DICOM folder")
+                if not p.is_file():
+                    raise InputError(f"{row}: {p}: file listed in {self.manifest.name} not found")
+            except OSError as exc:  # a path too long for the filesystem, a folder we may not list
+                raise InputError(f"{row}: {str(p)[:200]}: cannot use the path ({exc.strerror or exc})") from None
+        try:
+            first, first_spacing = self._read(0)
+            first = self._numeric(0, first)
+        except InputError as exc:
+            raise self._at_row(0, exc) from None
         self._shape = first.shape
         if first.ndim not in (2, 3):
-            raise InputError(f"{self.paths[0]}: expected a 2D slice or 3D volume, got shape {first.shape}")
+            raise InputError(f"{self.manifest}: row 2: {self.paths[0]}: expected a 2D slice or 3D volume, got shape "
+                             f"{first.shape}")
+        if first_spacing is not None:
+            self._check_spacing(0, first_spacing, first.ndim)
+        self._spacing_given = spacing is not None
         given = tuple(float(s) for s in spacing) if spacing is not None else first_spacing
         if given is None:
             raise InputError(f"{self.paths[0]}: no spacing in the file; set data.spacing in the config")
-        if len(given) != first.ndim or min(given) <= 0:
+        if len(given) != first.ndim or not all(np.isfinite(given)) or min(given) <= 0:
             raise InputError(f"data.spacing: expected {first.ndim} positive values (mm), got {given}")
         if first_spacing is not None and self._is_dicom(0) and not np.allclose(given, first_spacing, rtol=1e-3):
             raise InputError(f"data.spacing: {given} mm disagrees with {first_spacing} mm of the DICOM series {self.paths[0]}")
         self.spacing = given
+        try:
+            self._check(0, first, first_spacing)
+        except InputError as exc:
+            raise self._at_row(0, exc) from None
+
+    def _at_row(self, i: int, exc: InputError) -> InputError:
+        """``exc`` (of its own class: a ``PacsError`` stays one) with the manifest and row number in front."""
+        message = f"{self.manifest}: row {i + 2}: {exc}"
+        try:
+            return type(exc)(message)
+        except Exception:  # noqa: BLE001 - a subclass with another signature
+            return InputError(message)
+
+    def _rows(self) -> list[dict]:
+        """The manifest's rows (UTF-8 CSV with a header naming ``path``), each with a usable path cell."""
+        try:
+            text = self.manifest.read_bytes().decode("utf-8-sig")
+        except OSError as exc:
+            raise InputError(f"{self.manifest}: cannot read the manifest ({exc.strerror or exc})") from None
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{self.manifest}: the manifest is not UTF-8 text (byte {exc.start})") from None
+        if "\0" in text:
+            raise InputError(f"{self.manifest}: the manifest holds a NUL byte; expected a CSV text file")
+        try:
+            rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        except csv.Error as exc:
+            raise InputError(f"{self.manifest}: not a readable CSV ({exc})") from None
+        if not rows or "path" not in rows[0]:
+            raise InputError(f"{self.manifest}: expected a CSV with a header naming at least 'path' (and 'label')")
+        for n, r in enumerate(rows):
+            if not (r.get("path") or "").strip():
+                raise InputError(f"{self.manifest}: row {n + 2}: the path cell is empty")
+        return rows
+
+    def _label(self, n: int, row: dict) -> int:
+        """The label of row ``n``: an integer class index >= 0, or -1 / empty for unknown."""
+        value = (row.get("label") or "").strip()
+        if not value:
+            return -1
+        try:
+            label = int(value)
+        except ValueError:
+            raise InputError(f"{self.manifest}: row {n + 2}: label column must hold integers, got {value[:40]!r}") from None
+        if not -1 <= label < 2**31:
+            raise InputError(f"{self.manifest}: row {n + 2}: label {value[:40]} is not a class index (>= 0, or -1 for "
+                             "unknown)")
+        return label
+
+    def _check_spacing(self, i: int, sp: tuple[float, ...], ndim: int) -> None:
+        if len(sp) != ndim or not all(np.isfinite(sp)) or min(sp) <= 0:
+            raise InputError(f"{self.manifest}: row {i + 2}: {self.paths[i]}: spacing {sp} is not {ndim} positive values (mm)")
+
+    def _numeric(self, i: int, img: np.ndarray) -> np.ndarray:
+        """``img`` if it holds real numbers (no strings, objects, booleans or complex values)."""
+        img = np.asarray(img)
+        if not np.issubdtype(img.dtype, np.number) or np.issubdtype(img.dtype, np.complexfloating):
+            raise InputError(f"{self.paths[i]}: expected a real numeric array, got dtype {img.dtype}")
+        return img
+
+    def _check(self, i: int, img: np.ndarray, sp: tuple[float, ...] | None) -> None:
+        """One row's image against the source: real numbers, the first image's rank and shape, finite values, and its
+        spacing (DICOM: the source's; array files: their own agrees with the first file's unless data.spacing is set)."""
+        self._numeric(i, img)
+        if img.shape != self._shape:
+            raise InputError(f"{self.paths[i]}: shape {img.shape} differs from the first image's {self._shape}")
+        if sp is not None:
+            self._check_spacing(i, sp, img.ndim)
+            if (self._is_dicom(i) or not self._spacing_given) and not np.allclose(sp, self.spacing, rtol=1e-3):
+                kind = "DICOM spacing" if self._is_dicom(i) else "spacing"
+                raise InputError(f"{self.paths[i]}: {kind} {sp} mm differs from the source's {self.spacing}")
+        step = max(1, (1 << 22) // max(1, int(np.prod(img.shape[1:], dtype=np.int64))))  # ~4M values at a time
+        for start in range(0, img.shape[0], step):
+            if not np.all(np.isfinite(img[start:start + step])):
+                raise InputError(f"{self.paths[i]}: image contains NaN or inf")
+
+    def preflight(self) -> None:
+        """Check every row before a campaign writes anything: readable (every DICOM slice, every array member),
+        real numbers, finite, the first row's rank and shape, consistent spacing, CT modality (DICOM headers).
+        One row in memory at a time; the first bad row is an ``InputError`` naming its row number and file."""
+        for i in range(1, len(self)):
+            try:
+                img, sp = self._read(i)
+                self._check(i, img, sp)
+            except InputError as exc:
+                raise self._at_row(i, exc) from None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -157,6 +246,49 @@ class ManifestSource:
         series = self._series_of(i)
         return series if self.centers[i] is None else series.header
 
+    def source_slices(self, i: int) -> np.ndarray | None:
+        """Index of the source series slice behind each slice of sample ``i`` (a cube's slices: the nearest source
+        slice, clipped to the series), or None for array files."""
+        if not self._is_dicom(i):
+            return None
+        series = self._series_of(i)
+        nz = series.shape[0]
+        if self.centers[i] is None:
+            return np.arange(nz)
+        center, units = self.centers[i]
+        c = np.asarray(center, dtype=np.float64)
+        kc = float(series.patient_to_index(c)[0]) if units == "mm" else float(c[2])
+        k = kc + (np.arange(self.cube) - (self.cube - 1) / 2.0) * self.target_spacing / series.spacing[0]
+        return np.clip(np.rint(k), 0, nz - 1).astype(np.int64)
+
+    def acquisition(self, i: int) -> Any:
+        """What the DICOM series of sample ``i`` states about its acquisition (``audit.dicom.Acquisition``), restricted
+        to the sample's slices (``source_slices``): dose and tube current per slice of the sample; None for arrays."""
+        slices = self.source_slices(i)
+        if slices is None:
+            return None
+        acq = self._series_of(i).acquisition
+        return None if acq is None else acq.take(slices)
+
+    def series_name(self, i: int) -> str:
+        """How messages name the series of sample ``i``: its folder (or PACS UID) and SeriesInstanceUID."""
+        if not self._is_dicom(i):
+            return str(self.paths[i])
+        where = f"dicomweb:{self._remote[i][1]}" if i in self._remote else str(self.paths[i])
+        return f"{where} (series {self._series_of(i).series_uid})"
+
+    def context(self, i: int) -> tuple[np.ndarray, tuple[float, float], np.ndarray] | None:
+        """The whole axial source slices behind a lesion cube, to measure the scan's own noise and the patient's
+        size on: (HU (m, ny, nx), (dy, dx) mm, index into them of each cube slice). None for whole-series rows and
+        arrays (the sample is its own context)."""
+        if not self._is_dicom(i) or self.centers[i] is None:
+            return None
+        series = self._series_of(i)
+        slices = self.source_slices(i)
+        unique, inverse = np.unique(slices, return_inverse=True)
+        hu = np.stack([series.read(int(k), int(k) + 1)[0] for k in unique])
+        return hu, (series.spacing[1], series.spacing[2]), inverse.astype(np.int64)
+
     def _read_dicom(self, i: int) -> tuple[np.ndarray, tuple[float, ...]]:
         series = self._series_of(i)
         if self.centers[i] is None:
@@ -168,7 +300,12 @@ class ManifestSource:
     def _read(self, i: int) -> tuple[np.ndarray, tuple[float, ...] | None]:
         path = self.paths[i]
         if self._is_dicom(i):
-            return self._read_dicom(i)
+            try:
+                return self._read_dicom(i)
+            except InputError:
+                raise
+            except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError, IndexError) as exc:
+                raise InputError(f"{path}: cannot read the DICOM series ({type(exc).__name__}: {exc})") from None
         try:
             if path.suffix == ".npy":
                 return np.load(path, allow_pickle=False), None
@@ -177,25 +314,18 @@ class ManifestSource:
                 key = "hu" if "hu" in keys else "image" if "image" in keys else (keys[0] if len(keys) == 1 else None)
                 if key is None:
                     raise InputError(f"{path}: .npz must hold 'hu' or 'image' (or a single array), found {keys}")
-                sp = tuple(float(v) for v in data["spacing"]) if "spacing" in keys else None
+                sp = tuple(float(v) for v in np.atleast_1d(data["spacing"])) if "spacing" in keys else None
                 return np.asarray(data[key]), sp
-        except InputError:
+        except (InputError, MemoryError):
             raise
-        except (OSError, ValueError, EOFError) as exc:
-            raise InputError(f"{path}: cannot read the array ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - a truncated zip, a bad header, pickled objects: the file is unusable
+            raise InputError(f"{path}: cannot read the array ({type(exc).__name__}: {exc})") from None
 
     def load(self, index: Sequence[int]) -> np.ndarray:
         out = np.empty((len(index), *self._shape), dtype=np.float32)
         for j, i in enumerate(index):
             img, sp = self._read(int(i))
-            if sp is not None and self._is_dicom(i) and not np.allclose(sp, self.spacing, rtol=1e-3):
-                raise InputError(f"{self.paths[i]}: DICOM spacing {sp} mm differs from the source's {self.spacing}")
-            if img.shape != self._shape:
-                raise InputError(f"{self.paths[i]}: shape {img.shape} differs from the first image's {self._shape}")
-            if not np.issubdtype(img.dtype, np.number):
-                raise InputError(f"{self.paths[i]}: expected a numeric array, got dtype {img.dtype}")
-            if not np.all(np.isfinite(img)):
-                raise InputError(f"{self.paths[i]}: image contains NaN or inf")
+            self._check(int(i), img, sp)
             out[j] = img
         return out
 

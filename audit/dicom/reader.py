@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from audit.dicom.acquisition import Acquisition, acquisition_from_headers
 from audit.errors import InputError
 
 #: Positions within this distance (mm) count as equal; spacings within this fraction of dz too.
@@ -73,7 +74,9 @@ class CTVolume(_Grid):
     """A CT volume in HU: ``hu`` (nz, ny, nx) float32, geometry in mm (see the module docstring).
 
     ``files`` are the source files in array order (empty for derived volumes
-    such as crops); ``header`` is the first slice's header without pixel data.
+    such as crops); ``header`` is the first slice's header without pixel data;
+    ``acquisition`` what the series states about its acquisition (dose per
+    slice, tube, kernel; ``audit.dicom.acquisition``), None for derived volumes.
     """
 
     hu: np.ndarray
@@ -85,6 +88,7 @@ class CTVolume(_Grid):
     frame_of_reference_uid: str = ""
     files: tuple[Path, ...] = ()
     header: object = field(default=None, repr=False)
+    acquisition: Acquisition | None = field(default=None, repr=False)
 
     @property
     def shape(self) -> tuple[int, int, int]:  # type: ignore[override]
@@ -95,8 +99,9 @@ class CTVolume(_Grid):
 class SeriesHeaders(_Grid):
     """A validated, sorted CT series before its pixels are read; ``read`` loads slices on demand.
 
-    Holds per-slice rescale values and the first slice's header, not every
-    header, so many series can be kept open at once.
+    Holds per-slice rescale values, the acquisition (per-slice dose and tube
+    current) and the first slice's header, not every header, so many series can
+    be kept open at once.
     """
 
     shape: tuple[int, int, int]
@@ -110,6 +115,7 @@ class SeriesHeaders(_Grid):
     slopes: np.ndarray
     intercepts: np.ndarray
     header: object = field(repr=False)
+    acquisition: Acquisition | None = field(default=None, repr=False)
 
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """HU of slices ``start:stop`` as (n, ny, nx) float32, allocated once and filled per file."""
@@ -124,7 +130,7 @@ class SeriesHeaders(_Grid):
     def volume(self) -> CTVolume:
         """The whole series as a ``CTVolume``."""
         return CTVolume(self.read(), self.spacing, self.origin, self.direction, self.series_uid, self.study_uid,
-                        self.frame_of_reference_uid, self.files, self.header)
+                        self.frame_of_reference_uid, self.files, self.header, self.acquisition)
 
 
 def read_series(source: str | os.PathLike | Sequence[str | os.PathLike], *, series_uid: str | None = None) -> CTVolume:
@@ -359,6 +365,7 @@ def _validate(headers: list[tuple[Path, object]]) -> SeriesHeaders:
         slopes=slopes[order],
         intercepts=intercepts[order],
         header=header,
+        acquisition=acquisition_from_headers([headers[int(m)][1] for m in order], str(header.SeriesInstanceUID)),
     )
 
 

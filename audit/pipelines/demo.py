@@ -55,7 +55,8 @@ def audit_reference(out: Path, onnx_path: Path, *, quick: bool = False, progress
     n, k = QUICK_SIZE if quick else DEFAULT_SIZE
     model = open_path(onnx_path, "nodule3d")
     source = phantom_source("nodules", n, AUDIT_SET_SEED)
-    noise = NoiseSpec(kind="nps", levels=LEVELS, draws=k, seed=0, preset="standard", sigma_ref=25.0, mas_ref=100.0)
+    noise = NoiseSpec(kind="nps", levels=LEVELS, draws=k, seed=0, preset="standard", sigma_ref=25.0,
+                      mas_ref=100.0).resolved(source)  # phantoms: the whole noise of each dose is added
     options = RunOptions(batch_size=64, shard_samples=32, progress=progress)
     marker = out / "campaign.json"
     resume = marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint([model], source, noise, options)

@@ -32,6 +32,7 @@ def write_reports(out: Path, models: Sequence[AuditedModel], source: Source, noi
     """report.json, the figure files, report.html and junit.xml of a finished campaign; with ``policy`` the gate's
     verdict on the report heads it."""
     rules = load_policy(policy) if policy is not None else None
+    noise = noise.resolved(source)
     report = build_report(out, models, source, noise, stats.to_dict(), worst=worst, attacks=attacks, scan_arm=scan_arm,
                           build=build)
     if rules is not None:

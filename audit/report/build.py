@@ -237,6 +237,8 @@ def build_report(out: Path, models: Sequence[Audited], source: Any, noise: Noise
         "attacks": list(attacks),  # audit.attacks.blocks.attack_block of each attack run
         "timing": timing,
     }
+    if noise.kind == "nps" and noise.mode == "reduce":  # per series: acquisition, acquired dose, the scan's own noise
+        report["noise"]["reduction"] = noise.noise_model(source).to_dict()
     if scan_arm:
         report["scan_arm"] = list(scan_arm)
     if build:
@@ -262,8 +264,9 @@ def provenance() -> dict[str, Any]:
 
 
 def noise_sigma(noise: NoiseSpec, shape: Sequence[int], spacing: Sequence[float]) -> list[float | None]:
-    """Pixel sigma (HU) of the noise each level adds on the data's grid (None where it depends on the image)."""
-    if noise.kind == "nps":
+    """Pixel sigma (HU) of the noise each level adds on the data's grid (None where it depends on the image, as in
+    dose reduction, where it depends on each scan's acquired dose: see ``noise.reduction``)."""
+    if noise.kind == "nps" and noise.mode != "reduce":
         model = noise.dose_model(shape, spacing)
         grid = tuple(shape[-2:]), tuple(spacing[-2:])
         return [math.sqrt(grid_variance(model.nps_at(lv).on_grid(*grid), *grid)) for lv in noise.levels]

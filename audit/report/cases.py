@@ -37,16 +37,18 @@ def case_image(out: Path, model: str, case: dict[str, Any]) -> Path:
     return Path(out) / CASES_DIR / model / f"{case_name(case)}.png"
 
 
-def regenerate(source: Any, noise: NoiseSpec, case: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """A worst case's clean image and its noisy image, the noise regenerated from the case's key: (1, *shape) each."""
+def regenerate(source: Any, noise: NoiseSpec, case: dict[str, Any], model: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """A worst case's clean image and its noisy image, the noise regenerated from the case's key: (1, *shape) each.
+    ``model``: ``noise.noise_model(source)`` (needed in reduce mode)."""
     hu = source.load([case["sample"]])
     key = np.array([case["key"]], dtype=np.uint64)
-    return hu, hu + noise.sample(key, case["level"], hu, source.spacing)
+    return hu, hu + noise.sample(key, case["level"], hu, source.spacing, model=model)
 
 
 def write_nps_figure(out: Path, noise: NoiseSpec, shape: Sequence[int], spacing: Sequence[float]) -> None:
-    """The radial NPS of every dose, as generated on the data's grid (``figures/nps.png``); nothing for stress noise."""
-    if noise.kind != "nps":
+    """The radial NPS of every dose, as generated on the data's grid (``figures/nps.png``); nothing for stress noise
+    or dose reduction (whose inserted NPS differs per scan; report.json's ``noise.reduction`` holds it)."""
+    if noise.kind != "nps" or noise.mode == "reduce":
         return
     model = noise.dose_model(shape, spacing)
     grid = tuple(shape[-2:]), tuple(spacing[-2:])
@@ -67,6 +69,7 @@ def write_cases(out: Path, report: dict[str, Any], source: Any, noise: NoiseSpec
     """
     out = Path(out)
     client = connect(pacs) if pacs is not None and pacs.push else None
+    noise_model = noise.noise_model(source)
     unit = report["noise"]["level_unit"]
     links: dict[tuple[str, int], dict[str, Any]] = {}
     for model in report["models"]:
@@ -74,7 +77,7 @@ def write_cases(out: Path, report: dict[str, Any], source: Any, noise: NoiseSpec
             continue
         clean = records.load_clean(out, model["name"], len(source))
         for case in model["worst_cases"]:
-            hu, noisy = regenerate(source, noise, case)
+            hu, noisy = regenerate(source, noise, case, noise_model)
             i = case["sample"]
             title = (f"{case['id']} at {case['level']:g} {unit}, draw {case['k']}: label {int(clean.labels[i])} "
                      f"({float(clean.scores[i]):.3f}) -> {case['noisy_label']} ({case['noisy_score']:.3f})")

@@ -1,10 +1,20 @@
-"""Figures shared by the CLI and the reports (matplotlib, headless Agg backend)."""
+"""Figures shared by the CLI and the reports (matplotlib, headless Agg backend).
+
+The report's figures (``sar_vs_level`` ... ``attack_sweep``) draw from
+report.json's blocks and return a ``Drawn``: the PNG and a caption that says
+how the axes are scaled (a log axis that holds zeros is a symmetric log, linear
+near 0, and the caption says where), so a page never shows a scale it does not
+name.
+"""
 
 from __future__ import annotations
 
 import base64
 import io
+import math
+from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -16,6 +26,14 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """A report figure: PNG bytes and the caption that states its scales."""
+
+    png: bytes
+    caption: str
 
 
 def nps_check_figure(path: Path, *, f, target, measured, band, sample, spacing, title: str) -> None:
@@ -61,98 +79,401 @@ def _none_to_nan(values) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype=float)
 
 
-def sar_vs_level(model: dict, unit: str, log_x: bool) -> bytes:
-    """Per-class SAR (and overall) against the level, with confidence bands."""
+# ---------------------------------------------------------------------------
+# axes
+
+
+def level_label(unit: str) -> str:
+    """The axis / column label of a campaign's level: ``dose (mAs)``, ``noise sigma (HU)``, ..."""
+    if unit == "mAs" or unit.startswith("fraction"):
+        return f"dose ({unit})"
+    if unit.startswith("HU"):
+        what = unit[unit.find("(") + 1:unit.find(")")] if "(" in unit else "level"
+        return f"noise {what} (HU)"
+    return f"noise level ({unit})"
+
+
+def _level_axis(ax, levels: Sequence[float], unit: str, log_x: bool) -> None:
+    """x at the audited levels only, labelled as plain numbers ("10", "50", not 10^1), log for doses."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    lv = sorted(float(v) for v in levels)
+    if log_x and lv[0] > 0:
+        ax.set_xscale("log")
+        lo, hi = lv[0] / 1.35, lv[-1] * 1.35
+    else:
+        pad = 0.06 * ((lv[-1] - lv[0]) or abs(lv[0]) or 1.0)
+        lo, hi = lv[0] - pad, lv[-1] + pad
+    ax.set_xlim(lo, hi)
+    ax.xaxis.set_major_locator(FixedLocator(lv))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{v:g}" for v in lv], fontsize=8)
+    ax.set_xlabel(level_label(unit))
+
+
+def _tick(v: float, _pos=None) -> str:
+    if v == 0:
+        return "0"
+    if abs(v) >= 1e-4:
+        return f"{v:g}"
+    return f"{v:.0e}".replace("e-0", "e-")
+
+
+def _rate_axis(ax, values: Sequence[float], floor: float, *, what: str = "rates") -> str:
+    """Fit the y axis of rates in [0, 1] to the data; small rates get a log axis that keeps zeros.
+
+    ``floor``: the smallest non-zero rate the data can hold (1 / trials). Returns the caption's sentence.
+    """
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    from matplotlib.ticker import FixedLocator
+
+    v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    top = float(v.max()) if v.size else 0.0
+    if 0 < top <= 0.3:
+        low = float(v[v > 0].min())  # the linear part ends at the decade below the smallest value shown, or 1/trials
+        lin = 10.0 ** math.floor(math.log10(max(min(max(floor, low), top), 1e-9)))
+        upper = min(1.0, top * 1.8)
+        ax.set_yscale("symlog", linthresh=lin, linscale=0.4)
+        ax.set_ylim(0, upper)
+        decades = math.log10(upper / lin)
+        steps = (1,) if decades > 3.5 else (1, 2, 5) if decades < 2.5 else (1, 3)
+        ticks = [0.0] + [m * 10.0 ** e for e in range(round(math.log10(lin)), 1) for m in steps
+                         if lin <= m * 10.0 ** e <= upper * 1.0001]
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
+        ax.yaxis.set_major_formatter(FuncFormatter(_tick))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        return (f"y: log scale for small {what} (symmetric log: linear below {_tick(lin)}, so zeros sit on the "
+                f"bottom axis).")
+    ax.set_ylim(0, min(1.02, top * 1.12) if top > 0 else 0.05)
+    ax.yaxis.set_major_formatter(FuncFormatter(_tick))
+    return "y: linear." if top > 0 else "y: linear (every value is 0)."
+
+
+# ---------------------------------------------------------------------------
+# per-model robustness figures
+
+
+def _sorted_blocks(model: dict) -> list[dict]:
+    return sorted(model["levels"], key=lambda b: b["level"])
+
+
+def _fit_curve(fit: dict, doses: np.ndarray) -> np.ndarray:
+    eta = fit["a"] + fit["b"] * np.log(doses)
+    f = 1.0 / (1.0 + np.exp(-eta)) if fit.get("model") == "logistic" else 1.0 - np.exp(-np.exp(eta))
+    return fit.get("lower", 0.0) + (fit.get("upper", 1.0) - fit.get("lower", 0.0)) * f
+
+
+def sar_vs_level(model: dict, unit: str, log_x: bool, critical: Sequence[dict] | None = None) -> Drawn:
+    """Per-class SAR_c and pooled SAR against the level, with confidence bands; with ``critical`` (the summary's
+    critical-dose entries) also the fitted dose-response curve and each target's crossing."""
     plt = _pyplot()
-    levels = np.array([b["level"] for b in model["levels"]])
+    blocks = _sorted_blocks(model)
+    levels = np.array([b["level"] for b in blocks], float)
+    n, k = blocks[0]["N"], blocks[0]["K"]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    if "per_class" in model["levels"][0]:
-        names = model["levels"][0]["class_names"]
+    values: list[float] = []
+    if "per_class" in blocks[0]:
+        names = blocks[0]["class_names"]
         for c, name in enumerate(names):
-            sar = _none_to_nan([b["per_class"]["SAR"][c] for b in model["levels"]])
-            lo = _none_to_nan([b["per_class"]["SAR_ci_low"][c] for b in model["levels"]])
-            hi = _none_to_nan([b["per_class"]["SAR_ci_high"][c] for b in model["levels"]])
+            sar = _none_to_nan([b["per_class"]["SAR"][c] for b in blocks])
+            lo = _none_to_nan([b["per_class"]["SAR_ci_low"][c] for b in blocks])
+            hi = _none_to_nan([b["per_class"]["SAR_ci_high"][c] for b in blocks])
             if np.all(np.isnan(sar)):
                 continue
-            line, = ax.plot(levels, sar, "o-", label=f"SAR {name}")
-            ax.fill_between(levels, lo, hi, color=line.get_color(), alpha=0.15)
-    overall = _none_to_nan([b["SAR_overall"] for b in model["levels"]])
-    ax.plot(levels, overall, "k--", lw=1.5, label="SAR overall")
-    if log_x:
-        ax.set_xscale("log")
-    ax.set_xlabel(unit)
-    ax.set_ylabel("successful-attack rate")
-    ax.set_ylim(bottom=0)
+            line, = ax.plot(levels, sar, "o-", ms=4, label=f"SAR$_c$ {name}")
+            ax.fill_between(levels, lo, hi, color=line.get_color(), alpha=0.13, lw=0)
+            values += [*sar, *hi]
+    overall = _none_to_nan([b["SAR_overall"] for b in blocks])
+    lo = _none_to_nan([b["SAR_overall_ci"][0] for b in blocks])
+    hi = _none_to_nan([b["SAR_overall_ci"][1] for b in blocks])
+    ax.errorbar(levels, overall, yerr=[np.clip(overall - lo, 0, None), np.clip(hi - overall, 0, None)], fmt="ks--",
+                ms=4, lw=1.3, capsize=3, label="SAR pooled (95% CI)")
+    values += [*overall, *hi]
+    notes = []
+    fit_entry = next((c for c in (critical or []) if c.get("fit")), None)
+    if fit_entry and log_x and all(k_ in fit_entry["fit"] for k_ in ("a", "b")) and fit_entry["fit"]["a"] is not None \
+            and fit_entry["fit"]["b"] is not None:
+        d = np.geomspace(levels.min(), levels.max(), 200)
+        ax.plot(d, _fit_curve(fit_entry["fit"], d), color="0.45", lw=1, label=f"{fit_entry['fit'].get('model', '')} fit")
+        for c in critical or []:
+            t = c.get("target", c.get("target_SAR"))
+            ax.axhline(t, color="tab:red", lw=0.8, ls=":")
+            ax.text(levels.max(), t, f" target {100 * t:g}%", va="bottom", ha="right", fontsize=7, color="tab:red")
+            if c.get("dose_mAs") is not None:
+                ax.axvline(c["dose_mAs"], color="tab:red", lw=0.8, ls="--")
+                ci = c.get("ci_mAs") or [None, None]
+                if None not in ci:
+                    ax.axvspan(ci[0], ci[1], color="tab:red", alpha=0.06, lw=0)
+        notes.append("Grey: the dose-response fit behind the critical dose; red dotted: the SAR targets; red dashed "
+                     "(shaded): a critical dose (its CI).")
+    _level_axis(ax, levels, unit, log_x)
+    scale = _rate_axis(ax, values, 1.0 / (n * k), what="SAR")
+    ax.set_ylabel("successful-attack rate (SAR)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"{model['name']}: SAR per clean class (bands: CIs)")
-    return png_bytes(fig)
+    ax.legend(fontsize=7)
+    ax.set_title(f"{model['name']}: SAR per clean class and pooled", fontsize=10)
+    caption = (f"SAR against {level_label(unit)}, at the audited levels (N = {n} samples, K = {k} draws each). "
+               f"Bands and error bars: 95% CIs that count each sample as one cluster of K draws. {scale} {' '.join(notes)}")
+    return Drawn(png_bytes(fig), caption)
 
 
-def cmr_heatmaps(model: dict, unit: str) -> bytes:
+def san_fraction_vs_level(model: dict, unit: str, log_x: bool) -> Drawn:
+    """SAN / N against the level with its Clopper-Pearson interval; each point labelled SAN/N."""
     plt = _pyplot()
-    blocks = [b for b in model["levels"] if "CMR" in b]
-    fig, axes = plt.subplots(1, len(blocks), figsize=(3.2 * len(blocks), 3.3), squeeze=False)
-    for ax, b in zip(axes[0], blocks):
-        mat = np.array([_none_to_nan(r) for r in b["CMR"]["matrix"]])
-        names = b["CMR"]["class_order"]
-        ax.imshow(mat, vmin=0, vmax=1, cmap="viridis")
-        for (i, j), v in np.ndenumerate(mat):
-            if not np.isnan(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.6 else "black")
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(len(names)), names, fontsize=7)
-        ax.set_title(f"{b['level']:g} {unit}", fontsize=9)
-    axes[0][0].set_ylabel("perturbed prediction")
-    fig.supxlabel("clean prediction", fontsize=9)
-    fig.tight_layout()
-    return png_bytes(fig)
-
-
-def exceedance_curves(model: dict, unit: str) -> bytes:
-    plt = _pyplot()
+    blocks = _sorted_blocks(model)
+    levels = np.array([b["level"] for b in blocks], float)
+    frac = _none_to_nan([b["SAN_fraction"] for b in blocks])
+    lo = _none_to_nan([b["SAN_fraction_ci"][0] for b in blocks])
+    hi = _none_to_nan([b["SAN_fraction_ci"][1] for b in blocks])
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for b in model["levels"]:
-        ax.step(b["exceedance"]["thresholds"], _none_to_nan(b["exceedance"]["fraction"]), where="post", label=f"{b['level']:g} {unit}")
-    ax.set_xlabel("s")
-    ax.set_ylabel("fraction of samples with SAR_i > s")
+    ax.errorbar(levels, frac, yerr=[np.clip(frac - lo, 0, None), np.clip(hi - frac, 0, None)], fmt="o-",
+                color="tab:purple", ms=5, capsize=3, label="SAN / N (95% CI)")
+    for b, x, y in zip(blocks, levels, frac):
+        ax.annotate(f"{b['SAN']}/{b['N']}", (x, y), textcoords="offset points", xytext=(5, 6), fontsize=7)
+    _level_axis(ax, levels, unit, log_x)
+    scale = _rate_axis(ax, [*frac, *hi], 1.0 / blocks[0]["N"], what="fractions")
+    ax.set_ylabel("fraction of samples flipped at least once")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(f"{model['name']}: SAN fraction (K = {blocks[0]['K']} draws)", fontsize=10)
+    caption = (f"SAN fraction (samples flipped by at least one of K = {blocks[0]['K']} draws, over N = {blocks[0]['N']}) "
+               f"against {level_label(unit)}; labels: SAN/N. Error bars: 95% Clopper-Pearson over the N samples. {scale}")
+    return Drawn(png_bytes(fig), caption)
+
+
+def _cmr_panel(ax, frac: np.ndarray, counts: np.ndarray | None, names: Sequence[str], norm, cmap, title: str):
+    masked = np.ma.masked_where(~np.isfinite(frac) | (frac <= 0), frac)
+    im = ax.imshow(masked, norm=norm, cmap=cmap)
+    c = len(names)
+    fs = 8 if c <= 3 else 6.5
+    for (i, j), v in np.ndenumerate(frac):
+        if not np.isfinite(v):
+            ax.text(j, i, "no clean\ncases", ha="center", va="center", fontsize=fs - 1, color="0.35")
+            continue
+        text = f"{v:.3g}" if v > 0 else "0"
+        if counts is not None:
+            text += f"\n({int(counts[i, j])})"
+        dark = v > 0 and norm(v) < 0.55
+        ax.text(j, i, text, ha="center", va="center", fontsize=fs, color="white" if dark else "black")
+    ax.set_xticks(range(c), names, rotation=35 if c > 2 else 0, ha="right" if c > 2 else "center", fontsize=7)
+    ax.set_yticks(range(c), names, fontsize=7)
+    ax.set_title(title, fontsize=9)
+    return im
+
+
+def _cmr_norm(counts_list: Sequence[np.ndarray | None], mats: Sequence[np.ndarray]):
+    from matplotlib.colors import LogNorm
+
+    totals = [float(np.nanmax(c.sum(axis=0))) for c in counts_list if c is not None and c.size]
+    if totals and max(totals) > 0:
+        vmin = 1.0 / max(totals)
+    else:
+        pos = np.concatenate([m[np.isfinite(m) & (m > 0)] for m in mats]) if mats else np.array([])
+        vmin = float(pos.min()) if pos.size else 1e-3
+    return LogNorm(vmin=min(0.9 * vmin, 0.1), vmax=1.0)
+
+
+def _cmap():
+    import matplotlib
+
+    return matplotlib.colormaps["viridis"].with_extremes(bad="#eeeeee")
+
+
+CMR_COLOUR_NOTE = ("Colour: the fraction on a log scale (from {vmin} to 1), so rare off-diagonal flips show; "
+                   "light grey: 0.")
+
+
+def cmr_heatmaps(model: dict, unit: str) -> Drawn:
+    """CMR heat maps, one per level: each cell the fraction and (in brackets) the count; log colour of the fraction."""
+    plt = _pyplot()
+    blocks = [b for b in _sorted_blocks(model) if "CMR" in b]
+    mats = [np.array([_none_to_nan(r) for r in b["CMR"]["matrix"]]) for b in blocks]
+    counts = [np.array(b["CMR"]["counts"], float) if b["CMR"].get("counts") is not None else None for b in blocks]
+    names = blocks[0]["CMR"]["class_order"]
+    per_row = min(len(blocks), 5 if len(names) <= 2 else 3)
+    rows = math.ceil(len(blocks) / per_row)
+    side = 2.3 if len(names) <= 2 else 1.0 + 0.75 * len(names)
+    fig, axes = plt.subplots(rows, per_row, figsize=(side * per_row + 1.0, side * rows + 0.6), squeeze=False)
+    norm, cmap = _cmr_norm(counts, mats), _cmap()
+    im = None
+    for i, (ax, b, mat, cnt) in enumerate(zip(axes.ravel(), blocks, mats, counts)):
+        im = _cmr_panel(ax, mat, cnt, names, norm, cmap, f"{b['level']:g} {unit}")
+        if i % per_row:
+            ax.set_yticklabels([])
+    for ax in axes.ravel()[len(blocks):]:
+        ax.axis("off")
+    for r in range(rows):
+        axes[r][0].set_ylabel("perturbed prediction", fontsize=8)
+    fig.supxlabel("clean prediction", fontsize=9)
+    fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.025, pad=0.02, label="fraction (log colour)")
+    caption = ("Confusion Matrix for Robustness per level: column = clean prediction, row = perturbed prediction; each "
+               "cell gives the fraction of that column's perturbed inferences" + (" and, in brackets, their count" if
+                                                                                  counts[0] is not None else "")
+               + "; columns sum to 1 and 1 - diagonal = SAR_c. " + CMR_COLOUR_NOTE.format(vmin=f"{norm.vmin:.2g}"))
+    return Drawn(png_bytes(fig), caption)
+
+
+def cmr_pair(real, simulated, class_order: Sequence[str], title: str, labels=("repeated real scans", "simulated noise")) -> Drawn:
+    """Two CMRs side by side on one log colour scale (the scan arm: real repeated scans vs simulated noise)."""
+    plt = _pyplot()
+    mats = [np.array([_none_to_nan(r) for r in m]) for m in (real, simulated)]
+    side = 2.3 if len(class_order) <= 2 else 1.0 + 0.75 * len(class_order)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.2, side + 0.6), squeeze=False)
+    norm, cmap = _cmr_norm([None, None], mats), _cmap()
+    im = None
+    for ax, m, name in zip(axes[0], mats, labels):
+        im = _cmr_panel(ax, m, None, class_order, norm, cmap, name)
+    axes[0][1].set_yticklabels([])
+    axes[0][0].set_ylabel("perturbed prediction", fontsize=8)
+    fig.supxlabel("clean prediction", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02, label="fraction (log colour)")
+    caption = ("CMR of the repeated real scans beside the CMR of simulated noise (column = clean prediction, row = "
+               "perturbed prediction; each cell the fraction). " + CMR_COLOUR_NOTE.format(vmin=f"{norm.vmin:.2g}"))
+    return Drawn(png_bytes(fig), caption)
+
+
+def exceedance_curves(model: dict, unit: str) -> Drawn:
+    """E(s) = fraction of samples with SAR_i > s per level; both axes fitted to where the curves are non-zero."""
+    plt = _pyplot()
+    blocks = _sorted_blocks(model)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    values: list[float] = []
+    x_max = 0.0
+    for b in blocks:
+        s = np.array(b["exceedance"]["thresholds"], float)
+        e = _none_to_nan(b["exceedance"]["fraction"])
+        nz = np.flatnonzero(e > 0)
+        if nz.size:
+            x_max = max(x_max, s[min(nz[-1] + 1, len(s) - 1)])
+        values += list(e)
+        ax.step(s, e, where="post", label=f"{b['level']:g} {unit}" + ("" if nz.size else " (no flips)"))
+    x_note = ""
+    if 0 < x_max < 0.9:
+        ax.set_xlim(0, min(1.0, x_max * 1.15 + 0.02))
+        x_note = f" x: 0 to {ax.get_xlim()[1]:.2g} (every SAR_i lies below it)."
+    else:
+        ax.set_xlim(0, 1)
+    scale = _rate_axis(ax, values, 1.0 / blocks[0]["N"], what="fractions")
+    ax.set_xlabel("s (threshold on SAR$_i$)")
+    ax.set_ylabel("fraction of samples with SAR$_i$ > s")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(f"{model['name']}: SAR exceedance", fontsize=10)
+    caption = (f"Exceedance curves: the fraction of the N = {blocks[0]['N']} samples whose SAR_i exceeds s, per level; "
+               f"the value at s = 0 is the SAN fraction. {scale}{x_note}")
+    return Drawn(png_bytes(fig), caption)
+
+
+def attack_sweep(blocks: Sequence[dict], name: str) -> Drawn:
+    """Success rate (deployed artifact and torch twin) and mean SAR against eps for runs of one attack."""
+    plt = _pyplot()
+    runs = sorted(blocks, key=lambda b: float(b["attack"]["eps"]))
+    eps = np.array([float(b["attack"]["eps"]) for b in runs])
+    deployed = np.array([b["summary"]["deployed_success_rate"] for b in runs], float)
+    twin = np.array([b["summary"]["torch_success_rate"] for b in runs], float)
+    sar = np.array([b["summary"].get("sar_mean", np.nan) for b in runs], float)
+    spaces = {b["attack"].get("space") for b in runs}
+    unit = "HU" if spaces == {"hu"} else "model-input units" if spaces <= {"input", None} else "/".join(map(str, spaces))
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    ax.plot(eps, deployed, "o-", color="tab:red", label="success rate, deployed artifact")
+    ax.plot(eps, twin, "s--", color="0.5", ms=4, label="success rate, torch twin")
+    ax.plot(eps, sar, "^:", color="tab:blue", ms=4, label="mean SAR (deployed)")
+    ax.set_xscale("log" if eps.min() > 0 and eps.max() / eps.min() >= 8 else "linear")
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ax.xaxis.set_major_locator(FixedLocator(eps))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{v:g}" for v in eps], fontsize=8)
+    ax.set_xlabel(f"eps ({unit})")
+    ax.set_ylabel("fraction of samples")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"{model['name']}: SAR exceedance")
-    return png_bytes(fig)
+    ax.legend(fontsize=7)
+    ax.set_title(f"{name}: success against eps", fontsize=10)
+    caption = (f"Attack {name}: fraction of samples whose deployed decision flipped (red; what counts), the twin's rate "
+               f"(grey) and the mean SAR, against the perturbation bound eps ({unit}); x at the runs' eps.")
+    return Drawn(png_bytes(fig), caption)
+
+
+# ---------------------------------------------------------------------------
+# figures drawn once at audit time (``audit.report.cases``)
 
 
 def nps_used(f, curves: dict, title: str) -> bytes:
-    """Radial NPS curves (1/mm, HU^2 mm^2) per level."""
+    """Radial NPS curves (1/mm, HU^2 mm^2) per level, log y (the doses differ by decades)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    f = np.asarray(f, float)
+    peak = 0.0
+    positive = []
     for label, s in curves.items():
-        ax.plot(f, s, label=label)
+        s = np.asarray(s, float)
+        ok = (s > 0) & np.isfinite(s)
+        if ok.any():
+            positive.append(s[ok])
+            peak = max(peak, float(s[ok].max()))
+        ax.plot(f[ok], s[ok], label=label)
+    ax.set_yscale("log")
+    if peak > 0:
+        low = max(float(min(p.min() for p in positive)), peak * 1e-4)
+        ax.set_ylim(low / 1.5, peak * 2.0)
     ax.set_xlim(0, None)
-    ax.set_ylim(0, None)
     ax.set_xlabel("spatial frequency (1/mm)")
-    ax.set_ylabel("NPS (HU$^2$ mm$^2$)")
-    ax.grid(alpha=0.3)
+    ax.set_ylabel("NPS (HU$^2$ mm$^2$), log scale")
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    ax.set_title(title)
+    ax.set_title(title + " (y: log; zero values not drawn)", fontsize=10)
     return png_bytes(fig)
 
 
-def case_panel(clean, noisy, window, title: str) -> bytes:
-    """Clean, noisy and difference images (central slice of a volume), HU."""
+def _scale_bar(ax, width_px: int, height_px: int, spacing_x: float) -> None:
+    """A white bar of 10 mm (or the largest of 5, 2, 1 mm that fits) at the image's lower left."""
+    from matplotlib.patches import Rectangle
+    import matplotlib.patheffects as pe
+
+    length = next((mm for mm in (10.0, 5.0, 2.0, 1.0) if mm / spacing_x <= 0.6 * width_px), None)
+    if length is None:
+        return
+    px = length / spacing_x
+    x0, y0 = 0.06 * width_px, height_px * 0.9
+    h = max(height_px * 0.025, 0.6)
+    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), px, h, color="white", ec="black", lw=0.6))
+    ax.text(x0 - 0.5 + px / 2, y0 - 0.5 - h, f"{length:g} mm", color="white", ha="center", va="bottom", fontsize=7,
+            path_effects=[pe.withStroke(linewidth=1.5, foreground="black")])
+
+
+def case_panel(clean, noisy, window, title: str, *, spacing_mm: Sequence[float] | None = None) -> bytes:
+    """Clean, noisy and difference images (HU) of one case; a volume shows its central axial slice.
+
+    The panel states the slice and the display window; with ``spacing_mm`` (the image's (z,) y, x spacing) the
+    clean and noisy images carry a 10 mm scale bar.
+    """
     plt = _pyplot()
+    clean, noisy = np.asarray(clean), np.asarray(noisy)
+    where = "2D image"
     if clean.ndim == 3:
-        clean, noisy = clean[clean.shape[0] // 2], noisy[noisy.shape[0] // 2]
+        z = clean.shape[0] // 2
+        where = f"axial slice {z} of 0..{clean.shape[0] - 1} (central)"
+        clean, noisy = clean[z], noisy[z]
     diff = noisy - clean
-    fig, axes = plt.subplots(1, 3, figsize=(8.4, 3.0))
+    lo, hi = float(window[0]), float(window[1])
+    fig, axes = plt.subplots(1, 3, figsize=(8.4, 3.3))
     lim = max(float(np.abs(diff).max()), 1.0)
-    for ax, img, name, kw in ((axes[0], clean, "clean", {"vmin": window[0], "vmax": window[1], "cmap": "gray"}),
-                              (axes[1], noisy, "noisy", {"vmin": window[0], "vmax": window[1], "cmap": "gray"}),
-                              (axes[2], diff, "noise (HU)", {"vmin": -lim, "vmax": lim, "cmap": "RdBu_r"})):
-        im = ax.imshow(img, **kw)
+    ny, nx = clean.shape
+    for ax, img, name, kw in ((axes[0], clean, "clean", {"vmin": lo, "vmax": hi, "cmap": "gray"}),
+                              (axes[1], noisy, "noisy", {"vmin": lo, "vmax": hi, "cmap": "gray"}),
+                              (axes[2], diff, "noise = noisy - clean", {"vmin": -lim, "vmax": lim, "cmap": "RdBu_r"})):
+        im = ax.imshow(img, interpolation="nearest", **kw)
         ax.set_title(name, fontsize=9)
-        ax.axis("off")
-    fig.colorbar(im, ax=axes[2], fraction=0.046)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if spacing_mm is not None and ax is not axes[2]:
+            _scale_bar(ax, nx, ny, float(spacing_mm[-1]))
+    fig.colorbar(im, ax=axes[2], fraction=0.046, label="HU")
+    pixel = "" if spacing_mm is None else f" · pixel {float(spacing_mm[-2]):g} x {float(spacing_mm[-1]):g} mm"
     fig.suptitle(title, fontsize=9)
+    fig.text(0.5, 0.01, f"{where} · display window [{lo:g}, {hi:g}] HU (W {hi - lo:g} / L {(hi + lo) / 2:g}){pixel}",
+             ha="center", va="bottom", fontsize=8, color="0.25")
     return png_bytes(fig)

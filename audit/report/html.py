@@ -4,6 +4,12 @@ The page is a function of ``report.json`` and the files ``audit.report.cases``
 wrote beside it when the campaign ended (case panels, the NPS figure): it can
 be rendered again (``audit report OUT``) without the model, the data or the
 noise generator.
+
+It opens with the verdict and the headline (``report["summary"]``; rebuilt
+from the per-model level blocks for reports written before that key existed),
+then the definitions of every metric it shows, then one section per model and
+the studies' other views (comparisons, scan arm, attacks, spread). It fits the
+page width and prints to a clean PDF (one model per page, figures never cut).
 """
 
 from __future__ import annotations
@@ -11,37 +17,699 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 from pathlib import Path
-from typing import Any, Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from audit.errors import InputError
 from audit.io import write_text
 from audit.report import figures
-from audit.report.attacks import render_attack_html
+from audit.report.attacks import render_attack_html, render_attack_sweeps
 from audit.report.cases import NPS_FIGURE, case_image
 
-CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}
-th{background:#f3f3f3}img{max-width:100%;margin:.4em 0}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}
-.small{color:#666;font-size:12px}"""
+#: A clean score this close to a binary head's threshold marks a flipped case as borderline.
+BORDERLINE = 0.05
+
+CSS = """
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:0 auto;padding:1.2em 2em 3em;max-width:1480px;
+ color:#222;line-height:1.4;font-size:15px}
+h1{margin:.2em 0 .1em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}h3{margin:1.2em 0 .4em}
+h4{margin:.8em 0 .3em}
+table{border-collapse:collapse;margin:.4em 0}td,th{border:1px solid #d4d4d4;padding:3px 8px;font-size:13px;text-align:right;
+ vertical-align:top}
+th{background:#f3f3f3;font-weight:600}td.l,th.l{text-align:left}
+.tw{overflow-x:auto;max-width:100%}
+img{max-width:100%;height:auto;display:block}
+figure{margin:.4em 0 1em;break-inside:avoid}figcaption{color:#555;font-size:12.5px;margin-top:.25em;max-width:75em}
+.small,.meta{color:#666;font-size:12.5px}.meta{overflow-wrap:anywhere}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,440px),1fr));gap:.6em 1.6em;align-items:start}
+.grid.cases{grid-template-columns:repeat(auto-fit,minmax(min(100%,560px),1fr))}
+.row{display:flex;flex-wrap:wrap;gap:.4em 1.6em;align-items:flex-start}
+.summary{border:1px solid #ccc;border-radius:6px;padding:.6em 1.2em 1em;background:#fafafa}
+.summary h2{margin-top:.3em;border:0}
+.verdict{font-size:1.25em;font-weight:700;padding:.45em .8em;border-radius:5px;margin:.3em 0 .6em;border-left:8px solid}
+.verdict.pass{background:#e8f5e9;border-color:#2e7d32;color:#1b5e20}
+.verdict.fail{background:#fdecea;border-color:#c62828;color:#b71c1c}
+.verdict.none{background:#eef1f5;border-color:#78909c;color:#37474f}
+.verdict span{font-weight:400;font-size:.8em;color:#444}
+.facts{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,420px),1fr));gap:.2em 2em}
+table.kv th{text-align:left;background:none;border:0;border-bottom:1px solid #eee;font-weight:600;padding-left:0}
+table.kv td{text-align:left;border:0;border-bottom:1px solid #eee}
+span.pass{color:#1b5e20;font-weight:600}span.fail{color:#b71c1c;font-weight:600}
+tr.borderline td{background:#fff8e1}.badge{display:inline-block;font-size:11px;padding:0 5px;border-radius:3px;
+ background:#ffb300;color:#222;margin-left:4px}
+dl.defs{display:grid;grid-template-columns:max-content 1fr;gap:.25em 1em;font-size:13.5px;margin:.3em 0}
+dl.defs dt{font-weight:600}dl.defs dd{margin:0}dl.defs .src{color:#777}
+nav.toc{font-size:13px;margin:.4em 0 1em;color:#555}nav.toc a{margin-right:1em;color:#1565c0;text-decoration:none}
+caption{caption-side:top;font-size:12px;color:#555;text-align:left;padding-bottom:2px}
+.ci{white-space:nowrap;color:#555}
+code{font-size:12.5px;overflow-wrap:anywhere}
+@media (max-width:700px){body{padding:.6em}dl.defs{grid-template-columns:1fr}}
+@media print{
+ @page{size:A4;margin:12mm}
+ body{max-width:none;padding:0;font-size:11.5px}
+ nav.toc{display:none}
+ .summary{background:none}
+ section.model,section.views{break-before:page}
+ h2,h3,h4{break-after:avoid}
+ figure,img,tr,.verdict{break-inside:avoid}
+ table.cmr,table.kv{break-inside:avoid}
+ .tw{overflow:visible}
+ .grid,.grid.cases{display:block}
+ .grid figure{max-width:100%}
+ a{color:inherit;text-decoration:none}
+}
+"""
+
+
+# ---------------------------------------------------------------------------
+# small HTML helpers
+
+
+def _esc(v: Any) -> str:
+    return html.escape(str(v))
 
 
 def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
+def _figure(png: bytes, alt: str, caption: str = "") -> str:
+    cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+    return f"<figure>{_img(png, alt)}{cap}</figure>"
+
+
+def _num(v: Any, digits: int = 4) -> str:
+    """A number for a table cell (no HTML escaping needed for the result)."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if v == 0:
+            return "0"
+        if abs(v) < 1e-3 or abs(v) >= 1e6:
+            return f"{v:.{max(digits - 1, 1)}e}"
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
+    if isinstance(v, (bool, int, float)):
+        return _num(v)
+    if isinstance(v, (list, tuple)) and len(v) <= 8 and all(isinstance(x, (int, float)) or x is None for x in v):
+        return '<span class="ci">[' + ", ".join(_num(x) for x in v) + "]</span>"
     return html.escape(str(v))
 
 
-def _table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in r) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+def _ci(ci: Any) -> str:
+    """An interval as HTML: breakable before it, never inside it."""
+    if not ci or len(ci) != 2:
+        return ""
+    return f' <span class="ci">[{_num(ci[0], 3)}, {_num(ci[1], 3)}]</span>'
+
+
+def _of(count: Any, total: Any) -> str:
+    return f"{count}&nbsp;/&nbsp;{total}"
+
+
+def _pct(v: Any, digits: int = 3) -> str:
+    return "-" if v is None else f"{100 * v:.{digits}g}%"
+
+
+class Raw(str):
+    """Cell content that is already HTML."""
+
+
+def _cell(v: Any, left: bool = False) -> str:
+    cls = ' class="l"' if left else ""
+    if isinstance(v, Raw):
+        return f"<td{cls}>{v}</td>"
+    return f"<td{cls}>{_fmt(v)}</td>"
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[Any]], *, left: int | set[int] = 0, cls: str = "",
+           caption: str = "", row_classes: Sequence[str] | None = None) -> str:
+    """A table (wrapped so a wide one scrolls inside the page, never the page); ``left``: how many leading columns
+    (or which columns) are text, aligned left."""
+    is_left = (lambda i: i < left) if isinstance(left, int) else (lambda i: i in left)
+    head = "".join(f'<th{" class=l" if is_left(i) else ""}>{html.escape(h)}</th>' for i, h in enumerate(header))
+    body = []
+    for r_i, r in enumerate(rows):
+        rc = f' class="{row_classes[r_i]}"' if row_classes and row_classes[r_i] else ""
+        body.append(f"<tr{rc}>" + "".join(_cell(v, is_left(i)) for i, v in enumerate(r)) + "</tr>")
+    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    c = f' class="{cls}"' if cls else ""
+    return f'<div class="tw"><table{c}>{cap}<tr>{head}</tr>{"".join(body)}</table></div>'
+
+
+def _without(header: list[str], rows: list[list[Any]], name: str, keep: bool) -> tuple[list[str], list[list[Any]]]:
+    """``header`` and ``rows`` less the column ``name`` unless ``keep``."""
+    if keep or name not in header:
+        return header, rows
+    i = header.index(name)
+    return header[:i] + header[i + 1:], [r[:i] + r[i + 1:] for r in rows]
+
+
+def _kv(rows: Iterable[tuple[str, Any]]) -> str:
+    return '<table class="kv">' + "".join(f"<tr><th>{html.escape(k)}</th>{_cell(v, True)}</tr>" for k, v in rows) + "</table>"
+
+
+#: Readable labels (with units) of report.json's keys where they appear as table columns.
+LABELS = {
+    "N_labelled": "labelled samples", "class_counts_predicted": "clean predictions per class", "auc": "AUC",
+    "accuracy": "accuracy", "sensitivity": "sensitivity", "specificity": "specificity",
+    "threshold": "decision threshold (score)", "n_positive": "labelled positives", "n_negative": "labelled negatives",
+    "macro_f1": "macro F1", "note": "note", "dice_mean": "mean Dice to the clean mask",
+    "decision_agreement": "decisions agree (all draws)", "flip_agreement": "flip / no-flip agrees (all draws)",
+    "a": "A", "b": "B", "difference": "difference A - B", "ci": "95% CI", "p_value": "p", "samples": "samples",
+    "discordant_samples": "samples where A and B differ", "method": "method", "rejects_equality_95": "rejects equality at 95%",
+    "study_z": "study 2 Z-test", "z": "z", "test": "test", "class": "clean class", "clean": "clean",
+    "noisy_draw0": "noisy (draw 0)", "clean_agreement": "clean decisions agree",
+}
+
+
+def _label(key: str) -> str:
+    return LABELS.get(key, key.replace("_", " "))
+
+
+def _flat(d: dict[str, Any], prefix: str = "", names: dict[str, str] | None = None) -> list[tuple[str, Any]]:
+    """Scalars (and short numeric lists such as intervals) of a nested dict as (readable label, value);
+    ``names`` overrides labels by key (e.g. a comparison's "a" and "b" by the models' names)."""
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        label = f"{prefix}{(names or {}).get(k) or _label(k)}"
+        if isinstance(v, dict):
+            out += _flat(v, f"{label}: ", names)
+        elif isinstance(v, list) and (len(v) > 8 or any(isinstance(x, (dict, list)) for x in v)):
+            continue  # matrices and per-class lists are shown on their own
+        else:
+            out.append((label, v))
+    return out
+
+
+def _generic_table(lead: Sequence[str], rows: list[tuple[list[Any], dict[str, Any]]], *, prefix: str = "",
+                   names: dict[str, str] | None = None) -> str:
+    """Rows of (leading cells, dict): every key any dict has becomes a readable column; a text column with one value
+    in every row (a method's description, a note) is said once under the table instead."""
+    flat = [(cells, dict(_flat(d, prefix, names))) for cells, d in rows]
+    cols: list[str] = []
+    for _, f in flat:
+        cols += [c for c in f if c not in cols]
+    notes = []
+    for c in list(cols):
+        vals = [f.get(c) for _, f in flat]
+        if all(isinstance(v, str) for v in vals) and len(set(vals)) == 1 and len(vals[0]) > 12:
+            notes.append(f"{c}: {vals[0]}")
+            cols.remove(c)
+    table = _table([*lead, *cols], [[*cells, *[f.get(c) for c in cols]] for cells, f in flat], left=len(lead))
+    return table + "".join(f'<p class="small">{html.escape(n)}</p>' for n in notes)
+
+
+# ---------------------------------------------------------------------------
+# the summary (verdict first)
+
+
+def _sigma_fallback(noise: dict[str, Any]) -> list[float | None]:
+    """Pixel sigma per level (HU) from the noise spec where it follows from it alone (older reports)."""
+    if (noise["kind"] == "nps" and noise.get("level_unit") == "mAs" and noise.get("mode", "add") == "add"
+            and not noise.get("electronic_fraction") and noise.get("sigma_ref") and noise.get("mas_ref")):
+        return [float(noise["sigma_ref"]) * math.sqrt(float(noise["mas_ref"]) / float(v)) for v in noise["levels"]]
+    if noise["kind"] == "gaussian":
+        return [float(v) for v in noise["levels"]]
+    if noise["kind"] == "uniform":
+        return [float(v) / math.sqrt(3.0) for v in noise["levels"]]
+    return [None for _ in noise["levels"]]
+
+
+def summary_of(report: dict[str, Any]) -> dict[str, Any]:
+    """report.json's ``summary`` block, or the same headline rebuilt from the per-model level blocks (older reports)."""
+    given = report.get("summary") or {}
+    noise = report["noise"]
+    out = {
+        "verdict": given.get("verdict"), "gate": given.get("gate"),
+        "data": given.get("data") or {k: report["data"].get(k) for k in ("source", "N", "shape", "spacing_mm")},
+        "noise": dict(given["noise"]) if given.get("noise") else {
+            "kind": noise["kind"], "mode": noise.get("mode", "add"), "preset": noise.get("preset"),
+            "level_unit": noise["level_unit"], "levels": list(noise["levels"]), "draws": noise.get("draws"),
+            "sigma_hu": _sigma_fallback(noise)},
+        "models": given.get("models"),
+    }
+    out["noise"].setdefault("draws", noise.get("draws"))
+    if out["models"] is None:
+        out["models"] = [{
+            "name": m["name"], "sha256": m["engine"].get("sha256"), "engine": m["engine"].get("backend"),
+            "per_level": [{"level": b["level"], "N": b["N"], "K": b["K"], "SAN": b["SAN"], "SAN_fraction": b["SAN_fraction"],
+                           "SAN_fraction_ci": b.get("SAN_fraction_ci"), "SAR": b["SAR_overall"],
+                           "SAR_ci": b.get("SAR_overall_ci")} for b in m["levels"]],
+            "critical_dose": None} for m in report["models"]]
+    return out
+
+
+def _sigma_by_level(s: dict[str, Any]) -> dict[float, float | None]:
+    noise = s["noise"]
+    sig = noise.get("sigma_hu") or [None] * len(noise["levels"])
+    return {float(lv): v for lv, v in zip(noise["levels"], sig)}
+
+
+def _verdict_html(s: dict[str, Any]) -> str:
+    gate, verdict = s.get("gate"), s.get("verdict")
+    if verdict in ("pass", "fail") and gate:
+        outcomes = gate.get("outcomes", [])
+        failed = sum(1 for o in outcomes if not o.get("passed"))
+        detail = (f"all {len(outcomes)} rules of policy {gate.get('policy')} hold" if not failed else
+                  f"{failed} of {len(outcomes)} rules of policy {gate.get('policy')} violated")
+        return f'<div class="verdict {verdict}" id="verdict">Verdict: {verdict.upper()} <span>&middot; {_esc(detail)}</span></div>'
+    if verdict in ("pass", "fail"):
+        return f'<div class="verdict {verdict}" id="verdict">Verdict: {verdict.upper()}</div>'
+    return ('<div class="verdict none" id="verdict">No verdict <span>&middot; no gate policy was applied to this run; '
+            "the page reports measurements (run with <code>--policy</code> or <code>audit gate</code> for a verdict)</span></div>")
+
+
+def _noise_rows(s: dict[str, Any]) -> list[tuple[str, Any]]:
+    n = s["noise"]
+    unit = n["level_unit"]
+    kind = {"nps": "random NPS-shaped noise (correlated, CT-like)", "gaussian": "white Gaussian noise",
+            "uniform": "uniform noise", "poisson": "Poisson noise"}.get(n["kind"], n["kind"])
+    mode = {"add": "added to the images (noise-free inputs)", "reduce": "dose reduction of real scans (only the "
+            "missing noise variance is added)"}.get(n.get("mode") or "add", n.get("mode"))
+    sig = n.get("sigma_hu") or []
+    levels = ", ".join(f"{lv:g}" for lv in n["levels"])
+    rows = [("kind", kind), ("mode", mode)]
+    if n.get("preset"):
+        rows.append(("NPS preset", n["preset"]))
+    rows.append((f"levels ({unit})", levels))
+    if any(v is not None for v in sig):
+        rows.append(("pixel sigma per level (HU)", ", ".join("-" if v is None else f"{v:.3g}" for v in sig)))
+    if n.get("draws") is not None:
+        rows.append(("draws per sample and level (K)", n["draws"]))
+    return rows
+
+
+def _data_rows(d: dict[str, Any]) -> list[tuple[str, Any]]:
+    shape = " x ".join(str(v) for v in d.get("shape") or [])
+    spacing = " x ".join(f"{v:g}" for v in d.get("spacing_mm") or [])
+    return [("data", d.get("source")), ("samples (N)", d.get("N")),
+            ("image shape (voxels)", shape or "-"), ("voxel spacing (mm)", spacing or "-")]
+
+
+def _critical_html(entries: Sequence[dict[str, Any]] | None, name: str) -> list[Any]:
+    rows = []
+    for c in entries or []:
+        t = c.get("target", c.get("target_SAR"))
+        ci, open_ = c.get("ci_mAs") or [None, None], c.get("ci_open") or [False, False]
+        ci_html = ""
+        if len(ci) == 2 and None not in ci:  # an end that reaches the audited range's edge extends beyond it
+            lo = ("&le;&nbsp;" if open_[0] else "") + _num(ci[0], 3)
+            hi = ("&ge;&nbsp;" if open_[1] else "") + _num(ci[1], 3)
+            ci_html = f' <span class="ci">[{lo}, {hi}]</span>'
+        if c.get("dose_mAs") is not None:
+            dose = f"{c['dose_mAs']:.3g} mAs{ci_html}"
+        elif c.get("bound_mAs") is not None:
+            side = "&lt;" if "below" in str(c.get("status")) else "&gt;"
+            dose = f"{side} {c['bound_mAs']:g} mAs" + (f" <span class='small'>(CI{ci_html})</span>" if ci_html else "")
+        else:
+            dose = "-"
+        rows.append([name, _pct(t), c.get("status"), Raw(dose), c.get("note")])
+    return rows
+
+
+def render_summary(report: dict[str, Any]) -> str:
+    """The verdict-first block: the verdict and the gate's rules, what was audited, the noise, the headline per level
+    and the critical dose."""
+    s = summary_of(report)
+    unit = s["noise"]["level_unit"]
+    sig = _sigma_by_level(s)
+    parts = ['<section class="summary" id="summary"><h2>Summary</h2>', _verdict_html(s)]
+    gate = s.get("gate")
+    if gate and gate.get("outcomes"):
+        rows = [[o.get("rule"), o.get("model"), o.get("measured"), o.get("limit"),
+                 Raw(f'<span class="{"pass" if o.get("passed") else "fail"}">{"pass" if o.get("passed") else "FAIL"}</span>'),
+                 o.get("detail")] for o in gate["outcomes"]]
+        parts.append(f"<h3>Gate: policy {_esc(gate.get('policy'))}</h3>" +
+                     _table(["rule", "model", "measured", "limit", "result", "detail"], rows, left={0, 1, 5}))
+    audited = []
+    for m in s["models"]:
+        sha = str(m.get("sha256") or "")
+        sha_html = f'<code title="{_esc(sha)}">{_esc(sha[:12])}</code>' if sha else "-"
+        audited.append((f"model {m['name']}", Raw(f"sha256 {sha_html} &middot; engine {_esc(m.get('engine') or '-')}")))
+    parts.append('<div class="facts"><div><h3>What was audited</h3>' + _kv([*audited, *_data_rows(s["data"])]) +
+                 "</div><div><h3>Noise</h3>" + _kv(_noise_rows(s)) + "</div></div>")
+    several = len(s["models"]) > 1
+    rows = []
+    for m in s["models"]:
+        for e in sorted(m["per_level"], key=lambda e: e["level"]):
+            lead = [m["name"]] if several else []
+            rows.append([*lead, f"{e['level']:g}", _num(sig.get(float(e["level"])), 3), Raw(_of(e["SAN"], e["N"])),
+                         Raw(f"{_num(e['SAN_fraction'], 3)}{_ci(e.get('SAN_fraction_ci'))}"),
+                         Raw(f"{_num(e['SAR'], 3)}{_ci(e.get('SAR_ci'))}"), e["K"]])
+    header = [*(["model"] if several else []), figures.level_label(unit), "noise sigma (HU)", "SAN: flipped samples / N",
+              "SAN fraction [95% CI]", "SAR pooled [95% CI]", "K draws"]
+    header, rows = _without(header, rows, "noise sigma (HU)", any(v is not None for v in sig.values()))
+    parts.append("<h3>Headline per level</h3>" + _table(header, rows, left=int(several)))
+    crit = [r for m in s["models"] for r in _critical_html(m.get("critical_dose"), m["name"])]
+    if crit:
+        parts.append("<h3>Critical dose</h3><p class='small'>The dose above which the fitted SAR stays below the target "
+                     "(dose-response fit over the audited doses; 95% CI: bootstrap over samples).</p>" +
+                     _table(["model", "target SAR", "status", "critical dose (mAs) [95% CI]", "note"], crit, left=5))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------
+# definitions
+
+DEFINITIONS = (
+    ("N", "number of samples (images or volumes) audited.", "all studies"),
+    ("K", "number of random noise draws per sample at each level; every draw has a key (seed, sample, level, k) that "
+          "regenerates it exactly.", "study 1: K = 50"),
+    ("dose (mAs)", "tube current-time product; noise power scales as 1/mAs, so sigma(mAs) = sigma(ref) sqrt(ref/mAs).", "study 1, 2"),
+    ("noise sigma (HU)", "pixel standard deviation of the noise a level adds, on the data's grid.", ""),
+    ("NPS", "noise power spectrum S(f) in HU^2 mm^2 against spatial frequency f in 1/mm; its integral is the noise "
+            "variance.", "study 1, 2"),
+    ("flip", "a perturbed decision that differs from the model's own clean decision (not the ground truth).", ""),
+    ("SAR_i", "n_i / K: the fraction of sample i's K draws that flip it (n_i = number of flipping draws).", "study 1"),
+    ("SAN", "number of samples flipped by at least one of their K draws, #{i : n_i >= 1}; grows with K.", "study 1"),
+    ("SAN fraction", "SAN / N; 95% CI: Clopper-Pearson over the N independent samples.", "study 1"),
+    ("SAR (pooled)", "all flips over all draws, sum n_i / (N K).", "study 1, 2"),
+    ("SAR_c", "flips of samples whose clean prediction is c over their K N_c draws; equals 1 - CMR[c, c].", "study 2"),
+    ("CMR", "Confusion Matrix for Robustness: CMR[a, b] = fraction of perturbed inferences of samples with clean "
+            "prediction b (column) that are predicted a (row); columns sum to 1.", "study 2"),
+    ("exceedance curve", "E(s) = fraction of samples with SAR_i > s, for s in [0, 1]; E(0) = SAN fraction.", "study 1"),
+    ("design effect / cluster interval", "the K draws of one image are clustered, not independent: the variance of a "
+     "pooled rate is deff = 1 + (K - 1) ICC times the independent-draws variance; the SAR and SAR_c intervals are Wilson "
+     "intervals widened by deff (the sample is the unit).", "Kish 1965"),
+    ("critical dose", "the dose at which a logistic (or Weibull) fit of SAR against log dose reaches a target SAR "
+     "(1%, 5%); above it the fitted SAR stays below the target; CI: bootstrap over samples.", "after FDA's LCD-CT reporting"),
+    ("Z-test (CMR)", "study 2's two-proportion Z between CMR entries; it treats every draw as independent, so it is "
+                     "shown beside, never instead of, the paired sample-level test.", "study 2"),
+    ("paired test", "sign-flip permutation test of per-sample SAR_i differences between two models on the same keyed "
+                    "draws (samples are the unit).", ""),
+    ("DeLong", "test for the difference of two correlated ROC AUCs on the same cases.", "study 5"),
+)
+
+
+def render_definitions() -> str:
+    items = "".join(f"<dt>{html.escape(t)}</dt><dd>{html.escape(d)}" +
+                    (f' <span class="src">({html.escape(src)})</span>' if src else "") + "</dd>"
+                    for t, d, src in DEFINITIONS)
+    return f'<section id="definitions"><h2>Definitions</h2><dl class="defs">{items}</dl></section>'
+
+
+# ---------------------------------------------------------------------------
+# per model
+
+
+def _class_name(model: dict[str, Any], label: Any) -> str:
+    names = model["head"].get("class_names") or []
+    try:
+        i = int(label)
+    except (TypeError, ValueError):
+        return str(label)
+    return names[i] if 0 <= i < len(names) else str(i)
+
+
+def _clean_table(model: dict[str, Any]) -> str:
+    clean = model["clean"]
+    rows: list[tuple[str, Any]] = []
+    for k, v in clean.items():
+        if k == "class_counts_predicted" and isinstance(v, list):
+            rows.append((_label(k), ", ".join(f"{_class_name(model, i)} {n}" for i, n in enumerate(v))))
+        elif not isinstance(v, (dict, list)):
+            rows.append((_label(k), v))
+    out = "<h3>Clean performance</h3>" + _table([r[0] for r in rows], [[r[1] for r in rows]])
+    per = clean.get("per_class")
+    if isinstance(per, dict) and per:
+        out += _generic_table(["class"], [([name], d) for name, d in per.items()])
+    return out
+
+
+def _level_table(model: dict[str, Any], unit: str, sig: dict[float, Any]) -> str:
+    blocks = sorted(model["levels"], key=lambda b: b["level"])
+    names = blocks[0].get("class_names") or [] if "per_class" in blocks[0] else []
+    # N_c counts clean predictions, the same at every level: said once in the header unless a report differs
+    n_c = [b["per_class"]["N_c"] for b in blocks] if names else []
+    same_n_c = bool(n_c) and all(x == n_c[0] for x in n_c)
+    rows = []
+    for b in blocks:
+        row = [f"{b['level']:g}", _num(sig.get(float(b["level"])), 3), b["N"], b["K"], Raw(_of(b["SAN"], b["N"])),
+               Raw(f"{_num(b['SAN_fraction'], 3)}{_ci(b.get('SAN_fraction_ci'))}"),
+               Raw(f"{_num(b['SAR_overall'], 3)}{_ci(b.get('SAR_overall_ci'))}")]
+        if names:
+            pc = b["per_class"]
+            for c in range(len(names)):
+                n = "" if same_n_c else f" <span class='small'>(N<sub>c</sub>&nbsp;=&nbsp;{pc['N_c'][c]})</span>"
+                row.append(Raw(f"{_num(pc['SAR'][c], 3)}{_ci([pc['SAR_ci_low'][c], pc['SAR_ci_high'][c]])}{n}"))
+        if "dice_mean" in b:
+            row.append(b["dice_mean"])
+        rows.append(row)
+    header = [figures.level_label(unit), "noise sigma (HU)", "N", "K", "SAN / N", "SAN fraction [95% CI]",
+              "SAR pooled [95% CI]", *[f"SAR_c {n}" + (f" (N_c = {n_c[0][c]})" if same_n_c else "") + " [95% CI]"
+                                       for c, n in enumerate(names)]]
+    if "dice_mean" in blocks[0]:
+        header.append("mean Dice to clean mask")
+    header, rows = _without(header, rows, "noise sigma (HU)", any(v is not None for v in sig.values()))
+    return "<h3>Robustness per level</h3>" + _table(header, rows)
+
+
+def _cmr_tables(model: dict[str, Any], unit: str) -> str:
+    """The CMR counts (and fractions) as HTML tables, one per level: the numbers behind the heat maps."""
+    out = []
+    for b in sorted(model["levels"], key=lambda b: b["level"]):
+        cmr = b["CMR"]
+        names = cmr["class_order"]
+        counts = cmr.get("counts")
+        rows = []
+        for a, name in enumerate(names):
+            cells: list[Any] = [name]
+            for j in range(len(names)):
+                frac = cmr["matrix"][a][j]
+                if counts is not None:
+                    cells.append(Raw(f"{int(counts[a][j])} <span class='small'>({_num(frac, 3)})</span>"))
+                else:
+                    cells.append(frac)
+            rows.append(cells)
+        if counts is not None:
+            rows.append(["column total", *[sum(int(counts[a][j]) for a in range(len(names))) for j in range(len(names))]])
+        what = "counts (fraction)" if counts is not None else "fractions"
+        out.append(_table(["perturbed \\ clean", *names], rows, left=1, cls="cmr",
+                          caption=f"{b['level']:g} {unit}: {what}"))
+    return '<div class="row">' + "".join(out) + "</div>"
+
+
+def _auc_table(model: dict[str, Any], unit: str) -> str:
+    rows = [[f"{b['level']:g}", b["auc"].get("clean"), b["auc"].get("noisy_draw0"), b["auc"].get("z"), b["auc"].get("p_value")]
+            for b in sorted(model["levels"], key=lambda b: b["level"]) if b.get("auc")]
+    if not rows:
+        return ""
+    return ("<h3>AUC, clean vs noisy (DeLong)</h3><p class='small'>ROC AUC against the reference labels on the same cases "
+            "without noise and with draw k = 0; DeLong's test for correlated AUCs (study 5).</p>" +
+            _table([figures.level_label(unit), "AUC clean", "AUC noisy (draw 0)", "z", "p"], rows))
+
+
+def _key_text(key: Sequence[int], level: float, unit: str) -> str:
+    seed, sample, _, k = key
+    return f"seed {seed}, sample {sample}, {level:g} {unit}, draw {k}"
+
+
+def _cases_html(model: dict[str, Any], folder: Path, unit: str) -> str:
+    head = model["head"]
+    thr = head.get("threshold") if head.get("task") == "binary" else None
+    cases = model["worst_cases"]
+    rows, classes = [], []
+    for c in cases:
+        border = thr is not None and abs(float(c["clean_score"]) - float(thr)) <= BORDERLINE
+        clean = f"{_esc(_class_name(model, c['clean_label']))} ({c['clean_score']:.3f})" if "clean_label" in c else "-"
+        mark = (f'<span class="badge" title="clean score within {BORDERLINE:g} of the threshold">borderline</span>'
+                if border else "")
+        dicom = f"{c['dicom']['clean_dir']} / {c['dicom']['noisy_dir']}" if c.get("dicom") else "-"
+        rows.append([c["id"], f"{c['level']:g} {unit}", f"{c['SAR']:.3g}", Raw(clean + mark),
+                     Raw(f"{_esc(_class_name(model, c['noisy_label']))} ({c['noisy_score']:.3f})"),
+                     Raw(f'<span title="key {_esc(c["key"])}">{_esc(_key_text(c["key"], c["level"], unit))}</span>'), dicom])
+        classes.append("borderline" if border else "")
+    note = "Scores are the model's output score. "
+    if thr is not None:
+        note += (f"Borderline (shaded): clean score within {BORDERLINE:g} of the threshold {thr:g}, so a small change of "
+                 "any kind may flip it. ")
+    note += "The draw (its key) regenerates the noise exactly; report.json keeps the raw key."
+    out = ["<h3>Flipped cases</h3>",
+           _table(["sample", "dose", "SAR_i at that dose", "clean decision (score)", "noisy decision (score)",
+                   "draw (seed, sample, dose, k)", "DICOM (clean / noisy series)"], rows, left=1, row_classes=classes),
+           f"<p class='small'>{html.escape(note)}</p>"]
+    panels = []
+    for c in cases:
+        png = case_image(folder, model["name"], c)
+        if png.is_file():
+            cap = (f"{c['id']} at {c['level']:g} {unit}, draw {c['k']}: "
+                   f"{_class_name(model, c.get('clean_label', '?'))} ({c.get('clean_score', float('nan')):.3f}) -> "
+                   f"{_class_name(model, c['noisy_label'])} ({c['noisy_score']:.3f})")
+            panels.append(_figure(png.read_bytes(), f"case {c['id']}", cap))
+    if panels:
+        out.append('<div class="grid cases">' + "".join(panels) + "</div>")
+    return "\n".join(out)
+
+
+def render_model(model: dict[str, Any], report: dict[str, Any], s: dict[str, Any], folder: Path, idx: int) -> str:
+    noise = report["noise"]
+    unit = noise["level_unit"]
+    eng, head = model["engine"], model["head"]
+    sig = _sigma_by_level(s)
+    crit = next((m.get("critical_dose") for m in s["models"] if m["name"] == model["name"]), None)
+    meta = [f"file <code>{_esc(eng.get('path', eng.get('source', '')))}</code>",
+            f"sha256 <code>{_esc(str(eng.get('sha256', ''))[:16])}</code>",
+            f"{_esc(eng.get('backend', ''))} {_esc(', '.join(eng.get('providers', [])))}",
+            f"task {_esc(head.get('task'))}"]
+    if head.get("class_names"):
+        meta.append("classes " + _esc(", ".join(head["class_names"])))
+    if head.get("task") == "binary" and head.get("threshold") is not None:
+        meta.append(f"threshold {head['threshold']:g}")
+    if model.get("preprocess", {}).get("hu_window"):
+        lo, hi = model["preprocess"]["hu_window"]
+        meta.append(f"input window [{lo:g}, {hi:g}] HU")
+    parts = [f'<section class="model" id="model-{idx}"><h2>Model {_esc(model["name"])}</h2>',
+             f"<p class='meta'>{' &middot; '.join(meta)}</p>", _clean_table(model), _level_table(model, unit, sig)]
+    log_x = noise["kind"] == "nps"
+    sar = figures.sar_vs_level(model, unit, log_x, critical=crit)
+    san = figures.san_fraction_vs_level(model, unit, log_x)
+    exc = figures.exceedance_curves(model, unit)
+    parts.append('<div class="grid">' + _figure(sar.png, "SAR versus level", sar.caption) +
+                 _figure(san.png, "SAN fraction versus level", san.caption) +
+                 _figure(exc.png, "exceedance curves", exc.caption) + "</div>")
+    if "CMR" in model["levels"][0]:
+        cmr = figures.cmr_heatmaps(model, unit)
+        parts.append('<div class="cmr-section"><h3>Confusion Matrix for Robustness</h3>' +
+                     _figure(cmr.png, "CMR heat maps", cmr.caption) + "<h4>CMR counts per level</h4>" +
+                     _cmr_tables(model, unit) + "</div>")
+    parts.append(_auc_table(model, unit))
+    if model["worst_cases"]:
+        parts.append(_cases_html(model, folder, unit))
+    parts.append("</section>")
+    return "\n".join(p for p in parts if p)
+
+
+# ---------------------------------------------------------------------------
+# the studies' other views
+
+
+def _matrix_table(mat: Sequence[Sequence[Any]], names: Sequence[str], caption: str, fmt=None) -> str:
+    rows = [[names[a], *[Raw(fmt(v)) if fmt else v for v in row]] for a, row in enumerate(mat)]
+    return _table(["perturbed \\ clean", *names], rows, left=1, caption=caption)
+
+
+def render_comparisons(report: dict[str, Any], unit: str) -> str:
+    comps = report.get("comparisons") or []
+    if not comps:
+        return ""
+    parts = ['<section class="views" id="comparisons"><h2>Model comparisons on the same draws</h2>']
+    for c in comps:
+        a, b = c.get("a", "A"), c.get("b", "B")
+        parts.append(f"<h3>{_esc(a)} (A) vs {_esc(b)} (B)</h3>")
+        line = [f"clean decisions agree on {_pct(c['clean_agreement'], 4)} of samples"] if "clean_agreement" in c else []
+        if c.get("clean_auc"):
+            t = c["clean_auc"]
+            line.append(f"clean AUC A {_num(t.get('a'), 3)} vs B {_num(t.get('b'), 3)}, {t.get('test', 'DeLong')} "
+                        f"z = {_num(t.get('z'), 3)}, p = {_num(t.get('p_value'), 3)}")
+        if line:
+            parts.append(f"<p>{_esc('; '.join(line))}.</p>")
+        if c.get("test"):
+            parts.append(f"<p class='small'>Test: {_esc(c['test'])}.</p>")
+        per = c.get("per_level") or []
+        rows = [([f"{e['level']:g}"], {k: v for k, v in e.items() if k not in ("level", "per_class", "CMR_between")})
+                for e in per]
+        ab = {"a": f"{a} (A)", "b": f"{b} (B)"}
+        if rows:
+            parts.append(_generic_table([figures.level_label(unit)], rows, names=ab))
+        pc_rows = [([f"{e['level']:g}", p.get("class")], {k: v for k, v in p.items() if k != "class"})
+                   for e in per for p in e.get("per_class") or []]
+        if pc_rows:
+            parts.append(f"<h4>SAR per clean class of {_esc(a)} (A)</h4>" + _generic_table(
+                [figures.level_label(unit), "clean class"], pc_rows, prefix="SAR ", names=ab))
+        between = [e for e in per if e.get("CMR_between")]
+        if between:
+            tables = [_matrix_table(e["CMR_between"]["matrix"], e["CMR_between"]["class_order"],
+                                    f"{e['level']:g} {unit}: rows {e['CMR_between'].get('rows')}, columns "
+                                    f"{e['CMR_between'].get('columns')}") for e in between]
+            parts.append("<h4>Decisions of B against decisions of A (fraction of each A-column)</h4>"
+                         '<div class="row">' + "".join(tables) + "</div>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _z_cell(z: float | None, p: float | None) -> Raw:
+    strong = z is not None and math.isfinite(z) and abs(z) > 1.96
+    txt = f"{_num(z, 3)}" + (f" <span class='small'>(p {_num(p, 2)})</span>" if p is not None else "")
+    return Raw(f"<b>{txt}</b>" if strong else txt)
+
+
+def render_scan_arm(report: dict[str, Any]) -> str:
+    arms = report.get("scan_arm") or []
+    if not arms:
+        return ""
+    parts = ['<section class="views" id="scan-arm"><h2>Repeated scans vs simulated noise</h2>']
+    for arm in arms:
+        names = arm["class_order"]
+        at = f" at {arm['mas']:g} mAs" if arm.get("mas") is not None else ""
+        parts.append(f"<h3>{_esc(arm['model'])}{at}</h3>")
+        parts.append(_table(["phantom", "repeated scans", "simulated draws", "clean decision", "SAR real scans",
+                             "SAR simulated", "noise sigma of the scans (HU)"],
+                            [[p["phantom"], p["scans"], p["draws"], names[p["clean_label"]], p["SAR_real"], p["SAR_simulated"],
+                              p.get("sigma_real_hu")] for p in arm["per_phantom"]], left=1))
+        if arm.get("CMR_real") and arm.get("CMR_simulated"):
+            pair = figures.cmr_pair(arm["CMR_real"], arm["CMR_simulated"], names, f"{arm['model']}{at}")
+            parts.append(_figure(pair.png, "CMR real vs simulated", pair.caption))
+        if arm.get("z"):
+            rows = [[names[a], *[_z_cell(arm["z"][a][j], arm["p_value"][a][j] if arm.get("p_value") else None)
+                                 for j in range(len(names))]] for a in range(len(names))]
+            parts.append(_table(["perturbed \\ clean", *names], rows, left=1,
+                                caption="Z per CMR entry, real vs simulated (study 2's formula; bold: |Z| > 1.96)"))
+        parts.append(f"<p>Max |Z| = {_num(arm.get('max_abs_z'), 3)}; {arm.get('entries_rejecting_95')} entries reject "
+                     "equality at 95%. <span class='small'>Study 2's Z-test treats every draw and scan as an independent "
+                     "trial.</span></p>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def render_spread(report: dict[str, Any], unit: str) -> str:
+    sp = report.get("spread")
+    if not sp:
+        return ""
+    per = sp["per_level"]
+    rows = [[f"{e['level']:g}", e["models"], e["models_with_any_flip"], e["SAR_overall_mean"], e["SAR_overall_std"]] for e in per]
+    parts = ['<section class="views" id="spread"><h2>Spread over models</h2>',
+             "<p class='small'>Study 2: models trained identically differ in robustness; mean and standard deviation "
+             "over the models of this run.</p>",
+             _table([figures.level_label(unit), "models", "models with any flip", "SAR pooled: mean", "SAR pooled: std"], rows)]
+    names = next((m["levels"][0]["CMR"]["class_order"] for m in report["models"] if "CMR" in m["levels"][0]), None)
+    tables = []
+    for e in per:
+        if e.get("CMR_mean") and names:
+            mat = [[(m, s) for m, s in zip(rm, rs)] for rm, rs in zip(e["CMR_mean"], e["CMR_std"])]
+            tables.append(_matrix_table(mat, names, f"{e['level']:g} {unit}: CMR mean ± std",
+                                        fmt=lambda v: f"{_num(v[0], 3)} ± {_num(v[1], 2)}"))
+    if tables:
+        parts.append('<div class="row">' + "".join(tables) + "</div>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def render_attacks(report: dict[str, Any]) -> str:
+    blocks = report.get("attacks") or []
+    if not blocks:
+        return ""
+    parts = ['<section class="views" id="attacks"><h2>Gradient attacks</h2><p class="small">Perturbations found on the '
+             "torch twin; a success counts only where the deployed artifact's decision changed.</p>",
+             render_attack_sweeps(blocks)]
+    parts.extend(render_attack_html(block, heading="h3") for block in blocks)
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------
+# the page
 
 
 def render_html(report: dict[str, Any], folder: str | Path) -> str:
@@ -49,58 +717,39 @@ def render_html(report: dict[str, Any], folder: str | Path) -> str:
     folder = Path(folder)
     noise = report["noise"]
     unit = noise["level_unit"]
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Robustness audit</title><style>{CSS}</style></head><body>",
+    s = summary_of(report)
+    toc = ['<a href="#summary">Summary</a>', '<a href="#definitions">Definitions</a>']
+    nps = folder / NPS_FIGURE
+    if nps.is_file():
+        toc.append('<a href="#noise">Noise used</a>')
+    toc += [f'<a href="#model-{i}">Model {_esc(m["name"])}</a>' for i, m in enumerate(report["models"])]
+    for key, label in (("comparisons", "Comparisons"), ("scan_arm", "Scan arm"), ("attacks", "Attacks"), ("spread", "Spread")):
+        if report.get(key):
+            toc.append(f'<a href="#{key.replace("_", "-")}">{label}</a>')
+    d = report["data"]
+    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+             f"<title>Robustness audit: {_esc(', '.join(m['name'] for m in report['models']))}</title><style>{CSS}</style></head><body>",
              "<h1>Robustness audit</h1>",
-             f"<p class='small'>schema {report['schema']} &middot; created {report['created']} &middot; "
-             f"{report['data']['N']} samples of shape {report['data']['shape']} at {report['data']['spacing_mm']} mm &middot; "
-             f"noise: {html.escape(noise['kind'])}, K = {noise['draws']} draws per level, seed {noise['seed']}</p>"]
-    if (folder / NPS_FIGURE).is_file():
-        parts.append("<h2>Noise used</h2>" + _img((folder / NPS_FIGURE).read_bytes(), "NPS per dose"))
-    for model in report["models"]:
-        parts.append(f"<h2>Model {html.escape(model['name'])}</h2>")
-        eng = model["engine"]
-        parts.append(f"<p class='small'>{html.escape(eng.get('path', eng.get('source', '')))} &middot; sha256 "
-                     f"{html.escape(str(eng.get('sha256', ''))[:16])} &middot; {html.escape(eng['backend'])} "
-                     f"{html.escape(', '.join(eng.get('providers', [])))} &middot; task {html.escape(model['head']['task'])}</p>")
-        clean = {k: v for k, v in model["clean"].items() if not isinstance(v, (dict, list))}
-        if clean:
-            parts.append("<h3>Clean performance</h3>" + _table(clean.keys(), [clean.values()]))
-        rows = [[b["level"], b["N"], b["K"], b["SAN"], b["SAN_fraction"], b["SAR_overall"],
-                 f"[{_fmt(b['SAR_overall_ci'][0])}, {_fmt(b['SAR_overall_ci'][1])}]"] for b in model["levels"]]
-        parts.append("<h3>Robustness per level</h3>" + _table([unit, "N", "K", "SAN", "SAN fraction", "SAR", "SAR CI"], rows))
-        log_x = noise["kind"] == "nps"
-        parts.append(_img(figures.sar_vs_level(model, unit, log_x), "SAR versus level"))
-        if "CMR" in model["levels"][0]:
-            parts.append("<h3>Confusion Matrix for Robustness</h3>" + _img(figures.cmr_heatmaps(model, unit), "CMR heat maps"))
-        parts.append(_img(figures.exceedance_curves(model, unit), "exceedance curves"))
-        if model["worst_cases"]:
-            parts.append("<h3>Flipped cases</h3>")
-            parts.append(_table(["sample", "level", "SAR_i", "noisy label", "noisy score", "key (seed, sample, level, k)", "DICOM (clean / noisy series)"],
-                                [[c["id"], c["level"], c["SAR"], c["noisy_label"], c["noisy_score"], str(c["key"]),
-                                  f"{c['dicom']['clean_dir']} / {c['dicom']['noisy_dir']}" if c.get("dicom") else "-"]
-                                 for c in model["worst_cases"]]))
-            for case in model["worst_cases"]:
-                png = case_image(folder, model["name"], case)
-                if png.is_file():
-                    parts.append(_img(png.read_bytes(), f"case {case['id']}"))
-    for arm in report.get("scan_arm", []):
-        parts.append(f"<h2>Repeated scans vs simulated noise: {html.escape(arm['model'])} at {arm['mas']:g} mAs</h2>")
-        parts.append(_table(["phantom", "scans", "draws", "clean label", "SAR real", "SAR simulated", "sigma (HU)"],
-                            [[p["phantom"], p["scans"], p["draws"], arm["class_order"][p["clean_label"]], p["SAR_real"],
-                              p["SAR_simulated"], p["sigma_real_hu"]] for p in arm["per_phantom"]]))
-        parts.append(f"<p>CMR Z-test, real vs simulated: max |Z| = {_fmt(arm['max_abs_z'])}, "
-                     f"{arm['entries_rejecting_95']} entries reject equality at 95%.</p>")
-    if report.get("attacks"):
-        parts.append("<h2>Gradient attacks</h2><p class='small'>Perturbations found on the torch twin; a success counts "
-                     "only where the deployed artifact's decision changed.</p>")
-        parts.extend(render_attack_html(block, heading="h3") for block in report["attacks"])
-    if report.get("spread"):
-        rows = [[e["level"], e["models"], e["models_with_any_flip"], e["SAR_overall_mean"], e["SAR_overall_std"]] for e in report["spread"]["per_level"]]
-        parts.append("<h2>Spread over models</h2>" + _table([unit, "models", "with any flip", "SAR mean", "SAR std"], rows))
+             f"<p class='small'>{_esc(', '.join(m['name'] for m in report['models']))} on {d['N']} samples of "
+             f"{_esc(d.get('source', 'data'))} &middot; created {_esc(report['created'])} &middot; schema {_esc(report['schema'])}</p>",
+             f'<nav class="toc">{"".join(toc)}</nav>',
+             render_summary(report), render_definitions()]
+    if nps.is_file():
+        sig = [v for v in (s["noise"].get("sigma_hu") or []) if v is not None]
+        cap = ("Radial noise power spectrum of each dose as generated on the data's grid (HU^2 mm^2 against 1/mm; log y, "
+               "so doses a decade apart are all visible)" + (f"; pixel sigma {min(sig):.3g} to {max(sig):.3g} HU." if sig else "."))
+        parts.append('<section id="noise"><h2>Noise used</h2>' + _figure(nps.read_bytes(), "NPS per dose", cap) + "</section>")
+    for i, model in enumerate(report["models"]):
+        parts.append(render_model(model, report, s, folder, i))
+    parts += [render_comparisons(report, unit), render_scan_arm(report), render_attacks(report), render_spread(report, unit)]
     t = report["timing"]
-    parts.append(f"<p class='small'>{t['inferences']} inferences in {t['wall_seconds']} s ({t['images_per_second']} images/s)</p>")
+    tool = report.get("tool") or {}
+    parts.append(f"<p class='small'>{t['inferences']} inferences in {t['wall_seconds']} s ({t['images_per_second']} images/s)"
+                 + (f" &middot; {_esc(tool.get('name'))} {_esc(tool.get('version'))}, Python {_esc(tool.get('python'))}"
+                    if tool else "") + "</p>")
     parts.append("</body></html>")
-    return "\n".join(parts)
+    return "\n".join(p for p in parts if p)
 
 
 def render_report(folder: str | Path) -> Path:

@@ -17,7 +17,7 @@ SHAPE = (20, 24, 24)        # series (nz, ny, nx), 1 mm voxels
 CENTRE = (12, 12, 10)       # i, j, k (column, row, slice) of the lesion
 CUBE = 16
 REGION = (slice(4, 12),) * 3
-NOISE = 'kind = "nps"\nlevels = [20, 200]\ndraws = 6\nseed = 3\nsigma_ref = 150.0'
+NOISE = 'kind = "nps"\nmode = "add"  # synthetic noise-free cubes: the studies\' protocol\nlevels = [20, 200]\ndraws = 6\nseed = 3\nsigma_ref = 150.0'
 
 
 def _volumes(n: int, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
