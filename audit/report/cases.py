@@ -79,10 +79,13 @@ def write_cases(out: Path, report: dict[str, Any], source: Any, noise: NoiseSpec
         for case in model["worst_cases"]:
             hu, noisy = regenerate(source, noise, case, noise_model)
             i = case["sample"]
-            title = (f"{case['id']} at {case['level']:g} {unit}, draw {case['k']}: label {int(clean.labels[i])} "
-                     f"({float(clean.scores[i]):.3f}) -> {case['noisy_label']} ({case['noisy_score']:.3f})")
+            names = model["head"].get("class_names") or []
+            label = lambda v: names[v] if 0 <= v < len(names) else str(v)  # noqa: E731 - a local naming helper
+            title = (f"{case['id']} at {case['level']:g} {unit}, draw {case['k']}: {label(int(clean.labels[i]))} "
+                     f"({float(clean.scores[i]):.3f}) -> {label(int(case['noisy_label']))} ({case['noisy_score']:.3f})")
             with atomic_path(case_image(out, model["name"], case)) as tmp:
-                tmp.write_bytes(figures.case_panel(hu[0], noisy[0], windows[model["name"]], title))
+                tmp.write_bytes(figures.case_panel(hu[0], noisy[0], windows[model["name"]], title,
+                                                     spacing_mm=tuple(source.spacing)))
             if not (dicom or client is not None):
                 continue
             c, n = (hu[0], noisy[0]) if hu[0].ndim == 3 else (hu[0][None], noisy[0][None])
