@@ -128,6 +128,18 @@ def remove_stale_temps(root: str | os.PathLike, *, older_than: float | None = No
     return len(stale)
 
 
+def read_user_text(path: str | os.PathLike, what: str, *, bom: bool = False) -> str:
+    """A user's text file (UTF-8; ``bom``: a leading byte-order mark is dropped, as spreadsheets write CSV), or one
+    ``InputError`` naming the file and saying what it was meant to be."""
+    path = Path(path)
+    try:
+        return path.read_bytes().decode("utf-8-sig" if bom else "utf-8")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: the {what} is not UTF-8 text (byte {exc.start})") from None
+
+
 def plain(value: Any) -> Any:
     """NumPy scalars and arrays, tuples and dicts to JSON types; NaN and infinities to None."""
     if isinstance(value, dict):

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from audit.errors import ConfigError, InputError
+from audit.errors import ConfigError
+from audit.io import read_user_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,12 +29,7 @@ INT_LOW, INT_HIGH = -(2**63), 2**63 - 1
 def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
     """A TOML file as a dict; unreadable or invalid files raise errors naming the file."""
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: the {what} is not UTF-8 text (byte {exc.start})") from None
+    text = read_user_text(path, what)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

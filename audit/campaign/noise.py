@@ -42,7 +42,17 @@ import numpy as np
 
 from audit.campaign.reduction import SCAN_NOISE, DoseReduction
 from audit.errors import ConfigError, InputError
-from kernels import DoseModel, RadialNPS, gaussian_noise, grid_variance, nps_noise, poisson_noise, preset, uniform_noise
+from audit.io import read_user_text
+from kernels import (
+    DoseModel,
+    RadialNPS,
+    gaussian_noise,
+    grid_variance,
+    nps_noise,
+    poisson_noise,
+    preset,
+    uniform_noise,
+)
 from kernels.nps import DEFAULT_CUTOFF, PRESET_WINDOWS
 
 KINDS = ("nps", "gaussian", "uniform", "poisson")
@@ -243,12 +253,7 @@ def read_nps_table(path: Path) -> RadialNPS:
     """A radial NPS from a UTF-8 CSV with columns ``freq`` (1/mm, strictly increasing from >= 0) and ``nps``
     (HU^2 mm^2, finite, >= 0, not all zero); anything else is one ``InputError`` naming the file (and the row)."""
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read the NPS table ({exc.strerror or exc})") from None
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: the NPS table is not UTF-8 text (byte {exc.start})") from None
+    text = read_user_text(path, "NPS table", bom=True)
     header = "expected a CSV with a header 'freq,nps' and numeric values (1/mm, HU^2 mm^2)"
     if "\0" in text:
         raise InputError(f"{path}: the NPS table holds a NUL byte; {header}")

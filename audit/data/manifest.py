@@ -14,6 +14,7 @@ import numpy as np
 
 from audit.dicom import crop_cube, scan_series
 from audit.errors import InputError
+from audit.io import read_user_text
 from audit.pacs import connect, parse_row
 
 _MM_COLUMNS = ("x", "y", "z")
@@ -105,12 +106,7 @@ class ManifestSource:
 
     def _rows(self) -> list[dict]:
         """The manifest's rows (UTF-8 CSV with a header naming ``path``), each with a usable path cell."""
-        try:
-            text = self.manifest.read_bytes().decode("utf-8-sig")
-        except OSError as exc:
-            raise InputError(f"{self.manifest}: cannot read the manifest ({exc.strerror or exc})") from None
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{self.manifest}: the manifest is not UTF-8 text (byte {exc.start})") from None
+        text = read_user_text(self.manifest, "manifest", bom=True)
         if "\0" in text:
             raise InputError(f"{self.manifest}: the manifest holds a NUL byte; expected a CSV text file")
         try:
