@@ -334,7 +334,7 @@ def attack_section(t: Table, noise: NoiseSpec | None) -> AttackSpec:
         if key in params:
             params[key] = str(t.path(key))
     check_attack_params(name, params)
-    if name == "nps_ascent":
+    if ATTACKS[name].wants_nps(params):  # nps_ascent, nps_search, an ensemble with either: the dose's NPS
         noise = NoiseSpec() if noise is None else noise
         if noise.kind != "nps":
             raise ConfigError(f"noise.kind: attacks use an NPS target; expected 'nps', got {noise.kind!r}")

@@ -12,12 +12,16 @@ import inspect
 from typing import Any
 
 from audit.attacks.base import HU_RANGE, Attack, AttackResult, Candidates, Target, run_attack
+from audit.attacks.ensemble import Ensemble
 from audit.attacks.false_positive import FalsePositive
 from audit.attacks.generator import GeneratorManipulation
+from audit.attacks.hopskipjump import HopSkipJump
 from audit.attacks.latent import LatentSearch
 from audit.attacks.nps_ascent import NPSAscent, project_to_nps
+from audit.attacks.nps_search import NPSSearch
 from audit.attacks.ood import OutOfDistribution
 from audit.attacks.pgd import PGD
+from audit.attacks.square import Square
 from audit.attacks.twin import Twin, torch_twin
 from audit.errors import ConfigError
 
@@ -29,6 +33,10 @@ ATTACKS: dict[str, type[Attack]] = {
     OutOfDistribution.name: OutOfDistribution,
     LatentSearch.name: LatentSearch,
     GeneratorManipulation.name: GeneratorManipulation,
+    Square.name: Square,
+    NPSSearch.name: NPSSearch,
+    HopSkipJump.name: HopSkipJump,
+    Ensemble.name: Ensemble,
 }
 
 
@@ -61,6 +69,7 @@ def build_attack(name: str, target: Target, **params: Any) -> Attack:
         raise ConfigError(f"attack {name!r}: {exc}") from None
 
 
-__all__ = ["ATTACKS", "HU_RANGE", "Attack", "AttackResult", "Candidates", "FalsePositive", "GeneratorManipulation",
-           "LatentSearch", "NPSAscent", "OutOfDistribution", "PGD", "Target", "Twin",
+__all__ = ["ATTACKS", "HU_RANGE", "Attack", "AttackResult", "Candidates", "Ensemble", "FalsePositive",
+           "GeneratorManipulation", "HopSkipJump",
+           "LatentSearch", "NPSAscent", "NPSSearch", "OutOfDistribution", "PGD", "Square", "Target", "Twin",
            "build_attack", "check_attack_params", "project_to_nps", "run_attack", "torch_twin"]

@@ -19,10 +19,18 @@ include it), so a perturbation never moves the clean image itself.
 ``run_attack`` then re-runs every candidate through the deployed engine: a
 candidate counts as a success only if the deployed artifact's decision flips
 (``Head.flipped``), and the result keeps both rates (twin and deployed).
+
+Black-box attacks (``needs_twin = False``: Square, the NPS search, HopSkipJump)
+query the deployed engine only (``Target.model``), so they also run on a
+``Target.deployed(model)`` without a twin: a graph onnx2torch cannot convert,
+a TensorRT or INT8 engine. Without a twin the "twin" rate is the attack's own
+view from its engine queries (``Candidates.twin_flips``); with one, the twin
+judges their candidates as it judges the gradient attacks'.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -33,7 +41,7 @@ import numpy as np
 from audit.artifact import AuditedModel, Decisions, Head, Preprocess
 from audit.attacks.logits import expose_logit
 from audit.attacks.twin import Twin, torch_twin
-from audit.errors import ConfigError, InputError
+from audit.errors import ConfigError, EngineError, InputError
 from audit.io import progress_bar
 
 #: Default valid HU range: air to the top of a 12-bit scanner range.
@@ -47,15 +55,19 @@ class Target:
 
     ``input_rank`` is the rank of the engine input with the batch axis (e.g. 5
     for (B, 1, D, H, W)); ``output_index`` which twin output the head reads.
+    ``model``: the deployed artifact, which black-box attacks query; ``twin`` is
+    None for a target of black-box attacks only (``Target.deployed``).
     """
 
-    twin: Twin
+    twin: Twin | None
     head: Head
     preprocess: Preprocess
     input_rank: int
     output_index: int = 0
     channels_last: bool = True
     attack_logits: bool = True
+    model: AuditedModel | None = None
+    no_twin_reason: str | None = None
 
     @classmethod
     def from_model(cls, model: AuditedModel, module: Any = None, *, parity_hu: np.ndarray | None = None,
@@ -69,13 +81,23 @@ class Target:
             twin.output_names = tuple(model.engine.output_names)
         names = twin.output_names
         index = names.index(model.head.output) if model.head.output in names else 0
-        return cls(twin, model.head, model.preprocess, rank, index, attack_logits=attack_logits)
+        return cls(twin, model.head, model.preprocess, rank, index, attack_logits=attack_logits, model=model)
+
+    @classmethod
+    def deployed(cls, model: AuditedModel, reason: str | None = None) -> "Target":
+        """A target without a twin, for black-box attacks: they query ``model``'s engine only. ``reason``: why
+        there is no twin (e.g. the converter's refusal), recorded in ``describe``."""
+        return cls(None, model.head, model.preprocess, len(model.engine.input_spec.shape), model=model,
+                   no_twin_reason=reason)
 
     def __post_init__(self) -> None:
         import torch
 
         # what the losses read: the head's output, or the pre-activation of its sigmoid/softmax (audit.attacks.logits)
         self.loss_index, self.loss_head, self.loss_on = self.output_index, self.head, "output"
+        if self.twin is None:
+            self.loss_on = "deployed engine outputs (no twin)"
+            return
         if self.attack_logits and self.head.task in ("binary", "multiclass"):
             found = expose_logit(self.twin.module, self.output_index)
             if found is not None:
@@ -99,6 +121,8 @@ class Target:
     def outputs(self, x: Any) -> tuple[Any, ...]:
         import torch
 
+        if self.twin is None:
+            raise EngineError("this attack needs a torch twin, and this target has none (black-box attacks only)")
         if self.channels_last and x.ndim in (4, 5):
             x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
         return self.twin(x)
@@ -111,6 +135,8 @@ class Target:
         """Decisions of the twin (NumPy), read by the same head as the deployed engine."""
         import torch
 
+        if self.twin is None:  # no twin: the deployed engine is its own judge
+            return self.model.decide_input(np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32))
         with torch.no_grad():
             return self.decisions(self.outputs(x))
 
@@ -119,6 +145,11 @@ class Target:
         return self.head.decide({n: o.detach().cpu().numpy() for n, o in zip(self.twin.output_names, outs)}, "twin")
 
     def describe(self) -> dict[str, Any]:
+        if self.twin is None:
+            outputs = list(self.model.engine.output_names) if self.model is not None else []
+            return {"origin": "none (black-box: deployed engine queries only)", "outputs": outputs,
+                    "parity_max_abs_diff": None, "parity_inputs": 0, "loss_on": self.loss_on,
+                    "reason": self.no_twin_reason or "no attack planned needs one"}
         return {**self.twin.describe(), "loss_on": self.loss_on}
 
     def input_range(self, hu_range: tuple[float, float]) -> tuple[float, float]:
@@ -152,8 +183,26 @@ class Attack:
     """Base class. Subclasses set ``name`` and implement ``perturb``; the docstring says paper, threat model, defaults."""
 
     name: ClassVar[str] = ""
+    #: False for black-box attacks: they query the deployed engine (``Target.model``) and need no torch twin.
+    needs_twin: ClassVar[bool] = True
+
+    @classmethod
+    def wants_twin(cls, params: dict[str, Any]) -> bool:
+        """Whether this attack, with the ``[attack]`` parameters ``params``, needs a torch twin (the ensemble's
+        answer depends on its members)."""
+        return cls.needs_twin
+
+    @classmethod
+    def wants_nps(cls, params: dict[str, Any]) -> bool:
+        """Whether this attack, with ``params``, runs at a dose of ``[noise]`` (it takes the dose's ``nps``; the
+        pipelines then run it once per dose and the config keeps ``[noise]`` for it)."""
+        return "nps" in inspect.signature(cls.__init__).parameters
 
     def __init__(self, target: Target, *, space: str = "hu", hu_range: Sequence[float] = HU_RANGE) -> None:
+        if self.needs_twin and target.twin is None:
+            why = f": {target.no_twin_reason}" if target.no_twin_reason else ""
+            raise EngineError(f"attack {self.name!r} is a gradient attack and needs a torch twin; this target has "
+                              f"none (black-box attacks only){why}")
         if space not in SPACES:
             raise ConfigError(f"attack.space: expected one of {SPACES}, got {space!r}")
         if len(hu_range) != 2 or not float(hu_range[0]) < float(hu_range[1]):

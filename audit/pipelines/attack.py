@@ -14,8 +14,10 @@ from audit.attacks import ATTACKS, build_attack
 from audit.attacks.base import Target, run_attack
 from audit.attacks.blocks import SCHEMA, attack_block
 from audit.attacks.explain import explain_examples
+from audit.campaign.noise import NoiseSpec
 from audit.config import AttackConfig, AttackSpec
 from audit.data import open_source
+from audit.errors import EngineError
 from audit.io import write_json, write_text
 from audit.report.attacks import render_attack_page
 from models.build import load_checkpoint
@@ -29,15 +31,17 @@ def open_module(config: AttackConfig) -> Any:
 
 
 def settings(spec: AttackSpec, shape: tuple[int, ...], spacing: tuple[float, ...]) -> list[tuple[str, dict[str, Any]]]:
-    """(label, parameters) of every run: one per eps in a list, one per noise level for nps_ascent."""
+    """(label, parameters) of every run: one per noise level for the attacks at a dose, one per eps in a list."""
     params = dict(spec.params)
-    if spec.attack == "nps_ascent":
-        model = spec.noise.dose_model(shape, spacing)
-        return [(f"nps_ascent @ {lv:g} mAs", {**params, "nps": model.nps_at(lv), "spacing": spacing[-2:]})
-                for lv in spec.noise.levels]
+    runs = [(spec.attack, params)]
+    if ATTACKS[spec.attack].wants_nps(params):  # nps_ascent, nps_search, an ensemble with one of them
+        noise = spec.noise if spec.noise is not None else NoiseSpec()  # the config's default for nps_ascent
+        model = noise.dose_model(shape, spacing)
+        runs = [(f"{spec.attack} @ {lv:g} mAs", {**params, "nps": model.nps_at(lv), "spacing": spacing[-2:]})
+                for lv in noise.levels]
     if isinstance(params.get("eps"), list):
-        return [(f"{spec.attack} eps={e:g}", {**params, "eps": e}) for e in params["eps"]]
-    return [(spec.attack, params)]
+        runs = [(f"{label} eps={e:g}", {**p, "eps": e}) for label, p in runs for e in params["eps"]]
+    return runs
 
 
 @dataclass
@@ -72,7 +76,7 @@ class AttackPlan:
             result = run_attack(attack, self.model, hu, seed=spec.seed, batch_size=spec.batch_size, ids=ids,
                                 keep=spec.keep, progress=progress)
             explanations = []
-            if spec.explain and result.examples:
+            if spec.explain and result.examples and self.target.twin is not None:  # Grad-CAM needs the twin
                 explanations = explain_examples(self.target, result)
             block = attack_block(result, label=prefix + label, class_names=self.model.head.labels_names,
                                  explanations=explanations)
@@ -85,10 +89,21 @@ class AttackPlan:
 
 def plan_attacks(spec: AttackSpec, model: AuditedModel, source: Any, *, module: Any = None) -> AttackPlan:
     """The twin (``module`` or onnx2torch, parity-checked on the first 8 samples) and every attack of ``spec``,
-    ready to run; the samples themselves are read only when it runs."""
+    ready to run; the samples themselves are read only when it runs. Black-box attacks need no twin: none is
+    built for them (an unconvertible graph can still be attacked), and an ensemble whose twin cannot be built
+    runs its black-box members only."""
     model.check_input(source)
     n = len(source) if spec.samples is None else min(spec.samples, len(source))
-    target = Target.from_model(model, module, parity_hu=source.load(np.arange(min(n, 8))))
+    cls = ATTACKS[spec.attack]
+    if cls.wants_twin(dict(spec.params)):
+        try:
+            target = Target.from_model(model, module, parity_hu=source.load(np.arange(min(n, 8))))
+        except EngineError as exc:
+            if not getattr(cls, "twin_optional", False):
+                raise
+            target = Target.deployed(model, reason=str(exc))
+    else:
+        target = Target.deployed(model)
     runs = [(label, build_attack(spec.attack, target, **_extra(spec, params, source, n)))
             for label, params in settings(spec, tuple(source.shape), tuple(source.spacing))]
     return AttackPlan(spec, model, source, target, n, runs)
