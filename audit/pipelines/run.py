@@ -33,12 +33,13 @@ def write_reports(out: Path, models: Sequence[AuditedModel], source: Source, noi
     verdict on the report heads it."""
     rules = load_policy(policy) if policy is not None else None
     noise = noise.resolved(source)
+    noise_model = noise.noise_model(source)  # once: in reduce mode it reads every scan's dose and estimates its noise
     report = build_report(out, models, source, noise, stats.to_dict(), worst=worst, attacks=attacks, scan_arm=scan_arm,
-                          build=build)
+                          build=build, noise_model=noise_model)
     if rules is not None:
         attach_gate(report, str(policy), evaluate(report, rules))
     windows = {m.name: m.preprocess.window for m in models}
-    attach_dicom(report, write_cases(out, report, source, noise, windows, dicom=dicom, pacs=pacs))
+    attach_dicom(report, write_cases(out, report, source, noise, windows, dicom=dicom, pacs=pacs, noise_model=noise_model))
     write_nps_figure(out, noise, source.shape, source.spacing)
     write_json(out / "report.json", report)
     render_report(out)

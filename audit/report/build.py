@@ -199,7 +199,8 @@ def _paired(flips_a: np.ndarray, flips_b: np.ndarray) -> dict[str, Any]:
 
 def build_report(out: Path, models: Sequence[Audited], source: Any, noise: NoiseSpec, timing: dict[str, Any],
                  *, worst: int = WORST_CASES, attacks: Sequence[dict[str, Any]] = (),
-                 scan_arm: Sequence[dict[str, Any]] | None = None, build: dict[str, Any] | None = None) -> dict[str, Any]:
+                 scan_arm: Sequence[dict[str, Any]] | None = None, build: dict[str, Any] | None = None,
+                 noise_model: Any = None) -> dict[str, Any]:
     """report.json of a finished campaign from its records; ``timing``: ``CampaignStats.to_dict()``; ``attacks``:
     attack blocks (``audit.attacks.blocks``); ``scan_arm``: scan-arm blocks; ``build``: the reference build audited."""
     n, k = len(source), noise.draws
@@ -238,7 +239,7 @@ def build_report(out: Path, models: Sequence[Audited], source: Any, noise: Noise
         "timing": timing,
     }
     if noise.kind == "nps" and noise.mode == "reduce":  # per series: acquisition, acquired dose, the scan's own noise
-        report["noise"]["reduction"] = noise.noise_model(source).to_dict()
+        report["noise"]["reduction"] = (noise_model or noise.noise_model(source)).to_dict()
     if scan_arm:
         report["scan_arm"] = list(scan_arm)
     if build:

@@ -61,7 +61,7 @@ def write_nps_figure(out: Path, noise: NoiseSpec, shape: Sequence[int], spacing:
 
 
 def write_cases(out: Path, report: dict[str, Any], source: Any, noise: NoiseSpec, windows: dict[str, tuple[float, float]],
-                *, dicom: bool = False, pacs: Any = None) -> dict[tuple[str, int], dict[str, Any]]:
+                *, dicom: bool = False, pacs: Any = None, noise_model: Any = None) -> dict[tuple[str, int], dict[str, Any]]:
     """Every worst case's panel (always) and derived DICOM study (``dicom``, or a PACS with ``push``).
 
     ``windows``: each model's HU display window. Returns the DICOM links per (model, sample) for
@@ -69,7 +69,7 @@ def write_cases(out: Path, report: dict[str, Any], source: Any, noise: NoiseSpec
     """
     out = Path(out)
     client = connect(pacs) if pacs is not None and pacs.push else None
-    noise_model = noise.noise_model(source)
+    noise_model = noise_model or noise.noise_model(source)
     unit = report["noise"]["level_unit"]
     links: dict[tuple[str, int], dict[str, Any]] = {}
     for model in report["models"]:
