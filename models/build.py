@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from audit.errors import InputError
-from audit.io import atomic_path
 from models import cache, export, registry, training
 
 METRICS_SCHEMA = "audit-models-build/1"
@@ -88,7 +87,7 @@ def load_checkpoint(name: str, variant: str | None, path: str | os.PathLike) -> 
 
 def build(name: str, variant: str | None = None, *, out: str | os.PathLike, folds: int | None = None,
           repeats: int | None = None, quick: bool = False, seed: int | None = None, epochs: int | None = None,
-          samples: int | None = None, progress: bool | None = None,
+          samples: int | None = None, progress: bool = False,
           log: Callable[[str], None] | None = None) -> BuildResult:
     """Train ``repeats`` x ``folds`` models of ``name`` on phantom data, export each to ONNX, write metrics.
 
@@ -101,10 +100,27 @@ def build(name: str, variant: str | None = None, *, out: str | os.PathLike, fold
     entry = registry.get(name)
     recipe = entry.recipe(variant, quick=quick, folds=folds, repeats=repeats, seed=seed, epochs=epochs, samples=samples)
     out = prepare_out(out)
-    return _run(recipe, out, progress=progress, log=log)
+    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=out))
+    try:
+        _run(recipe, staging, progress=progress, log=log)
+        _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return load_build(out)
 
 
-def _run(recipe: registry.Recipe, out: Path, *, progress: bool | None, log: Callable[[str], None] | None) -> BuildResult:
+def _publish(staging: Path, out: Path) -> None:
+    """Move a finished build's files from ``staging`` into ``out``, ``metrics.json`` last.
+
+    Each ``os.replace`` is atomic on one file system, and ``metrics.json`` marks a build complete
+    (``load_build``), so a build killed at any moment never leaves a folder that reads as finished
+    with half-written files."""
+    files = sorted(staging.iterdir(), key=lambda f: f.name == "metrics.json")
+    for f in files:
+        os.replace(f, out / f.name)
+
+
+def _run(recipe: registry.Recipe, out: Path, *, progress: bool, log: Callable[[str], None] | None) -> BuildResult:
     bp = registry.get(recipe.model).blueprint(recipe.variant)
     rhash = cache.recipe_hash(recipe)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -172,8 +188,8 @@ def summarize(tests: list[dict]) -> dict:
 
 
 def _write_json(path: Path, obj) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=_json_default, allow_nan=True) + "\n")
+    """Plain write: builds are written into a private staging folder and published whole (``_publish``)."""
+    path.write_text(json.dumps(obj, indent=2, default=_json_default, allow_nan=True) + "\n")
 
 
 def _json_default(o):
@@ -206,7 +222,7 @@ def load_build(folder: str | os.PathLike) -> BuildResult:
 
 def cached_build(name: str, variant: str | None = None, *, quick: bool = False, folds: int | None = None,
                  repeats: int | None = None, seed: int | None = None, epochs: int | None = None,
-                 samples: int | None = None, cache_dir: str | os.PathLike | None = None, progress: bool | None = None,
+                 samples: int | None = None, cache_dir: str | os.PathLike | None = None, progress: bool = False,
                  log: Callable[[str], None] | None = None) -> BuildResult:
     """Like ``build``, but returns the cached build of the same recipe hash if there is one.
 

@@ -44,7 +44,6 @@ import numpy as np
 import torch
 
 from audit.errors import EngineError, InputError
-from audit.io import atomic_path
 
 OPSET = 18
 INPUT_NAME = "image"
@@ -172,8 +171,7 @@ def export_onnx(net: torch.nn.Module, path: str | os.PathLike, *, input_shape: S
         entry = model.metadata_props.add()
         entry.key, entry.value = str(k), str(v)
     onnx.checker.check_model(model)
-    with atomic_path(path) as tmp:
-        onnx.save(model, str(tmp))
+    onnx.save(model, str(path))
     try:
         return check_parity(path, net, parity_inputs, tolerance=tolerance)
     except ParityError:

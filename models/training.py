@@ -24,7 +24,6 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from audit.io import progress_enabled
 from models.augment import AUGMENTATIONS
 from models.registry import Blueprint, Data, Recipe
 
@@ -97,11 +96,6 @@ def deterministic(seed: int) -> Iterator[None]:
             torch.use_deterministic_algorithms(previous)
 
 
-def show_progress() -> bool:
-    """Progress bars only on a terminal, never in CI (``audit.io.progress_enabled``, the one rule)."""
-    return progress_enabled(None)
-
-
 def _targets(data: Data, idx: np.ndarray, names) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.ascontiguousarray(data.targets[k][idx])) for k in names}
 
@@ -124,13 +118,13 @@ def evaluate(bp: Blueprint, net: torch.nn.Module, data: Data, idx: np.ndarray) -
     return bp.task.evaluate(outputs, {k: v[idx] for k, v in data.targets.items()})
 
 
-def train(bp: Blueprint, recipe: Recipe, data: Data, split: Split, seed: int, *, progress: bool | None = None,
+def train(bp: Blueprint, recipe: Recipe, data: Data, split: Split, seed: int, *, progress: bool = False,
           desc: str = "", log: Callable[[str], None] | None = None) -> TrainResult:
     """Train one model on ``split.train`` and keep the epoch with the best validation score.
 
-    Progress: a bar per epoch on a terminal; otherwise one ``log`` line per epoch (loss, validation score), so
-    a long build is never silent in a log."""
-    progress = show_progress() if progress is None else progress
+    Progress: a bar per epoch when ``progress`` (the caller applies the terminal/CI rule,
+    ``audit.io.progress_enabled``); otherwise one ``log`` line per epoch (loss, validation score), so a long
+    build is never silent in a log."""
     augment = AUGMENTATIONS[bp.augment] if bp.augment else None
     with deterministic(seed):
         net = bp.make_net()

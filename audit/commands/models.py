@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from audit.io import progress_enabled
 from models.build import build
 from models.registry import REGISTRY
 
@@ -58,7 +59,8 @@ def _build(args: argparse.Namespace) -> int:
         print(line, flush=True)
 
     result = build(args.name, args.variant, out=args.out, folds=args.folds, repeats=args.repeats, quick=args.quick,
-                   seed=args.seed, epochs=args.epochs, samples=args.samples, progress=args.progress, log=log)
+                   seed=args.seed, epochs=args.epochs, samples=args.samples,
+                   progress=progress_enabled(args.progress), log=log)
     summary = result.metrics["summary"]
     parts = [f"{k} {v['mean']:.3f} (min {v['min']:.3f})" for k, v in summary.items()
              if k in ("auc", "macro_f1", "accuracy", "mae", "dice", "contour_mae_mm")]

@@ -21,6 +21,7 @@ from audit.artifact import open_path
 from audit.campaign.noise import NoiseSpec
 from audit.campaign.run import RunOptions, fingerprint, run_campaign
 from audit.data import phantom_source
+from audit.io import progress_enabled
 from audit.pipelines.run import write_reports
 from models.build import cached_build
 from models.shipped import shipped_build
@@ -40,7 +41,8 @@ def run_demo(out: Path, *, quick: bool = False, train: bool = False, progress: b
     returns (report, campaign statistics)."""
     if train:
         log(f"building or reusing the reference nodule3d model ({'quick' if quick else 'default'} recipe) ...")
-        build = cached_build("nodule3d", quick=quick, folds=None if quick else DEMO_FOLDS, progress=progress, log=log)
+        build = cached_build("nodule3d", quick=quick, folds=None if quick else DEMO_FOLDS,
+                             progress=progress_enabled(progress), log=log)
     else:
         build = shipped_build("nodule3d")
         log(f"auditing the shipped reference nodule3d model (recipe {build.recipe_hash[:12]}; --train rebuilds it)")
