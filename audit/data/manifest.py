@@ -1,6 +1,6 @@
-"""``ManifestSource``: a CSV of ``path,label`` rows pointing at .npy or .npz files or DICOM
-series folders (paths relative to the CSV), or at series on a PACS (``dicomweb:<SeriesUID>``,
-read through ``audit.pacs``)."""
+"""``ManifestSource``: a CSV of ``path,label`` rows pointing at .npy or .npz files, DICOM
+series folders, NIfTI or MetaImage volumes (paths relative to the CSV), or at series on a PACS
+(``pacs:<SeriesUID>``, DICOMweb or DIMSE, read through ``audit.pacs``)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from audit.data.volumes import VolumeFile, is_volume_file, read_volume_file
 from audit.dicom import crop_cube, scan_series
 from audit.errors import InputError
 from audit.io import read_user_text
@@ -24,15 +25,18 @@ _VOXEL_COLUMNS = ("i", "j", "k")
 class ManifestSource:
     """Rows of a CSV manifest (columns ``path``, ``label``; optional ``id``) pointing at HU images.
 
-    A path is an .npy/.npz array or a folder holding one DICOM CT series. An
-    .npz holds the image under ``hu`` (or ``image``, or its only array) and may
-    hold ``spacing``; otherwise ``spacing`` must be given. A DICOM row gives its
-    whole volume at its own spacing or, with lesion coordinates (optional
-    columns ``x,y,z`` patient mm, or ``i,j,k`` = column, row, slice voxel
-    indices), a cube of ``cube`` voxels at ``target_spacing`` mm around the
-    lesion (air outside the scan). All images share one shape.
+    A path is an .npy/.npz array, a folder holding one DICOM CT series, or a
+    NIfTI (.nii, .nii.gz) or MetaImage (.mhd, .mha) CT volume
+    (``audit.data.volumes``: oriented as a DICOM series, values checked as HU).
+    An .npz holds the image under ``hu`` (or ``image``, or its only array) and
+    may hold ``spacing``; otherwise ``spacing`` must be given. A DICOM or volume
+    row gives its whole volume at its own spacing or, with lesion coordinates
+    (optional columns ``x,y,z`` DICOM patient mm, or ``i,j,k`` voxel indices:
+    column, row, slice of a DICOM series, the file's own indices of a volume
+    file), a cube of ``cube`` voxels at ``target_spacing`` mm around the lesion
+    (air outside the scan). All images share one shape.
 
-    A path ``dicomweb:<SeriesUID>`` or ``dicomweb:<StudyUID>/<SeriesUID>``
+    A path ``pacs:<SeriesUID>`` or ``pacs:<StudyUID>/<SeriesUID>`` (or ``dicomweb:...``)
     names a series on the PACS ``pacs`` (an ``audit.pacs.PacsServer`` or
     client); it is retrieved, complete, into the server's bounded cache and
     then read like a DICOM folder.
@@ -48,6 +52,7 @@ class ManifestSource:
         self.cube = int(cube)
         self.target_spacing = float(target_spacing)
         self._series: dict[Path, object] = {}
+        self._volume: tuple[Path, VolumeFile] | None = None  # the last volume file read (one kept in memory)
         rows = self._rows()
         base = self.manifest.parent
         self._remote = self._pacs_rows(rows, pacs)  # row -> (study UID or None, series UID) on the PACS
@@ -63,10 +68,12 @@ class ManifestSource:
             try:
                 if n in self._remote or p.is_dir():
                     continue  # a DICOM series folder (or a PACS series), read on demand
-                if c is not None:
-                    raise InputError(f"{row}: {p}: lesion coordinates in {self.manifest.name} apply to DICOM folders only")
-                if p.suffix not in (".npy", ".npz"):
-                    raise InputError(f"{row}: {p}: unsupported file type '{p.suffix}'; expected .npy, .npz or a DICOM folder")
+                if c is not None and not is_volume_file(p):
+                    raise InputError(f"{row}: {p}: lesion coordinates in {self.manifest.name} apply to NIfTI/MetaImage "
+                                     "volumes and DICOM folders only")
+                if p.suffix not in (".npy", ".npz") and not is_volume_file(p):
+                    raise InputError(f"{row}: {p}: unsupported file type '{p.suffix}'; expected .npy, .npz, .nii, "
+                                     ".nii.gz, .mhd, .mha or a DICOM folder")
                 if not p.is_file():
                     raise InputError(f"{row}: {p}: file listed in {self.manifest.name} not found")
             except OSError as exc:  # a path too long for the filesystem, a folder we may not list
@@ -88,8 +95,9 @@ class ManifestSource:
             raise InputError(f"{self.paths[0]}: no spacing in the file; set data.spacing in the config")
         if len(given) != first.ndim or not all(np.isfinite(given)) or min(given) <= 0:
             raise InputError(f"data.spacing: expected {first.ndim} positive values (mm), got {given}")
-        if first_spacing is not None and self._is_dicom(0) and not np.allclose(given, first_spacing, rtol=1e-3):
-            raise InputError(f"data.spacing: {given} mm disagrees with {first_spacing} mm of the DICOM series {self.paths[0]}")
+        if first_spacing is not None and self._has_geometry(0) and not np.allclose(given, first_spacing, rtol=1e-3):
+            kind = "DICOM series" if self._is_dicom(0) else "volume"
+            raise InputError(f"data.spacing: {given} mm disagrees with {first_spacing} mm of the {kind} {self.paths[0]}")
         self.spacing = given
         try:
             self._check(0, first, first_spacing)
@@ -153,8 +161,8 @@ class ManifestSource:
             raise InputError(f"{self.paths[i]}: shape {img.shape} differs from the first image's {self._shape}")
         if sp is not None:
             self._check_spacing(i, sp, img.ndim)
-            if (self._is_dicom(i) or not self._spacing_given) and not np.allclose(sp, self.spacing, rtol=1e-3):
-                kind = "DICOM spacing" if self._is_dicom(i) else "spacing"
+            if (self._has_geometry(i) or not self._spacing_given) and not np.allclose(sp, self.spacing, rtol=1e-3):
+                kind = "DICOM spacing" if self._is_dicom(i) else "volume spacing" if self._has_geometry(i) else "spacing"
                 raise InputError(f"{self.paths[i]}: {kind} {sp} mm differs from the source's {self.spacing}")
         step = max(1, (1 << 22) // max(1, int(np.prod(img.shape[1:], dtype=np.int64))))  # ~4M values at a time
         for start in range(0, img.shape[0], step):
@@ -192,14 +200,37 @@ class ManifestSource:
         self._pacs = None
         if remote:
             if pacs is None:
-                raise InputError(f"{self.manifest}: row {min(remote) + 2} names a PACS series (dicomweb:...) but no "
+                raise InputError(f"{self.manifest}: row {min(remote) + 2} names a PACS series (pacs:...) but no "
                                  "server is configured; add a [pacs] table with url = ...")
             self._pacs = connect(pacs)
-            self._counts = {n: self._pacs.locate(series, study).instances for n, (study, series) in remote.items()}
+            # located once: a cached copy is used only while it holds the instance count found here
+            self._refs = {n: self._pacs.locate(series, study) for n, (study, series) in remote.items()}
         return remote
 
     def _is_dicom(self, i: int) -> bool:
         return i in self._remote or self.paths[i].is_dir()
+
+    def _is_volume(self, i: int) -> bool:
+        """A NIfTI or MetaImage row (its own geometry, no DICOM headers)."""
+        return i not in self._remote and is_volume_file(self.paths[i]) and not self.paths[i].is_dir()
+
+    def _has_geometry(self, i: int) -> bool:
+        return self._is_dicom(i) or self._is_volume(i)
+
+    def _volume_file(self, i: int) -> VolumeFile:
+        path = self.paths[i]
+        if self._volume is None or self._volume[0] != path:
+            self._volume = (path, read_volume_file(path))
+        return self._volume[1]
+
+    def _read_volume(self, i: int) -> tuple[np.ndarray, tuple[float, ...]]:
+        vf = self._volume_file(i)
+        if self.centers[i] is None:
+            return vf.volume.hu, tuple(vf.volume.spacing)
+        center, units = self.centers[i]
+        mm = np.asarray(center, dtype=np.float64) if units == "mm" else vf.voxel_to_patient(center)
+        cube = crop_cube(vf.volume, mm, self.cube, self.target_spacing, "mm")
+        return cube.hu, tuple(cube.spacing)
 
     def _center(self, n: int, row: dict) -> tuple[tuple[float, float, float], str] | None:
         """Lesion centre of manifest row ``n`` and its units ('mm' or 'voxel'), or None."""
@@ -227,7 +258,7 @@ class ManifestSource:
         path = self.paths[i]
         if i in self._remote:  # complete in the cache (retrieved again if it was evicted)
             study, uid = self._remote[i]
-            path = self._pacs.fetch(uid, study)
+            path = self._pacs.fetch(uid, study, ref=self._refs[i])
         series = self._series.get(path)
         if series is None or not all(f.is_file() for f in series.files[:1]):
             series = self._series[path] = scan_series(path)
@@ -235,12 +266,16 @@ class ManifestSource:
 
     def reference(self, i: int) -> Any:
         """What a derived DICOM series of sample ``i`` borrows from its source (``audit.dicom.write_series``): the
-        whole source series (patient identity, geometry, frame of reference) for a whole-series row, its first
-        header (patient identity only; a cube has its own geometry) for a lesion cube, None for array files."""
+        whole source series (patient identity, geometry, frame of reference) for a whole-series row, the cube
+        itself for a lesion cube (identity, the source's frame of reference and the cube's real position), None
+        for array files."""
         if not self._is_dicom(i):
             return None
         series = self._series_of(i)
-        return series if self.centers[i] is None else series.header
+        if self.centers[i] is None:
+            return series
+        center, units = self.centers[i]
+        return crop_cube(series, center, self.cube, self.target_spacing, units)  # the cube where it lies in the patient
 
     def source_slices(self, i: int) -> np.ndarray | None:
         """Index of the source series slice behind each slice of sample ``i`` (a cube's slices: the nearest source
@@ -302,6 +337,8 @@ class ManifestSource:
                 raise
             except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError, IndexError) as exc:
                 raise InputError(f"{path}: cannot read the DICOM series ({type(exc).__name__}: {exc})") from None
+        if self._is_volume(i):
+            return self._read_volume(i)
         try:
             if path.suffix == ".npy":
                 return np.load(path, allow_pickle=False), None
@@ -331,7 +368,7 @@ class ManifestSource:
         for n, (p, lab, c) in enumerate(zip(self.paths, self.labels, self.centers)):
             if n in self._remote:  # a PACS series: its UIDs and instance count, not the cache's file times
                 dicom = True
-                h.update(f"dicomweb:{self._remote[n]}|{self._counts[n]}|{lab}|{c}".encode())
+                h.update(f"dicomweb:{self._remote[n]}|{self._refs[n].instances}|{lab}|{c}".encode())
                 continue
             if p.is_dir():  # every file of the series, and the lesion centre
                 dicom = True
@@ -342,6 +379,12 @@ class ManifestSource:
                 continue
             st = p.stat()
             h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}|{lab}".encode())
+            if self._is_volume(n):  # a MetaImage's data file, the lesion centre and the cube
+                dicom = True
+                for data in sorted(p.parent.glob(f"{p.stem}.*raw")):
+                    st = data.stat()
+                    h.update(f"{data}|{st.st_size}|{st.st_mtime_ns}".encode())
+                h.update(f"|{c}".encode())
         h.update(repr(self.spacing).encode())
         if dicom:
             h.update(repr((self.cube, self.target_spacing)).encode())

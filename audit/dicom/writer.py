@@ -5,7 +5,11 @@ RescaleIntercept 0: the viewer's HU is the stored integer exactly, and the
 only loss is rounding to whole HU (at most 0.5 HU). Every series gets new
 Study/Series/SOP Instance UIDs and ImageType DERIVED\\SECONDARY. A series is
 written into a hidden temporary folder and renamed into place, so on any
-failure nothing half-written remains.
+failure nothing half-written remains. Every series says it is not for
+diagnostic use (StudyDescription and ImageComments, the fields viewers show),
+references its source series (and, for a whole series, each source slice in
+SourceImageSequence), and its files are 0600: they carry the source's patient
+identity.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ import numpy as np
 
 from audit.dicom.reader import CTVolume, SeriesHeaders
 from audit.errors import InputError
-from audit.io import atomic_dir
+from audit.io import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, atomic_dir
 
 INT16 = (-32768, 32767)
 _LO_MAX = 64  # characters in a DICOM LO value (SeriesDescription)
+NOT_DIAGNOSTIC = "NOT FOR DIAGNOSTIC USE"
+STUDY_DESCRIPTION = f"{NOT_DIAGNOSTIC} - ct-robustness-audit"
 _PATIENT_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge")
 
 
@@ -141,9 +147,9 @@ def write_flipped_case(
 
 
 def atomic_folder(target: str | os.PathLike, *, overwrite: bool = False):
-    """A folder that appears complete or not at all (``audit.io.atomic_dir``); an existing ``target`` is an error
-    unless ``overwrite``."""
-    return atomic_dir(target, overwrite=overwrite)
+    """A private (0700) folder that appears complete or not at all (``audit.io.atomic_dir``); an existing ``target``
+    is an error unless ``overwrite``."""
+    return atomic_dir(target, overwrite=overwrite, private=True)
 
 
 # -- internals ---------------------------------------------------------------------------------
@@ -171,6 +177,23 @@ def _key_text(key: Any) -> tuple[str, str]:
     if isinstance(key, (tuple, list)):
         return "/".join(str(v) for v in key), str(tuple(key))
     return str(key), str(key)
+
+
+def _source_instances(reference, nz: int) -> list[tuple[str, str]] | None:
+    """(SOPClassUID, SOPInstanceUID) of the source slice behind each written slice, when the derived series has the
+    source's slices one for one (a whole series); None otherwise (a resampled cube has no one-to-one source)."""
+    files = getattr(reference, "files", ()) if isinstance(reference, (CTVolume, SeriesHeaders)) else ()
+    if len(files) != nz:
+        return None
+    pydicom = _pydicom()
+    out = []
+    for f in files:
+        try:
+            h = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
+            out.append((str(h.SOPClassUID), str(h.SOPInstanceUID)))
+        except (OSError, AttributeError, pydicom.errors.InvalidDicomError):
+            return None
+    return out
 
 
 def _reference_frame(reference, origin) -> str | None:
@@ -223,7 +246,7 @@ def _geometry(reference, origin, direction) -> tuple[np.ndarray, np.ndarray]:
 def _write_into(folder: Path, hu, spacing, *, reference, description, derivation, origin, direction, study_uid,
                 frame_of_reference_uid, series_number, window) -> WrittenSeries:
     """Write the series' files into ``folder`` (created here; the caller makes it atomic)."""
-    pydicom = _pydicom()
+    _pydicom()  # one-line error if pydicom is missing
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import (
         PYDICOM_IMPLEMENTATION_UID,
@@ -252,7 +275,7 @@ def _write_into(folder: Path, hu, spacing, *, reference, description, derivation
     base.Modality = "CT"
     base.Manufacturer = ""
     base.ReferringPhysicianName = ""
-    base.StudyDescription = "ct-robustness-audit"
+    base.StudyDescription = STUDY_DESCRIPTION
     base.SeriesDescription = description
     base.DerivationDescription = derivation[:1024]
     for tag in _PATIENT_TAGS:
@@ -283,10 +306,20 @@ def _write_into(folder: Path, hu, spacing, *, reference, description, derivation
     base.RescaleSlope = _ds(1)
     base.RescaleType = "HU"
     base.BurnedInAnnotation = "NO"
-    base.ImageComments = derivation[:10240]
+    base.ImageComments = (NOT_DIAGNOSTIC + ". " + derivation)[:10240]
+    sources = _source_instances(reference, hu.shape[0])
+    if isinstance(reference, (CTVolume, SeriesHeaders)) and reference.series_uid:
+        # Where the derived series came from, for a PACS user who finds it beside the original (Common Instance
+        # Reference module: the source lies in another study).
+        ref_series = Dataset()
+        ref_series.SeriesInstanceUID = reference.series_uid
+        ref_study = Dataset()
+        ref_study.StudyInstanceUID = reference.study_uid
+        ref_study.ReferencedSeriesSequence = [ref_series]
+        base.StudiesContainingOtherReferencedInstancesSequence = [ref_study]
 
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"{folder}: cannot create the series folder ({exc.strerror or exc})") from None
     files = []
@@ -302,6 +335,10 @@ def _write_into(folder: Path, hu, spacing, *, reference, description, derivation
         ds.file_meta = meta
         ds.SOPInstanceUID = sop
         ds.InstanceNumber = k + 1
+        if sources is not None:
+            item = Dataset()
+            item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sources[k]
+            ds.SourceImageSequence = [item]
         position = o + k * dz * d[0]
         ds.ImagePositionPatient = [_ds(v) for v in position]
         ds.SliceLocation = _ds(float(position @ d[0]))
@@ -309,6 +346,7 @@ def _write_into(folder: Path, hu, spacing, *, reference, description, derivation
         path = folder / f"{k + 1:04d}.dcm"
         try:
             ds.save_as(path, enforce_file_format=True)
+            os.chmod(path, PRIVATE_FILE_MODE)  # carries the source's patient identity
         except OSError as exc:
             raise InputError(f"{path}: cannot write the slice ({exc.strerror or exc})") from None
         files.append(path)

@@ -3,6 +3,9 @@
 An entry appears complete or not at all: a series is downloaded into a hidden
 temporary folder, checked, marked complete and renamed into place. Eviction
 renames an entry away before deleting it, so a reader never sees half of one.
+The cache holds patient data: its root is 0700, entries 0700, files 0600.
+A SIGTERM while a series is written (``terminable``) removes the partial
+folder, prints one line and exits 143.
 """
 
 from __future__ import annotations
@@ -12,18 +15,75 @@ import json
 import os
 import re
 import shutil
+import signal
+import stat
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
 from audit.errors import InputError
-from audit.io import remove_stale_temps
+from audit.io import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, is_temp, remove_stale_temps
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 MARKER = ".complete"
 #: Temporary folders older than this (seconds) are left over from killed runs and removed.
 STALE_S = 3600.0
+
+
+#: Exit status of a run ended by SIGTERM (128 + 15, as the shell reports it).
+EXIT_SIGTERM = 128 + signal.SIGTERM
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived while PACS data was being retrieved or stored; exits ``EXIT_SIGTERM`` once cleaned up."""
+
+    def __init__(self) -> None:
+        super().__init__(EXIT_SIGTERM)
+        self.reported = False
+
+
+@contextlib.contextmanager
+def terminable(what: str) -> Iterator[None]:
+    """Turn SIGTERM into ``Terminated`` while the block runs, so cache writes in it clean up (``put`` removes its
+    temporary folder), then print one line naming ``what`` and the exit status. Only the main thread can take
+    signals; elsewhere (and when nested) the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread() or getattr(_terminable_state, "active", False):
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001 - the signal module's signature
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # no signals here (an embedded interpreter)
+        yield
+        return
+    _terminable_state.active = True
+    try:
+        yield
+    except Terminated as exc:
+        if not exc.reported:
+            exc.reported = True
+            print(f"audit: terminated by SIGTERM while {what} (exit {EXIT_SIGTERM})", file=sys.stderr, flush=True)
+        raise
+    finally:
+        _terminable_state.active = False
+        signal.signal(signal.SIGTERM, previous)
+
+
+_terminable_state = threading.local()
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) and make it 0700 when it is ours and more open (patient data)."""
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    st = path.stat()
+    if os.name == "posix" and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO) and st.st_uid == os.getuid():
+        os.chmod(path, PRIVATE_DIR_MODE)
 
 
 def check_uid(uid: str, what: str = "UID") -> str:
@@ -69,26 +129,32 @@ class SeriesCache:
             return None
 
     @contextlib.contextmanager
-    def put(self, series_uid: str) -> Iterator[Path]:
+    def put(self, series_uid: str, *, replace: bool = False) -> Iterator[Path]:
         """Yield an empty temporary folder; on success it becomes the series' entry, on error it is removed.
 
         The caller writes the files and must call nothing else; the instance
-        count is taken from the ``.dcm`` files in the folder.
+        count is taken from the ``.dcm`` files in the folder. ``replace``: a
+        complete entry already there (an older state of the series) gives way
+        to this one; without it the first complete entry is kept.
         """
         final = self.folder(series_uid)
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            private_dir(self.root)
             self._remove_stale()
             tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=self.root))
         except OSError as exc:
             raise InputError(f"{self.root}: cannot write the PACS cache there ({exc.strerror or exc})") from None
         try:
             yield tmp
-            count = sum(1 for f in tmp.iterdir() if f.suffix == ".dcm")
+            count = 0
+            for f in tmp.iterdir():
+                os.chmod(f, PRIVATE_FILE_MODE)
+                count += f.suffix == ".dcm"
             (tmp / MARKER).write_text(json.dumps({"series_uid": final.name, "instances": count}))
+            os.chmod(tmp / MARKER, PRIVATE_FILE_MODE)
             self._touch(tmp / MARKER)
-            if final.exists():  # an incomplete leftover, or another process finished first
-                if (final / MARKER).is_file():
+            if final.exists():  # an incomplete leftover, an older state of the series, or another process finished first
+                if (final / MARKER).is_file() and not (replace and self.instances(final.name) != count):
                     shutil.rmtree(tmp, ignore_errors=True)
                     self.evict(keep=final.name)
                     return
@@ -122,6 +188,27 @@ class SeriesCache:
 
     def size(self) -> int:
         return sum(e[1] for e in self.entries())
+
+    def purge(self) -> tuple[int, int]:
+        """Remove every series folder (complete or not) and every temporary one; returns (series, bytes) removed.
+
+        Only what the cache creates is touched (folders named by a UID, hidden
+        temporaries), so a ``cache_dir`` pointed at a wrong folder loses nothing else.
+        """
+        if not self.root.is_dir():
+            return 0, 0
+        series, freed = 0, 0
+        for d in sorted(self.root.iterdir()):
+            if d.is_symlink() or not d.is_dir() or not (_UID.match(d.name) or is_temp(d)):
+                continue
+            with contextlib.suppress(OSError):
+                freed += sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+            series += (d / MARKER).is_file()
+            if is_temp(d):
+                shutil.rmtree(d, ignore_errors=True)
+            else:
+                self._discard(d)
+        return series, freed
 
     def evict(self, keep: str | None = None) -> list[str]:
         """Remove least recently used entries until the cache fits ``max_bytes``; returns the removed UIDs."""

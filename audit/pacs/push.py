@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.dicom import atomic_folder
-from audit.pacs.dicomweb import DicomWebPacs, iter_files
+from audit.pacs.client import PacsClient, iter_files
 
 ROLES = ("clean", "noisy")
 
@@ -61,7 +61,7 @@ def stable_uids(case: dict[str, Any], model: str) -> dict[str, Any]:
     return {**case, "study_uid": study, "clean_series_uid": series["clean"], "noisy_series_uid": series["noisy"]}
 
 
-def push_case(pacs: DicomWebPacs, case: dict[str, Any], model: str) -> dict[str, Any]:
+def push_case(pacs: PacsClient, case: dict[str, Any], model: str) -> dict[str, Any]:
     """Push a case written by ``write_flipped_case`` (its ``dicom`` block); returns the block with UIDs and ``pushed``.
 
     Adds ``"pushed": true``, ``"pacs": {"server", "stored", "already_present"}``

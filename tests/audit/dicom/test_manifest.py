@@ -44,7 +44,8 @@ def test_dicom_row_without_centre_gives_the_whole_volume(tmp_path, series_dir):
 
 def test_derived_cases_borrow_the_source_patient_and_for_whole_series_its_geometry(tmp_path, series_dir):
     """A flipped case written from a whole-series row keeps the source's patient, geometry and frame of reference
-    (a viewer overlays it on the original); one from a lesion cube keeps the patient only (the cube has its own grid)."""
+    (a viewer overlays it on the original); one from a lesion cube keeps the patient and the source's frame of
+    reference, at the cube's real position (its centre maps back to the lesion's voxel)."""
     import pydicom
 
     from audit.dicom import write_flipped_case
@@ -64,11 +65,13 @@ def test_derived_cases_borrow_the_source_patient_and_for_whole_series_its_geomet
     assert written.frame_of_reference_uid == vol.frame_of_reference_uid and np.allclose(written.origin, vol.origin)
     assert written.header.PatientID == vol.header.PatientID == "SRC-7"
     ref = cube.reference(0)
-    assert ref.PatientID == vol.header.PatientID
+    assert ref.header.PatientID == vol.header.PatientID
     c = cube.load([0])[0]
     case = write_flipped_case(c, c, cube.spacing, tmp_path / "cube", level=50, key=(0, 0, 50000, 0), reference=ref)
     written = read_series(case["noisy_dir"])
-    assert written.header.PatientID == vol.header.PatientID and written.frame_of_reference_uid != vol.frame_of_reference_uid
+    assert written.header.PatientID == vol.header.PatientID and written.frame_of_reference_uid == vol.frame_of_reference_uid
+    centre = written.index_to_patient([(n - 1) / 2 for n in written.shape])
+    assert np.allclose(vol.patient_to_index(centre), [6, 20, 18], atol=1e-6)  # (k, j, i) of the manifest's i,j,k
     np.save(tmp_path / "a.npy", np.zeros((4, 5), np.float32))
     assert ManifestSource(_manifest(tmp_path, "path,label", "a.npy,1"), spacing=(0.5, 0.5)).reference(0) is None
 

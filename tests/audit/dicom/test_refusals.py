@@ -27,7 +27,7 @@ def _refused(source, *needles):
 
 
 def test_non_ct_modality_is_refused(tmp_path):
-    mr = shutil.copy(bundled("MR_small.dcm"), tmp_path / "mr.dcm")
+    shutil.copy(bundled("MR_small.dcm"), tmp_path / "mr.dcm")
     _refused(tmp_path, "mr.dcm", "Modality", "'MR'", "'CT'")
 
 

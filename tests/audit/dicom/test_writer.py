@@ -86,6 +86,25 @@ def test_crop_of_a_real_scan_written_back_keeps_patient_and_frame(tmp_path):
     assert np.allclose(src.patient_to_index(back.index_to_patient([0, 7.5, 7.5])), [0, 64, 64], atol=1e-6)
 
 
+def test_derived_case_says_not_diagnostic_references_its_source_and_is_private(tmp_path):
+    src = write_series(_noisy_volume(3, (4, 16, 16)), (2.0, 0.7, 0.7), tmp_path / "src")
+    source = read_series(tmp_path / "src")
+    img = np.rint(source.hu)
+    out = write_flipped_case(img, img + 3, source.spacing, tmp_path / "case", level=50, key="k", reference=source)
+    files = sorted((tmp_path / "case" / "noisy").iterdir())
+    for k, path in enumerate(files):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        assert "NOT FOR DIAGNOSTIC USE" in ds.StudyDescription and ds.ImageComments.startswith("NOT FOR DIAGNOSTIC USE")
+        ref = ds.StudiesContainingOtherReferencedInstancesSequence[0]
+        assert ref.StudyInstanceUID == src.study_uid and ref.ReferencedSeriesSequence[0].SeriesInstanceUID == src.series_uid
+        source_slice = pydicom.dcmread(src.files[k], stop_before_pixels=True)
+        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source_slice.SOPInstanceUID  # slice k came from k
+        assert path.stat().st_mode & 0o777 == 0o600  # the source's patient identity travels with it
+    for folder in (tmp_path / "case", tmp_path / "case" / "clean", tmp_path / "case" / "noisy"):
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
+    assert out["noisy_series_uid"] != src.series_uid
+
+
 @pytest.mark.parametrize("bad, needle", [
     (np.full((2, 8, 8), np.nan, np.float32), "NaN"),
     (np.full((2, 8, 8), 40000.0, np.float32), "16-bit"),

@@ -60,6 +60,21 @@ def dataset(orthanc, tmp_path_factory):
     return root, model, uids
 
 
+def uploaded_audit(orthanc, folder: Path, seed: int, prefix: str = "dicomweb:") -> tuple[Path, Path]:
+    """Four series with lesions uploaded to ``orthanc`` (REST), a manifest naming them by ``prefix``<SeriesUID> with
+    the lesion centre, and the planted model: (manifest, model)."""
+    from tests.audit.planted import planted_model
+
+    vols, labels = _volumes(4, seed=seed)
+    rows = ["path,label,i,j,k"]
+    for n, (v, lab) in enumerate(zip(vols, labels)):
+        w = write_series(v, (1.0, 1.0, 1.0), folder / f"s{n}")
+        orthanc.upload(w.folder)
+        rows.append(f"{prefix}{w.series_uid},{lab},{','.join(map(str, CENTRE))}")
+    (folder / "m.csv").write_text("\n".join(rows) + "\n")
+    return folder / "m.csv", planted_model(folder / "m.onnx", (CUBE,) * 3, REGION, threshold_hu=0.0)
+
+
 def _config(path: Path, model: Path, manifest: Path, pacs: str = "") -> Path:
     path.write_text(f'[model]\npath = "{model}"\nname = "planted3d"\n\n[data]\nmanifest = "{manifest}"\ncube = {CUBE}\n\n'
                     f"[noise]\n{NOISE}\n\n[run]\nbatch_size = 32\nshard_samples = 4\n\n[report]\nworst = 3\n\n{pacs}")
@@ -125,7 +140,7 @@ def test_audit_from_pacs_matches_files_and_pushes_each_flipped_case_once(orthanc
             assert ref.study_uid == d["study_uid"] and ref.instances == CUBE
             assert ref.description == d[f"{role}_description"] and ref.description.startswith(role.upper())
             remote = read_series(pacs.fetch(ref.series_uid, ref.study_uid))
-            local = read_series(d[f"{role}_dir"])
+            local = read_series(tmp_path / "out-pacs" / d[f"{role}_dir"])  # relative to the output folder
             assert remote.series_uid == local.series_uid
             np.testing.assert_array_equal(remote.hu, local.hu)
             # the derived series belong to the source series' patient, so the PACS files them under that patient
@@ -135,7 +150,7 @@ def test_audit_from_pacs_matches_files_and_pushes_each_flipped_case_once(orthanc
         # The clean series is the audited cube of the source series (HU kept to the stored integer).
         source = read_series(root / f"series{c['sample']}")
         k, j, i = CENTRE[2], CENTRE[1], CENTRE[0]
-        clean = read_series(d["clean_dir"]).hu
+        clean = read_series(tmp_path / "out-pacs" / d["clean_dir"]).hu
         assert abs(float(clean[6:10, 6:10, 6:10].mean()) - float(source.hu[k - 2:k + 2, j - 2:j + 2, i - 2:i + 2].mean())) < 3.0
 
     # A second run (new out dir, warm cache) finds every case already on the server and pushes nothing.

@@ -81,6 +81,7 @@ def test_missing_credentials_name_the_variable_not_a_value(tmp_path, monkeypatch
     assert "alice" not in str(info.value)
     bad = tmp_path / "creds"
     bad.write_text("alice-without-colon\n")
+    bad.chmod(0o600)
     with pytest.raises(ConfigError, match="must start with a line 'username:password'") as info:
-        PacsServer("http://h", credentials_file=bad).credentials()
+        PacsServer("https://h", credentials_file=bad).credentials()
     assert "alice" not in str(info.value)

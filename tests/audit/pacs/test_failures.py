@@ -122,36 +122,31 @@ def test_wrong_credentials_give_401_naming_server_and_uid_never_the_password(ort
     # The right credentials from a file: the series arrives.
     secret = tmp_path / "pacs-credentials"
     secret.write_text(f"{USER}:{PASSWORD}\n")
+    secret.chmod(0o600)
     folder = DicomWebPacs(PacsServer(orthanc_auth.root, credentials_file=secret, cache_dir=tmp_path / "cache")).fetch(w.series_uid)
     assert len(list(folder.glob("*.dcm"))) == SHAPE[0]
 
 
 def test_credentials_stay_out_of_reports_and_output(orthanc_auth, tmp_path):
-    """A whole audit with push against the authenticated server: the password appears in no file it writes."""
-    from tests.audit.pacs.test_audit_from_pacs import CENTRE, CUBE, REGION, _config
-    from tests.audit.planted import planted_model
+    """A whole audit with push against the authenticated server: the password, and a token in the URL's query,
+    appear in no file it writes and nowhere in its output; OUT/dicom (patient identity) is private."""
+    from tests.audit.pacs.test_audit_from_pacs import _config, uploaded_audit
 
-    vols, labels = _volumes(4, seed=11)
-    rows = ["path,label,i,j,k"]
-    for n, (v, lab) in enumerate(zip(vols, labels)):
-        w = write_series(v, (1.0, 1.0, 1.0), tmp_path / f"s{n}")
-        orthanc_auth.upload(w.folder)
-        rows.append(f"dicomweb:{w.series_uid},{lab},{','.join(map(str, CENTRE))}")
-    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    model = planted_model(tmp_path / "m.onnx", (CUBE,) * 3, REGION, threshold_hu=0.0)
-    pacs = (f'[pacs]\nurl = "{orthanc_auth.root}"\nusername_env = "PACS_USER"\npassword_env = "PACS_PASSWORD"\n'
+    manifest, model = uploaded_audit(orthanc_auth, tmp_path, seed=11)
+    pacs = (f'[pacs]\nurl = "{orthanc_auth.root}?token=Tk-998877"\nusername_env = "PACS_USER"\npassword_env = "PACS_PASSWORD"\n'
             f'cache_dir = "cache"\npush = true\n')
-    config = _config(tmp_path / "a.toml", model, tmp_path / "m.csv", pacs)
+    config = _config(tmp_path / "a.toml", model, manifest, pacs)
     env = {**os.environ, "PACS_USER": USER, "PACS_PASSWORD": PASSWORD}
     proc = subprocess.run([sys.executable, "-m", "audit", "run", str(config), "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert PASSWORD not in proc.stdout + proc.stderr
+    assert PASSWORD not in proc.stdout + proc.stderr and "Tk-998877" not in proc.stdout + proc.stderr
+    assert (tmp_path / "out" / "dicom").stat().st_mode & 0o777 == 0o700
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["models"][0]["worst_cases"] and all(c["dicom"]["pushed"] for c in report["models"][0]["worst_cases"])
     for f in (tmp_path / "out").rglob("*"):
         if f.is_file():
-            assert PASSWORD.encode() not in f.read_bytes(), f
+            assert PASSWORD.encode() not in f.read_bytes() and b"Tk-998877" not in f.read_bytes(), f
 
 
 @pytest.mark.parametrize("cut_after", [6_000, 12_000, 30_000])  # the series' answer is about 40 kB
