@@ -34,7 +34,7 @@ from typing import Sequence, Union
 import numpy as np
 
 from kernels import _checks
-from kernels._xp import fft_module, is_numpy, namespace
+from kernels._xp import fft_module, is_numpy, namespace, to_numpy
 from kernels.errors import KernelError
 from kernels.keys import NoiseKey, as_keys, complex_normals, parallel_rows
 from kernels.nps import GridNPS, RadialNPS, grid_variance
@@ -104,6 +104,7 @@ def reduction_noise(
     z_nps: float | RadialNPS | None = None,
     method: str = "spectral",
     name: str = "scan",
+    gain=None,
     xp: str | ModuleType | None = None,
     workers: int | None = None,
 ):
@@ -114,7 +115,10 @@ def reduction_noise(
     or one per slice; if given, ``nps0`` is rescaled so that its variance on
     this grid is ``sigma0**2`` per slice. ``dose``, ``acquired``: one value or
     one per slice (volumes ``(nz, ny, nx)``). The inserted variance is
-    ``sigma0**2 * added_variance_factor(...)`` per slice.
+    ``sigma0**2 * added_variance_factor(...)`` per slice. ``gain``: a relative standard-deviation map (``shape``,
+    or ``(ny, nx)`` for every slice; e.g. the square root of ``kernels.variance_map.relative_added_variance``, mean
+    square 1 where sigma0 was measured) that multiplies the stationary draw pixel by pixel (Divel & Pelc's
+    image-domain insertion): the texture stays the NPS's, the level follows the map.
     """
     shape = _checks.shape("shape", shape, (2, 3))
     sp = _checks.spacing("spacing", spacing, len(shape))
@@ -122,7 +126,7 @@ def reduction_noise(
     return reduction_noise_rows(keys, [nps0] * b, shape, sp, [dose] * b, [acquired] * b,
                                 sigma0=None if sigma0 is None else [sigma0] * b, mas_ref=mas_ref,
                                 electronic_fraction=electronic_fraction, z_nps=z_nps, method=method, names=[name] * b,
-                                xp=xp, workers=workers)
+                                gains=None if gain is None else [gain] * b, xp=xp, workers=workers)
 
 
 def sigma_after(sigma0, dose, acquired, *, mas_ref: float | None = None, electronic_fraction: float = 0.0,
@@ -165,11 +169,13 @@ def reduction_noise_rows(
     z_nps: float | RadialNPS | None = None,
     method: str = "spectral",
     names: Sequence[str] | None = None,
+    gains: Sequence | None = None,
     xp: str | ModuleType | None = None,
     workers: int | None = None,
 ):
     """``reduction_noise`` for a batch whose rows are different scans: row b uses ``nps0[b]``, ``dose[b]``,
-    ``acquired[b]``, ``sigma0[b]`` (each a value or one per slice) and ``names[b]`` in errors.
+    ``acquired[b]``, ``sigma0[b]`` (each a value or one per slice), ``gains[b]`` (a relative sigma map or None) and
+    ``names[b]`` in errors.
 
     Bit-identical, row by row, to ``reduction_noise`` of that row's key and parameters (spectral method), but the
     white noise of all rows is drawn and transformed in one threaded pass, so a batch of many scans costs what one
@@ -179,14 +185,14 @@ def reduction_noise_rows(
     b = keys.shape[0]
     shape = _checks.shape("shape", shape, (2, 3))
     sp = _checks.spacing("spacing", spacing, len(shape))
-    if not (len(nps0) == len(dose) == len(acquired) == b) or (sigma0 is not None and len(sigma0) != b):
-        raise KernelError(f"rows: expected one nps0, dose, acquired (and sigma0) per key ({b})")
+    if (not (len(nps0) == len(dose) == len(acquired) == b) or (sigma0 is not None and len(sigma0) != b)
+            or (gains is not None and len(gains) != b)):
+        raise KernelError(f"rows: expected one nps0, dose, acquired (and sigma0, gain) per key ({b})")
     names = list(names) if names is not None else ["scan"] * b
     if method not in ("spectral", "spatial"):
         raise KernelError(f"method: expected 'spectral' or 'spatial', got {method!r}")
     xp_ = namespace(xp)
     nz = shape[0] if len(shape) == 3 else None
-    grid = tuple(shape[-2:]), tuple(sp[-2:])
     amps, post, var0s, cache, memo = [], [], {}, {}, {}
     for r in range(b):
         nid = id(nps0[r])
@@ -212,10 +218,12 @@ def reduction_noise_rows(
         gain, slices = memo[mkey]
         amps.append((nid, gain))
         post.append(slices)
+    scales = _row_scales(post, gains, shape, xp_)
     if method == "spatial":  # the spatial draw: white noise in space, filtered per row (kept for comparison)
         out = xp_.concatenate([nps_noise(keys[r : r + 1], nps0[r], shape, sp, z_nps=z_nps, method="spatial", xp=xp_,
                                          workers=workers) * xp_.float32(amps[r][1]) for r in range(b)])
-        return _post_scale(out, post, xp_)
+        _apply_scales(out, scales, range(b))
+        return out
     fft_shape = next(iter(cache.values()))[1]
     half = (*fft_shape[:-1], fft_shape[-1] // 2 + 1)
     per_key = math.prod(shape[:-1]) * (shape[-1] // 2 + 1)
@@ -240,12 +248,13 @@ def reduction_noise_rows(
             kw = {"workers": 1} if is_numpy(xp_) else {}
             noise = fft_module(xp_).irfftn(z.reshape(-1, *half), s=fft_shape, axes=axes, overwrite_x=True, **kw)
             out[sub] = noise.reshape(n, *shape).astype(xp_.float32, copy=False)
+            _apply_scales(out, scales, range(sub.start, sub.stop))  # in the worker: parallel, while the rows are hot
 
     if is_numpy(xp_):
         parallel_rows(b, run, workers=workers, min_items=per_key)
     else:
         run(range(b))
-    return _post_scale(out, post, xp_)
+    return out
 
 
 _PREPARED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -272,9 +281,28 @@ def _prepared(nps: NPS, shape, spacing, z_nps, xp):
     return value
 
 
-def _post_scale(out, post, xp):
-    """Per-slice gains (tube current modulation) applied after the draw."""
+def _row_scales(post, gains, shape, xp) -> list:
+    """Per row, what multiplies its draw: per-slice gains (tube current modulation, ``(nz, 1, 1)``) and a per-pixel
+    gain map (spatially varying noise), as ``xp`` float32 arrays (one copy per distinct map), or None."""
+    maps: dict = {}
+    out = []
     for r, m in enumerate(post):
-        if m is not None:
-            out[r] *= xp.asarray(m, dtype=xp.float32)[:, None, None]
+        g = gains[r] if gains is not None else None
+        if g is not None and id(g) not in maps:
+            a = np.asarray(to_numpy(g), dtype=np.float32)
+            if a.shape not in (tuple(shape), tuple(shape[-2:])) or not np.all(np.isfinite(a)) or np.any(a < 0):
+                raise KernelError(f"gain: expected a finite non-negative map of shape {tuple(shape)} or "
+                                  f"{tuple(shape[-2:])}, got shape {a.shape}")
+            maps[id(g)] = xp.asarray(a)
+        out.append((None if m is None else xp.asarray(m, dtype=xp.float32)[:, None, None],
+                    None if g is None else maps[id(g)]))
     return out
+
+
+def _apply_scales(out, scales, rows: range) -> None:
+    for r in rows:
+        slices, gain = scales[r]
+        if slices is not None:
+            out[r] *= slices
+        if gain is not None:
+            out[r] *= gain

@@ -247,18 +247,25 @@ class WaterDiameter:
                 "truncated": bool(np.any(self.truncated))}
 
 
+def body_mask(image: np.ndarray, threshold: float = -500.0) -> np.ndarray:
+    """The patient region of one axial slice (HU): pixels above ``threshold``, the largest connected region, holes
+    filled (TG-220's outline; lungs inside the body count). All False when nothing is above the threshold."""
+    labels, n = ndimage.label(np.asarray(image) > threshold)
+    if n == 0:
+        return np.zeros(np.shape(image), dtype=bool)
+    sizes = np.bincount(labels.ravel())[1:]
+    return ndimage.binary_fill_holes(labels == (1 + int(np.argmax(sizes))))
+
+
 def water_equivalent_diameter(images, spacing: float | Sequence[float], *, threshold: float = -500.0) -> WaterDiameter:
     """D_w per axial slice (TG-220, see the module docstring); ``images`` ``(ny, nx)`` or ``(nz, ny, nx)`` HU."""
     stack, sp = _as_stack(images, spacing)
     nz = stack.shape[0]
     d, area, mean, trunc = np.zeros(nz), np.zeros(nz), np.zeros(nz), np.zeros(nz, dtype=bool)
     for k in range(nz):
-        mask = stack[k] > threshold
-        labels, n = ndimage.label(mask)
-        if n == 0:
+        body = body_mask(stack[k], threshold)
+        if not body.any():
             continue
-        sizes = np.bincount(labels.ravel())[1:]
-        body = ndimage.binary_fill_holes(labels == (1 + int(np.argmax(sizes))))
         a = float(body.sum()) * sp[0] * sp[1]
         m = float(stack[k][body].mean())
         area[k], mean[k] = a, m

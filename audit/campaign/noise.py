@@ -13,11 +13,15 @@ Modes of ``nps`` noise (``NoiseSpec.mode``):
   lower dose D adds is inserted, NPS S(D) - S(D0) per slice, from the scan's
   acquired dose (DICOM tags, or ``acquired_mas``) and its own noise
   (``scan_noise``); see ``audit.campaign.reduction``. Levels are ``fractions``
-  of the acquired dose (e.g. ``(0.5, 0.25, 0.1)``) or absolute mAs below it.
+  of the acquired dose (e.g. ``(0.5, 0.25, 0.1)``), absolute mAs below it, or
+  CTDIvol in mGy (``ctdivol_mgy``) below each series' acquired CTDIvol (its
+  CTDIvol tag, else ``acquired_ctdivol_mgy``). ``spatial = "map"`` (the reduce
+  default) makes the inserted noise follow the scan's FBP variance map
+  (``kernels.variance_map``), ``"stationary"`` inserts it uniformly.
 - ``"auto"`` (the default): decided by the data when the spec is bound to a
   source (``resolved(source)``, ``noise_model(source)``): ``reduce`` if the
   source holds DICOM series (real scans; their dose is read from their headers)
-  or ``acquired_mas`` or ``fractions`` are given, ``add`` otherwise (phantoms and
+  or ``acquired_mas``, ``fractions`` or CTDIvol levels are given, ``add`` otherwise (phantoms and
   array files: noise-free or of unknown dose). A DICOM series without dose tags
   and no ``acquired_mas`` is then an error naming the series, never silently
   ``add``. Unbound (``sample`` without a model), ``auto`` adds, as before.
@@ -40,11 +44,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from audit.campaign.reduction import SCAN_NOISE, DoseReduction
+from audit.campaign.reduction import SCAN_NOISE, SPATIAL, DoseReduction
 from audit.errors import ConfigError, InputError
 from audit.io import read_user_text
 from kernels import (
     DoseModel,
+    KernelError,
     RadialNPS,
     gaussian_noise,
     grid_variance,
@@ -53,6 +58,7 @@ from kernels import (
     preset,
     uniform_noise,
 )
+from kernels.library import KernelEntry
 from kernels.nps import DEFAULT_CUTOFF, PRESET_WINDOWS
 
 KINDS = ("nps", "gaussian", "uniform", "poisson")
@@ -86,7 +92,10 @@ class NoiseSpec:
     from its uniform regions, ROIs of 32 pixels or ``roi_mm``; ``"phantom"`` from ``phantom_series`` repeated scans at their
     stated dose or ``phantom_mas``, a kernel mismatch warned or, with ``strict_kernel``, refused; ``"model"`` the
     preset/table at ``sigma_ref``/``mas_ref``, scaled to the patient's size if ``reference_diameter_mm``).
-    ``electronic_fraction`` is the electronic share of the variance at ``mas_ref`` in every mode.
+    ``electronic_fraction`` is the electronic share of the variance at ``mas_ref`` in every mode. ``spatial``:
+    ``"map"`` (reduce default: the noise follows the scan's FBP variance map) or ``"stationary"``; ``ctdivol_mgy``:
+    levels as CTDIvol (mGy) below each series' CTDIvol (tag, else ``acquired_ctdivol_mgy``); ``kernel_table``: a
+    user kernel library (``kernel_rows``, read by ``read_kernel_table``) before the built-in one.
     """
 
     kind: str = "nps"
@@ -111,10 +120,28 @@ class NoiseSpec:
     reference_diameter_mm: float | None = None
     strict_kernel: bool = False
     roi_mm: float | None = None
+    spatial: str = "map"
+    ctdivol_mgy: tuple[float, ...] = ()
+    acquired_ctdivol_mgy: float | None = None
+    kernel_table: str | None = None
+    kernel_rows: tuple[tuple[str, str, str, float], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"noise.mode: expected one of {MODES}, got {self.mode!r}")
+        if self.spatial not in SPATIAL:
+            raise ConfigError(f"noise.spatial: expected one of {SPATIAL}, got {self.spatial!r}")
+        if self.ctdivol_mgy:
+            bad = [v for v in self.ctdivol_mgy if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)]
+            if bad:
+                raise ConfigError(f"noise.ctdivol_mgy: expected positive numbers (CTDIvol in mGy), got {bad[0]!r}")
+            if self.fractions:
+                raise ConfigError("noise.ctdivol_mgy: give fractions (of the acquired dose) or CTDIvol levels, not both")
+            if self.mode == "add":
+                raise ConfigError("noise.ctdivol_mgy: CTDIvol levels are relative to each series' acquired CTDIvol "
+                                  "and need mode = 'reduce' (or 'auto'); mode 'add' takes levels in mAs")
+            object.__setattr__(self, "ctdivol_mgy", tuple(float(v) for v in self.ctdivol_mgy))
+            object.__setattr__(self, "levels", self.ctdivol_mgy)
         if self.fractions:
             bad = [f for f in self.fractions if not (isinstance(f, (int, float)) and math.isfinite(f) and 0 < f < 1)]
             if bad:
@@ -132,7 +159,7 @@ class NoiseSpec:
         if self.scan_noise == "phantom" and len(self.phantom_series) < 2:
             raise ConfigError("noise.phantom_series: scan_noise = 'phantom' needs at least 2 repeated phantom scans "
                               f"(folders), got {len(self.phantom_series)}")
-        for key in ("acquired_mas", "phantom_mas", "reference_diameter_mm", "roi_mm"):
+        for key in ("acquired_mas", "phantom_mas", "reference_diameter_mm", "roi_mm", "acquired_ctdivol_mgy"):
             v = getattr(self, key)
             if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ConfigError(f"noise.{key}: expected a positive number, got {v!r}")
@@ -187,7 +214,8 @@ class NoiseSpec:
         """``add`` or ``reduce`` for this source (``auto`` decided by the data; see the module docstring)."""
         if self.kind != "nps" or self.mode == "add":
             return "add"
-        if self.mode == "reduce" or self.fractions or self.acquired_mas is not None:
+        if (self.mode == "reduce" or self.fractions or self.acquired_mas is not None or self.ctdivol_mgy
+                or self.acquired_ctdivol_mgy is not None):
             return "reduce"
         getter = getattr(source, "acquisition", None)
         is_dicom = getattr(source, "source_slices", None)
@@ -234,7 +262,8 @@ class NoiseSpec:
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("kind", "draws", "seed")}
         d["levels"] = list(self.levels)
-        d["level_unit"] = {"nps": "fraction of the acquired dose" if self.fractions else "mAs", "gaussian": "HU (sigma)", "uniform": "HU (half-width)", "poisson": "counts (lambda)"}[self.kind]
+        d["level_unit"] = {"nps": ("fraction of the acquired dose" if self.fractions else
+                                   "CTDIvol (mGy)" if self.ctdivol_mgy else "mAs"), "gaussian": "HU (sigma)", "uniform": "HU (half-width)", "poisson": "counts (lambda)"}[self.kind]
         d["key"] = "NoiseKey(seed, sample_index, round(1000 * level), k)"
         if self.kind == "nps":
             d.update(preset=None if self.table else self.preset, table=self.table, sigma_ref=self.sigma_ref, mas_ref=self.mas_ref,
@@ -245,7 +274,8 @@ class NoiseSpec:
                 d.update(fractions=list(self.fractions) or None, acquired_mas=self.acquired_mas, scan_noise=self.scan_noise,
                          phantom_series=list(self.phantom_series) or None, phantom_mas=self.phantom_mas,
                          reference_diameter_mm=self.reference_diameter_mm, strict_kernel=self.strict_kernel,
-                         roi_mm=self.roi_mm)
+                         roi_mm=self.roi_mm, spatial=self.spatial, ctdivol_mgy=list(self.ctdivol_mgy) or None,
+                         acquired_ctdivol_mgy=self.acquired_ctdivol_mgy, kernel_table=self.kernel_table)
         return d
 
 
@@ -280,3 +310,31 @@ def read_nps_table(path: Path) -> RadialNPS:
         return RadialNPS(np.array(f), np.array(s), path.name)
     except ValueError as exc:  # KernelError: negative power, frequencies not increasing, all zeros
         raise InputError(f"{path}: {exc}") from None
+
+
+KERNEL_TABLE_HEADER = "expected a CSV with a header 'manufacturer,kernel,window,f_peak' (window soft|standard|sharp, f_peak 1/mm)"
+
+
+def read_kernel_table(path: Path) -> tuple[tuple[str, str, str, float], ...]:
+    """A user kernel library: UTF-8 CSV rows ``manufacturer`` (substring, may be empty = any), ``kernel`` (a regular
+    expression matched in full, case-insensitive), ``window`` (soft | standard | sharp) and ``f_peak`` (1/mm, > 0);
+    anything else is one ``InputError`` naming the file and the row."""
+    path = Path(path)
+    text = read_user_text(path, "kernel table", bom=True)
+    try:
+        rows = list(csv.DictReader(text.splitlines()))
+    except csv.Error as exc:
+        raise InputError(f"{path}: not a readable CSV ({exc}); {KERNEL_TABLE_HEADER}") from None
+    if not rows or any(k not in rows[0] for k in ("manufacturer", "kernel", "window", "f_peak")):
+        raise InputError(f"{path}: {KERNEL_TABLE_HEADER}")
+    out = []
+    for n, r in enumerate(rows):
+        try:
+            entry = KernelEntry((r["manufacturer"] or "").strip(), (r["kernel"] or "").strip(), (r["window"] or "").strip(),
+                                float(r["f_peak"]), f"{path.name} row {n + 2}")
+        except (TypeError, ValueError, KernelError) as exc:
+            raise InputError(f"{path}: row {n + 2}: {exc if isinstance(exc, KernelError) else KERNEL_TABLE_HEADER}"[:300]) from None
+        if not entry.kernel:
+            raise InputError(f"{path}: row {n + 2}: the kernel column is empty")
+        out.append((entry.manufacturer, entry.kernel, entry.window, entry.f_peak))
+    return tuple(out)

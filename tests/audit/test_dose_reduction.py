@@ -245,7 +245,7 @@ def test_lesion_cubes_measure_their_noise_and_size_on_the_whole_source_slices(tm
     body = _water_body()
     sigma = np.array([10.0, 10.0, 10.0, 10.0, 20.0, 20.0, 20.0, 20.0])  # the tube current changes at slice 4
     vol = np.stack([body + rng.normal(0, s, body.shape) for s in sigma])
-    folder = write_ct(tmp_path / "ct", vol, spacing=(2.0, 1.0, 1.0), Exposure=["400"] * 4 + ["100"] * 4)
+    write_ct(tmp_path / "ct", vol, spacing=(2.0, 1.0, 1.0), Exposure=["400"] * 4 + ["100"] * 4)
     manifest = tmp_path / "cubes.csv"
     manifest.write_text("path,label,i,j,k\nct,1,64,64,1.5\nct,0,64,64,5.5\n")
     source = ManifestSource(manifest, cube=16, target_spacing=1.0)
@@ -295,6 +295,10 @@ def test_audit_run_reduces_real_scans_end_to_end(scans, tmp_path):
     reduction = report["noise"]["reduction"]
     assert reduction["series"] and all(s["acquired_mas"] == 200.0 for s in reduction["series"].values())
     assert [b["level"] for b in report["models"][0]["levels"]] == [0.5, 0.25]
+    own = reduction["samples"][0]["scan_noise"]  # the chosen ROIs drawn at audit time, shown beside sigma0
+    assert (out / own["roi_figure"]).is_file() and own["spatial"]["mode"] == "map"
+    page = (out / "report.html").read_text()
+    assert 'id="reduction"' in page and "sigma0 (HU)" in page
     # Refused before any output: a level at the acquired dose.
     bad = tmp_path / "bad.toml"
     bad.write_text(cfg.read_text().replace("fractions = [0.5, 0.25]", "levels = [200]"))

@@ -45,6 +45,13 @@ def body_phantom() -> list[Ellipse]:
             Ellipse(-40, 10, 22, 30, 0, -0.7 * MU_WATER), Ellipse(0, -45, 10, 10, 0, 0.6 * MU_WATER)]
 
 
+def wide_body() -> list[Ellipse]:
+    """A strongly non-uniform section for local sigma maps: a wide, flat body (200 x 96 mm, so lateral paths are
+    twice the antero-posterior ones), two dense femoral-head-like inserts (+800 HU) and a spine-like one."""
+    return [Ellipse(0, 0, 100, 48, 0, MU_WATER), Ellipse(-58, 0, 12, 12, 0, 0.8 * MU_WATER),
+            Ellipse(58, 0, 12, 12, 0, 0.8 * MU_WATER), Ellipse(0, -32, 8, 7, 0, 0.8 * MU_WATER)]
+
+
 class Scanner:
     """Geometry: ``n`` x ``n`` pixels of ``pixel`` mm, ``n_angles`` views over 180 degrees, detector pitch = pixel."""
 
