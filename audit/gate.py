@@ -230,6 +230,9 @@ def evaluate(report: Mapping[str, Any], rules: list[dict[str, Any]], baseline: M
             elif metric == "sar":
                 value = block["SAR_overall_ci"][1] if rule.get("bound") == "upper" else block["SAR_overall"]
             elif metric == "sar_class":
+                if "per_class" not in block:  # regression / segmentation: flips have no classes
+                    raise InputError(f"{name}: metric 'sar_class' needs per-class SAR; model '{mname}' has none "
+                                     f"({model['head']['task']} task): use metric 'sar'")
                 c = class_index(block, rule["class"], name)
                 key = "SAR_ci_high" if rule.get("bound") == "upper" else "SAR"
                 value = block["per_class"][key][c]

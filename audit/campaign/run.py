@@ -1,11 +1,20 @@
 """Streaming random-noise campaign: every (sample, dose, draw) through every model, resumable.
 
-Work is cut into shards of ``shard_samples`` samples. For each shard the clean
-decisions are computed once, then for each level the K draws of every sample
-stream through the engines in batches. A producer thread loads images,
-generates noise (keyed, see ``audit.campaign.noise``) and preprocesses while the
-main thread runs inference: NumPy's FFT and ONNX Runtime both release the GIL.
-The queue between them is bounded, so memory stays flat whatever N is.
+Work is cut into sample blocks of ``shard_samples`` samples. For each block the
+clean decisions are computed once, then for each level the draws of every
+sample stream through the engines in batches. A shard (one file of records)
+holds one block at one level for a range of draws: all K when the block's
+records fit ``SHARD_RECORDS``, else consecutive ranges of as many draws as fit,
+so the records held in memory until a shard is written do not grow with K. A
+producer thread loads images, generates noise (keyed, see
+``audit.campaign.noise``) and preprocesses while the main thread runs
+inference: NumPy's FFT and ONNX Runtime both release the GIL. The queue
+between them is bounded, so memory stays flat whatever N and K are.
+
+Before a fresh campaign writes anything, ``start_store`` checks the data and
+the models, and (when asked, as ``audit run`` does) hands a ``RunSize`` (its
+inferences, records on disk and a time estimate from a probe batch) to a
+callback that may refuse it.
 
 Three steps, one function each: ``plan`` (what is left to do, from the
 records on disk), ``produce`` (the producer thread: images, noise,
@@ -17,11 +26,12 @@ from __future__ import annotations
 import hashlib
 import json
 import queue
+import re
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -33,6 +43,21 @@ from audit.io import atomic_path, is_temp, progress_bar, remove_stale_temps
 
 _DONE = object()
 
+#: Most records (samples x draws) one shard holds per model. A shard is assembled in memory before it is written,
+#: so this bounds the campaign's memory whatever K is: 2**16 records are about 3 MiB of columns (x2 while written).
+#: Blocks of ``shard_samples`` x K records within it stay one shard per level, named as before draws were split.
+SHARD_RECORDS = 2**16
+#: The records' ``k`` column is int32: more draws per sample and level cannot be recorded.
+MAX_DRAWS = 2**31 - 1
+#: Bytes one record takes in a Parquet shard, an upper estimate: measured about 6 (binary and regression heads of a
+#: planted model whose scores repeat, 128,000 records); scores that never repeat add up to 4, Dice as many.
+RECORD_BYTES = 16
+#: ``audit run`` refuses a campaign above this many inferences unless ``--yes`` is given (``--max-inferences``
+#: changes it). 10^8 inferences take hours even where an engine runs 10^4 a second (about 3 h on a GPU, a day or
+#: more on a 2-core CPU) and write up to 1.6 GB of records: a typo in ``draws`` or ``levels`` should not start
+#: that unasked.
+MAX_RUN_INFERENCES = 10**8
+
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -41,12 +66,69 @@ class RunOptions:
     noise_workers: int = 1
     prefetch: int = 4
     progress: bool | None = None  # None: on a terminal only, never under CI
+    shard_records: int | None = None  # most records per shard; None: SHARD_RECORDS
 
     def __post_init__(self) -> None:
-        for key in ("batch_size", "shard_samples", "noise_workers", "prefetch"):
+        for key in ("batch_size", "shard_samples", "noise_workers", "prefetch", "shard_records"):
             v = getattr(self, key)
-            if not isinstance(v, int) or v < 1:
+            if (v is not None or key != "shard_records") and (not isinstance(v, int) or v < 1):
                 raise ConfigError(f"run.{key}: expected an integer >= 1, got {v!r}")
+
+    def draw_step(self, draws: int) -> int:
+        """The length of the draw ranges shards are cut into for ``draws`` = K: K itself when a block's
+        ``shard_samples`` x K records fit ``shard_records``, else as many draws as fit (at least one)."""
+        most = SHARD_RECORDS if self.shard_records is None else self.shard_records
+        return draws if self.shard_samples * draws <= most else max(1, most // self.shard_samples)
+
+
+def draw_ranges(k0: int, k1: int, step: int) -> Iterator[tuple[int, int]]:
+    """The shards' draw ranges covering k0 <= k < k1: cut at the multiples of ``step`` (lazily: K may be huge)."""
+    a = k0
+    while a < k1:
+        b = min(k1, (a // step + 1) * step)
+        yield a, b
+        a = b
+
+
+@dataclass(frozen=True)
+class RunSize:
+    """What a campaign will do: ``inferences`` (N x levels x (K + 1 clean) per model), the records it writes and
+    their estimated bytes on disk, and ``seconds`` estimated from one timed batch (noise, preprocessing and every
+    model), or None where no batch was timed."""
+
+    samples: int
+    levels: int
+    draws: int
+    models: int
+    seconds: float | None = None
+
+    @property
+    def inferences(self) -> int:
+        return self.samples * self.levels * (self.draws + 1) * self.models
+
+    @property
+    def records(self) -> int:
+        return self.samples * self.levels * self.draws * self.models
+
+    @property
+    def disk_bytes(self) -> int:
+        return self.records * RECORD_BYTES
+
+    def describe(self) -> str:
+        def si(v: float, unit: str) -> str:
+            for p, s in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+                if v >= p:
+                    return f"{v / p:.3g} {s}{unit}"
+            return f"{v:.3g} {unit}"
+
+        t = self.seconds
+        when = "" if t is None else ", about " + ("1 s" if t < 1 else f"{t:.0f} s" if t < 120 else f"{t / 60:.0f} min" if t < 7200 else
+                                                  f"{t / 3600:.1f} h" if t < 172800 else f"{t / 86400:.1f} days")
+        return f"{self.dims} = {self.inferences:,} inferences; records {si(self.disk_bytes, 'B')} on disk{when}"
+
+    @property
+    def dims(self) -> str:
+        return f"{self.samples} samples x {self.levels} levels x ({self.draws} draws + clean) x {self.models} model(s)"
 
 
 @dataclass
@@ -71,41 +153,55 @@ class CampaignStats:
 
 
 def fingerprint(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, options: RunOptions) -> str:
-    """What the records depend on (not the batch size or thread counts)."""
+    """What the records depend on (not the batch size or thread counts). The shard layout is part of it:
+    the draws per shard only where draws are split, so a campaign whose shards hold all K keeps its fingerprint."""
     desc = {"models": [{"name": m.name, "sha256": m.engine.describe().get("sha256", m.engine.source),
                         "head": m.head.to_dict(), "preprocess": list(m.preprocess.window) + [m.preprocess.clip]} for m in models],
             "noise": noise.to_dict(), "data": source.fingerprint(), "shard_samples": options.shard_samples}
+    if options.draw_step(noise.draws) < noise.draws:
+        desc["shard_draws"] = options.draw_step(noise.draws)
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What a (resumed) campaign still has to do: per sample block, the levels whose shards are missing."""
+    """What a (resumed) campaign still has to do: per sample block, per level, the shards (draw ranges) not yet done.
+
+    ``todo`` holds ``(first, levels)`` per block with clean or level records missing; ``levels`` holds
+    ``(level, done)`` where ``done`` is the set of draw ranges whose shards every model has (skipped)."""
 
     first_ks: tuple[int, int]          # draws k0 <= k < k1
-    span: tuple[int, int] | None       # None for all K draws, else (k0, k1) (a sequential round)
-    todo: tuple[tuple[int, tuple[float, ...]], ...]
+    draws: int                         # K of the campaign
+    step: int                          # draws per shard (ranges cut at its multiples; K when they fit)
+    todo: tuple[tuple[int, tuple[tuple[float, frozenset], ...]], ...]
     reused: int
     n: int
     block: int
+    total: int
 
     @property
     def k(self) -> int:
         return self.first_ks[1] - self.first_ks[0]
 
-    @property
-    def total(self) -> int:
-        return sum(min(self.block, self.n - f) * self.k * len(lv) for f, lv in self.todo)
+    def ranges(self, done: frozenset = frozenset()) -> Iterator[tuple[int, int]]:
+        return (r for r in draw_ranges(*self.first_ks, self.step) if r not in done)
+
+    def shard(self, out: Path, model: str, level_key: int, first: int, draws: tuple[int, int]) -> Path:
+        """The shard file of draws k0 <= k < k1: named without a range when it holds all K."""
+        return records.shard_path(out, model, level_key, first, None if draws == (0, self.draws) else draws)
 
 
 def start_store(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, out: Path, options: RunOptions,
-                resume: bool, create: bool = True) -> None:
+                resume: bool, create: bool = True, *, check_size: Callable[[RunSize], None] | None = None,
+                dose_model: Any = None) -> None:
     """Check or write ``campaign.json``: a fresh run needs a fresh folder, ``resume`` the same campaign.
 
     Before a fresh run writes anything: ``out`` must be new, empty or an output folder of ours (a folder holding
     other files is refused), every data row passes the source's first pass (``preflight``: readable, finite, right
     rank, shape and modality) and every model decides one sample (its head fits its outputs), so a bad input
-    fails with nothing written. ``create=False`` (a scale-out worker) never writes it: a missing marker means this
+    fails with nothing written. ``check_size`` (a fresh run only) then gets the run's ``RunSize``, its time
+    estimated from one timed batch of sample 0 (noise at the first level, preprocessing, every model), and may
+    refuse it by raising. ``create=False`` (a scale-out worker) never writes it: a missing marker means this
     worker does not see the driver's output folder."""
     fp = fingerprint(models, source, noise, options)
     marker = out / "campaign.json"
@@ -146,20 +242,58 @@ def start_store(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, o
         for m in models:  # the head reads the engine's outputs (names, count, classes) before any shard exists
             fixed = m.engine.input_spec.shape[0]
             m.decide_batched(np.repeat(sample, fixed if isinstance(fixed, int) else 1, axis=0), options.batch_size)
+    if check_size is not None:
+        check_size(RunSize(len(source), len(noise.levels), noise.draws, len(models),
+                           _probe_seconds(models, source, noise, options, dose_model) if len(source) else None))
     remove_stale_temps(out)  # a fresh run: what an earlier run killed before its marker left is ours to clear
     with atomic_path(marker) as tmp:
         tmp.write_text(json.dumps({"fingerprint": fp, "noise": noise.to_dict(), "models": [m.name for m in models]}, indent=1))
 
 
+def _probe_seconds(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, options: RunOptions,
+                   dose_model: Any) -> float:
+    """The whole campaign's time, estimated from one batch of sample 0 at the first level, as the campaign runs it
+    (noise, preprocessing, every model; the engines are warm from the head probe). One process: ``--ray`` is
+    faster. An estimate: per image cost differs a little between levels and samples."""
+    b = min(options.batch_size, noise.draws)
+    hu = np.repeat(source.load([0]), b, axis=0)
+    level = noise.levels[0]
+    t0 = time.perf_counter()
+    keys = noise.keys(np.zeros(b, np.int64), level, np.arange(b))
+    noisy = hu + noise.sample(keys, level, hu, source.spacing, workers=options.noise_workers, model=dose_model)
+    for m in models:  # a model with a fixed batch size gets batches of that size, as in the head probe
+        fixed = m.engine.input_spec.shape[0]
+        m.decide_batched(noisy if not isinstance(fixed, int) else np.resize(noisy, (fixed, *noisy.shape[1:])),
+                         fixed if isinstance(fixed, int) else b)
+    per_image = (time.perf_counter() - t0) / b
+    return per_image * len(source) * len(noise.levels) * (noise.draws + 1)
+
+
+_SHARD_NAME = re.compile(r"shard-(\d{8})(?:-k(\d+)-(\d+))?\.parquet")
+
+
+def _shards_on_disk(folder: Path, draws: int) -> dict[int, list[tuple[int, int, Path]]]:
+    """The shard files of one model and level, by sample block: (k0, k1, path), read from the names."""
+    found: dict[int, list[tuple[int, int, Path]]] = {}
+    if not folder.is_dir():
+        return found
+    for path in folder.iterdir():
+        m = _SHARD_NAME.fullmatch(path.name)
+        if m:
+            k0, k1 = (0, draws) if m.group(2) is None else (int(m.group(2)), int(m.group(3)))
+            found.setdefault(int(m.group(1)), []).append((k0, k1, path))
+    return found
+
+
 def plan(models: Sequence[AuditedModel], n: int, noise: NoiseSpec, out: Path, options: RunOptions, *,
          draws: tuple[int, int] | None = None, levels: Sequence[float] | None = None,
          blocks: Sequence[int] | None = None) -> Plan:
-    """The shards still missing under ``out`` (finished ones are reused, never redone)."""
+    """The shards still missing under ``out`` (finished ones are reused, never redone). Work is never enumerated
+    draw by draw: only the shard files on disk are listed, so a huge K costs nothing here."""
     k0, k1 = (0, noise.draws) if draws is None else (int(draws[0]), int(draws[1]))
     if not 0 <= k0 < k1 <= noise.draws:
         raise ConfigError(f"draws: expected 0 <= k0 < k1 <= {noise.draws}, got ({k0}, {k1})")
-    k = k1 - k0
-    span = None if (k0, k1) == (0, noise.draws) else (k0, k1)
+    step = options.draw_step(noise.draws)
     wanted = list(noise.levels) if levels is None else [lv for lv in noise.levels if lv in set(levels)]
     firsts = list(range(0, n, options.shard_samples))
     if blocks is not None:
@@ -167,49 +301,67 @@ def plan(models: Sequence[AuditedModel], n: int, noise: NoiseSpec, out: Path, op
         if unknown:
             raise ConfigError(f"blocks: {unknown} are not sample-block starts (multiples of {options.shard_samples} below {n})")
         firsts = [f for f in firsts if f in set(blocks)]
-    todo, reused = [], 0
+
+    def ours(r: tuple[int, int]) -> bool:  # a range this plan would write: inside (k0, k1), cut where it cuts
+        return k0 <= r[0] < r[1] <= k1 and r[1] == min(k1, (r[0] // step + 1) * step) and (r[0] == k0 or r[0] % step == 0)
+
+    on_disk = {(m.name, lv): _shards_on_disk(out / "records" / m.name / f"level-{noise.level_key(lv)}", noise.draws)
+               for m in models for lv in wanted}
+    todo, reused, total = [], 0, 0
     for first in firsts:
         size = min(options.shard_samples, n - first)
-        todo_levels = tuple(lv for lv in wanted if not all(
-            records.shard_done(records.shard_path(out, m.name, noise.level_key(lv), first, span), size * k) for m in models))
+        todo_levels = []
+        for lv in wanted:
+            done: set[tuple[int, int]] | None = None
+            for m in models:
+                complete = {(a, b) for a, b, path in on_disk[(m.name, lv)].get(first, ())
+                            if ours((a, b)) and records.shard_done(path, size * (b - a))}
+                done = complete if done is None else done & complete
+            done = done or set()
+            reused += len(done)
+            left = k1 - k0 - sum(b - a for a, b in done)
+            if left:
+                todo_levels.append((lv, frozenset(done)))
+                total += size * left
         clean_missing = not all(records.shard_done(records.clean_path(out, m.name, first), size) for m in models)
-        reused += len(wanted) - len(todo_levels)
         if todo_levels or clean_missing:
-            todo.append((first, todo_levels))
-    return Plan((k0, k1), span, tuple(todo), reused, n, options.shard_samples)
+            todo.append((first, tuple(todo_levels)))
+    return Plan((k0, k1), noise.draws, step, tuple(todo), reused, n, options.shard_samples, total)
 
 
 def produce(put: Any, stopped: Any, work: Plan, models: Sequence[AuditedModel], source: Any, noise: NoiseSpec,
             options: RunOptions, dose_model: Any) -> None:
-    """The producer: for each block, its images, then per level batches of noisy, preprocessed inputs.
-    ``dose_model``: ``noise.noise_model(source)`` (the whole noise of a dose, or what a lower dose adds)."""
-    k0, k = work.first_ks[0], work.k
+    """The producer: for each block, its images, then per level and shard (draw range) batches of noisy,
+    preprocessed inputs. ``dose_model``: ``noise.noise_model(source)`` (the whole noise of a dose, or what a lower
+    dose adds)."""
     for first, levels in work.todo:
         idx = np.arange(first, min(first + options.shard_samples, work.n))
         hu = source.load(idx)
-        put(("shard", first, idx, hu))
-        for level in levels:
-            for lo in range(0, idx.size * k, options.batch_size):
-                if stopped():
-                    return
-                flat = np.arange(lo, min(lo + options.batch_size, idx.size * k))
-                rows, ks = flat // k, k0 + flat % k
-                t0 = time.perf_counter()
-                keys = noise.keys(idx[rows], level, ks)
-                noisy = hu[rows] + noise.sample(keys, level, hu[rows], source.spacing, workers=options.noise_workers,
-                                                model=dose_model)
-                # Preprocess here, off the engine's thread; models sharing a preprocessing share the input.
-                inputs: dict[Any, np.ndarray] = {}
-                for m in models:
-                    key = (m.preprocess, len(m.engine.input_spec.shape))
-                    if key not in inputs:
-                        inputs[key] = m.prepare(noisy)
-                put(("batch", level, rows, ks, inputs, time.perf_counter() - t0))
-            put(("level_end", level))
+        put(("block", first, idx, hu))
+        for level, done in levels:
+            for k0, k1 in work.ranges(done):
+                k = k1 - k0
+                for lo in range(0, idx.size * k, options.batch_size):
+                    if stopped():
+                        return
+                    flat = np.arange(lo, min(lo + options.batch_size, idx.size * k))
+                    rows, ks = flat // k, k0 + flat % k
+                    t0 = time.perf_counter()
+                    keys = noise.keys(idx[rows], level, ks)
+                    noisy = hu[rows] + noise.sample(keys, level, hu[rows], source.spacing, workers=options.noise_workers,
+                                                    model=dose_model)
+                    # Preprocess here, off the engine's thread; models sharing a preprocessing share the input.
+                    inputs: dict[Any, np.ndarray] = {}
+                    for m in models:
+                        key = (m.preprocess, len(m.engine.input_spec.shape))
+                        if key not in inputs:
+                            inputs[key] = m.prepare(noisy)
+                    put(("batch", level, rows, ks, inputs, time.perf_counter() - t0))
+                put(("shard_end", level, k0, k1))
 
 
 class Consumer:
-    """The engine side: clean decisions per block, flips per batch, one shard per block, level and model."""
+    """The engine side: clean decisions per block, flips per batch, one shard per block, level, draw range and model."""
 
     def __init__(self, models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, out: Path, options: RunOptions,
                  work: Plan, stats: CampaignStats, bar: Any) -> None:
@@ -220,7 +372,7 @@ class Consumer:
         self.idx = np.empty(0, np.int64)
         self.first = 0
 
-    def shard(self, first: int, idx: np.ndarray, hu: np.ndarray) -> None:
+    def block(self, first: int, idx: np.ndarray, hu: np.ndarray) -> None:
         self.first, self.idx = first, idx
         for m in self.models:
             self.clean[m.name] = m.decide_batched(hu, self.options.batch_size)
@@ -252,12 +404,11 @@ class Consumer:
         self.stats.inferences += rows.size * len(self.models)
         self.bar.update(rows.size)
 
-    def level_end(self, level: float) -> None:
+    def shard_end(self, level: float, k0: int, k1: int) -> None:
         for m in self.models:
-            path = records.shard_path(self.out, m.name, self.noise.level_key(level), self.first, self.work.span)
-            cols = {c: np.concatenate(v) for c, v in self.acc[m.name].items()}
-            if not records.shard_done(path, self.idx.size * self.work.k):
-                records.write_table(path, cols)
+            path = self.work.shard(self.out, m.name, self.noise.level_key(level), self.first, (k0, k1))
+            if not records.shard_done(path, self.idx.size * (k1 - k0)):
+                records.write_table(path, {c: np.concatenate(v) for c, v in self.acc[m.name].items()})
             self.acc[m.name] = {c: [] for c in records.RECORD_COLUMNS}
         self.stats.shards_run += 1
 
@@ -265,13 +416,15 @@ class Consumer:
 def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, out: Path, options: RunOptions = RunOptions(),
                  *, resume: bool = False, draws: tuple[int, int] | None = None,
                  levels: Sequence[float] | None = None, blocks: Sequence[int] | None = None,
-                 create_store: bool = True) -> CampaignStats:
+                 create_store: bool = True, check_size: Callable[[RunSize], None] | None = None,
+                 noise_model: Any = None) -> CampaignStats:
     """Run (or finish, with ``resume``) a campaign; records land under ``out/records``.
 
     ``draws = (k0, k1)`` runs only draws k0 <= k < k1 (the sequential gate's rounds; the keys are
     those of a full run, so a round is exactly a slice of it) and ``levels`` a subset of the levels.
     ``blocks`` restricts the run to the sample blocks starting at these indices (multiples of
-    ``shard_samples``): how scale-out workers split a campaign between them.
+    ``shard_samples``): how scale-out workers split a campaign between them. ``check_size``: see ``start_store``
+    (``audit run`` refuses a run above ``MAX_RUN_INFERENCES`` there unless ``--yes``).
     """
     out = Path(out)
     if not models:
@@ -279,11 +432,15 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise ConfigError(f"models: names must be unique, got {names}")
+    if noise.draws > MAX_DRAWS:  # refused, never allocated: the records' k column is int32
+        raise ConfigError(f"noise.draws: at most {MAX_DRAWS:,} draws per sample and level, got {noise.draws:,}")
     for m in models:
         m.check_input(source)
     noise = noise.resolved(source)  # add or reduce, decided by the data; recorded in campaign.json
-    dose_model = noise.noise_model(source)  # reduce: acquired doses read and every level checked, before any output
-    start_store(models, source, noise, out, options, resume, create_store)
+    # reduce: acquired doses read and every level checked, before any output (``noise_model``: the caller's, built once
+    # by ``noise.noise_model(source)`` for the campaign and its reports)
+    dose_model = noise_model if noise_model is not None else noise.noise_model(source)
+    start_store(models, source, noise, out, options, resume, create_store, check_size=check_size, dose_model=dose_model)
     if resume and blocks is None:
         remove_stale_temps(out)  # writes cut short when the earlier run was killed
     work = plan(models, len(source), noise, out, options, draws=draws, levels=levels, blocks=blocks)

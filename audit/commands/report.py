@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from audit.report.build import read_report
 from audit.report.html import render_report
 
 
@@ -15,5 +16,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    read_report(args.out / "report.json")  # checked with types first: a spoilt report is one line naming the key
     print(f"wrote {render_report(args.out)}")
     return 0

@@ -183,6 +183,21 @@ class DeLongTest:
     p_value: float  # two-sided
 
 
+#: DeLong's variance takes the sample covariance (ddof 1) of each class's structural components: 2 cases per class.
+DELONG_MIN_PER_CLASS = 2
+
+
+def delong_not_computable(labels) -> str | None:
+    """Why ``delong_test`` cannot compare AUCs on these 0/1 ``labels`` (a class with fewer than
+    ``DELONG_MIN_PER_CLASS`` cases), or None when it can. The AUCs themselves need one case per class."""
+    y = _checks.binary("labels", labels)
+    n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
+    if min(n_pos, n_neg) >= DELONG_MIN_PER_CLASS:
+        return None
+    return (f"DeLong's test needs at least {DELONG_MIN_PER_CLASS} cases of each class, got {n_pos} positive and "
+            f"{n_neg} negative")
+
+
 def delong_test(labels, scores_a, scores_b) -> DeLongTest:
     """Compare the AUCs of two scores (two models, or two readers) on the same cases.
 

@@ -193,6 +193,31 @@ def unrelated_out(w: World, tmp: Path) -> list[str]:
     return ["run", str(w.config), "--out", str(tmp / "out"), "--no-progress"]
 
 
+def attack_on(w: World, tmp: Path, *spoil: tuple[int, Any]) -> list[str]:
+    """``audit attack`` on the four good images with row ``i`` spoilt as in ``arrays``."""
+    arrays(w, tmp, *spoil)
+    config = write(tmp / "attack.toml", (f'[model]\npath = "{w.model}"\n[data]\nmanifest = "{tmp / "manifest.csv"}"\n'
+                                         '[attack]\nname = "pgd"\neps = 0.01\nsteps = 2\n').encode())
+    return ["attack", str(config), "--out", str(tmp / "out"), "--no-progress"]
+
+
+def report_cmd(w: World, tmp: Path, edit: Callable[[dict], Any]) -> list[str]:
+    """``audit report`` of a folder holding the good report.json spoilt by ``edit``."""
+    (tmp / "rendered").mkdir()
+    w.write_report(tmp / "rendered" / "report.json", edit)
+    return ["report", str(tmp / "rendered")]
+
+
+def as_regression(r: dict) -> None:
+    """The good report as a regression model's: no classes, so no per-class SAR and no CMR."""
+    for m in r["models"]:
+        m["head"]["task"] = "regression"
+        for b in m["levels"]:
+            b.pop("per_class", None)
+            b.pop("CMR", None)
+            b["class_names"] = ["unchanged", "flipped"]
+
+
 # ----------------------------------------------------------------------------------------- the cases
 
 #: id -> (argv builder, a fragment the one line must hold (or None)).
@@ -435,6 +460,35 @@ CASES: dict[str, tuple[Callable[[World, Path], list[str]], str | None]] = {
     "baseline-wrong-schema": (lambda w, t: gate(w, t, {"metric": '"no_regression"'}, baseline=write(
         t / "base.json", b'{"schema": "x"}')), "base.json"),
 
+    "gate-sar-class-on-regression": (lambda w, t: gate(w, t, rule(metric='"sar_class"', name='"per-class"',
+                                                                  **{"class": '"flipped"'}),
+                                                       report=w.write_report(t / "r.json", as_regression)), "per-class"),
+
+    # --- reports (audit report OUT: read back with types before the page is rendered)
+    "report-cmd-no-san": (lambda w, t: report_cmd(w, t, lambda r: level0(r).pop("SAN")), "levels[0].SAN"),
+    "report-cmd-level-string": (lambda w, t: report_cmd(w, t, lambda r: level0(r).update(level="20")), "levels[0].level"),
+    "report-cmd-no-worst-cases": (lambda w, t: report_cmd(w, t, lambda r: r["models"][0].pop("worst_cases")),
+                                  "worst_cases"),
+    "report-cmd-noise-garbage": (lambda w, t: report_cmd(w, t, lambda r: r.update(noise=[1, 2])), "noise"),
+    "report-cmd-exceedance-garbage": (lambda w, t: report_cmd(w, t, lambda r: level0(r)["exceedance"].update(
+        fraction="most")), "exceedance.fraction"),
+    "report-cmd-summary-per-level-garbage": (lambda w, t: report_cmd(w, t, lambda r: r["summary"]["models"][0].update(
+        per_level={"SAN": 1})), "summary.models[0].per_level"),
+    "report-cmd-wrong-schema": (lambda w, t: report_cmd(w, t, lambda r: r.update(schema="audit-report/9")), "schema"),
+
+    # --- audit attack: the same first pass over the data as audit run, before anything is written
+    "attack-npz-nan-later": (lambda w, t: attack_on(w, t, (3, np.where(np.arange(48 * 48).reshape(SHAPE) == 7, np.nan,
+                                                                       w.images[3]).astype(np.float32))), "img3.npz"),
+    "attack-npz-shape-later": (lambda w, t: attack_on(w, t, (2, np.zeros((40, 40), np.float32))), "img2.npz"),
+    "attack-npz-truncated-later": (lambda w, t: attack_on(w, t, (3, npz_bytes(t, hu=w.images[3])[:100])), "img3.npz"),
+
+    # --- run size: refused above the limit unless --yes; draws beyond the records' int32 k refused even then
+    "cli-run-above-max-inferences": (lambda w, t: run(w, t) + ["--max-inferences", "5"], "--yes"),
+    "cli-max-inferences-zero": (lambda w, t: run(w, t) + ["--max-inferences", "0"], "--max-inferences"),
+    "config-draws-huge-needs-yes": (lambda w, t: run(w, t, noise={"draws": "1000000000"}), "--yes"),
+    "config-draws-beyond-int32-with-yes": (lambda w, t: run(w, t, noise={"draws": str(2**40)}) + ["--yes"],
+                                           "noise.draws"),
+
     # --- command-line flags
     "cli-unknown-command": (lambda w, t: ["frobnicate"], "frobnicate"),
     "cli-no-command": (lambda w, t: [], None),
@@ -575,3 +629,42 @@ def test_out_of_an_earlier_interrupted_run_without_marker_is_ours(world, tmp_pat
     assert main(["run", str(world.config), "--out", str(out), "--no-progress"]) == 0
     assert not (out / ".campaign.json.abc123.tmp").exists()
     shutil.rmtree(out)
+
+
+# ----------------------------------------------------------------------------------------- run size, DeLong, audit report
+
+
+def test_run_size_is_printed_and_yes_runs_above_the_limit(world, tmp_path, capsys):
+    """The size line comes before the campaign; above --max-inferences only --yes runs it (the refusal is a case)."""
+    out = tmp_path / "out"
+    assert main(["run", str(world.config), "--out", str(out), "--no-progress", "--max-inferences", "5", "--yes"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    n, levels, k = len(world.images), 1, int(NOISE["draws"])
+    assert first.startswith("run size:") and f"= {n * levels * (k + 1)} inferences" in first, first
+    assert (out / "report.json").is_file()
+
+
+def test_one_sample_of_a_class_completes_with_delong_marked_not_computable(world, tmp_path, capsys):
+    """DeLong needs 2 cases per class: with one positive the audit still completes, the AUCs are there and the test
+    says why it has no z and p; the gate and audit report read that report."""
+    labels = np.array([1, 0, 0, 0])
+    manifest = write_manifest(tmp_path / "data", world.images, labels)
+    config = world.write_config(tmp_path / "one.toml", data={"manifest": f'"{manifest}"'})
+    out = tmp_path / "out"
+    assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    auc = report["models"][0]["levels"][0]["auc"]
+    assert auc["z"] is None and auc["p_value"] is None and "2 cases of each class" in auc["note"], auc
+    assert 0.0 <= auc["clean"] <= 1.0 and report["models"][0]["clean"]["n_positive"] == 1
+    assert main(["gate", str(out / "report.json"), "--policy", str(world.policy)]) in (0, 1)
+    assert main(["report", str(out)]) == 0
+
+
+def test_report_command_refuses_a_spoilt_report_before_writing(world, tmp_path, capsys):
+    argv = report_cmd(world, tmp_path, lambda r: level0(r)["per_class"].update(SAR="high"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "report.json" in err and "levels[0].per_class.SAR" in err, err
+    assert not (tmp_path / "rendered" / "report.html").exists()
+    shutil.copy(world.report, tmp_path / "rendered" / "report.json")  # the good report renders
+    assert main(argv) == 0 and (tmp_path / "rendered" / "report.html").is_file()

@@ -8,11 +8,16 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from scipy.stats import norm
 
+import audit.campaign.run as campaign_run
 from audit.artifact import AuditedModel
+from audit.campaign import records
 from audit.campaign.run import RunOptions, run_campaign
+from audit.cli import main
+from audit.io import is_temp
 from audit.data import ArraySource
 from audit.engines import load_engine
 from audit.artifact.heads import head_from, preprocess_from
@@ -160,3 +165,117 @@ def test_killed_run_resumes_without_losing_or_duplicating_records(tmp_path, plan
     a = _numbers(json.loads((killed / "report.json").read_text()))
     b = _numbers(json.loads((tmp_path / "straight" / "report.json").read_text()))
     assert a == b
+
+
+# ----------------------------------------------------------------------------------------- kills, split shards
+
+
+def _cli_driver(argv, *, kill_at_replace: str | None = None, kill_at_shard: int | None = None,
+                shard_records: int | None = None) -> subprocess.CompletedProcess:
+    """``audit`` in a child process that SIGKILLs itself just before ``os.replace`` lands a file named
+    ``kill_at_replace`` (its temporary file complete on disk), or while the ``kill_at_shard``-th shard is half-written;
+    ``shard_records`` lowers ``SHARD_RECORDS`` so that draws are split into several shards."""
+    driver = ["import os, signal, sys", "from pathlib import Path", "import audit.campaign.run as run",
+              "from audit.campaign import records", "from audit.cli import main"]
+    if shard_records is not None:
+        driver.append(f"run.SHARD_RECORDS = {shard_records}")
+    if kill_at_replace is not None:
+        driver += ["real_replace = os.replace",
+                   "def replace(src, dst, *a, **k):",
+                   f"    if Path(dst).name == {kill_at_replace!r}:",
+                   "        os.kill(os.getpid(), signal.SIGKILL)",
+                   "    return real_replace(src, dst, *a, **k)",
+                   "os.replace = replace"]
+    if kill_at_shard is not None:
+        driver += ["real_write, seen = records.write_table, []",
+                   "def write_table(path, columns):",
+                   "    if path.name.startswith('shard-'):",
+                   "        seen.append(path)",
+                   f"        if len(seen) == {kill_at_shard}:",
+                   "            (path.parent / ('.' + path.name + '.x.tmp')).write_bytes(b'half')",
+                   "            os.kill(os.getpid(), signal.SIGKILL)",
+                   "    real_write(path, columns)",
+                   "records.write_table = write_table"]
+    driver.append(f"sys.exit(main({[str(a) for a in argv]!r}))")
+    return subprocess.run([sys.executable, "-c", "\n".join(driver)], capture_output=True, text=True)
+
+
+def _temps(out):
+    return sorted(p.relative_to(out) for p in out.rglob("*") if is_temp(p))
+
+
+def _gaussian_run(tmp_path, planted, n, *, draws, seed):
+    """A config of ``n`` planted images (labels: the model's clean decisions), Gaussian noise at 20 and 60 HU, blocks
+    of 4 samples; its output folder and the ``audit run`` command line."""
+    images = planted_images(n, spread_hu=5.0)
+    manifest = write_manifest(tmp_path / "data", images, (region_means(images, REGION) >= 0).astype(int))
+    config = write_config(tmp_path / "audit.toml", planted, manifest,
+                          noise=f"kind = \"gaussian\"\nlevels = [20, 60]\ndraws = {draws}\nseed = {seed}",
+                          run="batch_size = 16\nshard_samples = 4")
+    out = tmp_path / "killed"
+    return config, out, ["run", str(config), "--out", str(out), "--no-progress"]
+
+
+def test_kills_inside_report_writing_leave_no_temp_file_after_resume(tmp_path, planted):
+    """SIGKILL as report.json, then report.html, is about to land (their temporary files complete on disk): each
+    --resume clears every temp file in the output folder, and the last one gives the uninterrupted run's report."""
+    config, out, argv = _gaussian_run(tmp_path, planted, 8, draws=6, seed=3)
+    first = _cli_driver(argv, kill_at_replace="report.json")
+    assert first.returncode == -signal.SIGKILL, first.stderr
+    assert [p.name.startswith(".report.json.") for p in _temps(out)] == [True] and not (out / "report.json").exists()
+    second = _cli_driver(argv + ["--resume"], kill_at_replace="report.html")
+    assert second.returncode == -signal.SIGKILL, second.stderr
+    assert [p.name.startswith(".report.html.") for p in _temps(out)] == [True]  # report.json's temp was cleared
+    assert (out / "report.json").is_file() and not (out / "report.html").exists()
+    assert main(argv + ["--resume"]) == 0
+    assert _temps(out) == [] and (out / "report.html").is_file()
+    assert main(["run", str(config), "--out", str(tmp_path / "straight"), "--no-progress"]) == 0
+    a = _numbers(json.loads((out / "report.json").read_text()))
+    b = _numbers(json.loads((tmp_path / "straight" / "report.json").read_text()))
+    assert a == b and a["models"][0]["levels"][1]["SAN"] > 0
+
+
+def test_draws_split_into_shards_resume_and_give_the_unsplit_report(tmp_path, planted, monkeypatch, capsys):
+    """With draws split (12 samples x 20 draws in shards of 4 samples x 8 draws: ranges 0-8, 8-16, 16-20), a run
+    killed mid-shard resumes with every (sample, level, k) record exactly once, and the report equals that of the
+    same campaign in whole-K shards; resuming under another shard layout is refused, never mixed."""
+    config, out, argv = _gaussian_run(tmp_path, planted, 12, draws=20, seed=5)
+    killed = _cli_driver(argv, kill_at_shard=5, shard_records=32)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(_shards(out)) == 4 and _temps(out)
+    assert main(argv + ["--resume"]) == 2 and "different campaign" in capsys.readouterr().err  # whole-K layout
+    monkeypatch.setattr(campaign_run, "SHARD_RECORDS", 32)
+    assert main(argv + ["--resume"]) == 0
+    monkeypatch.undo()
+    names = {p.name for p in _shards(out)}
+    assert len(_shards(out)) == 3 * 2 * 3 and {"shard-00000004-k000000-000008.parquet",
+                                               "shard-00000004-k000016-000020.parquet"} <= names
+    tables = [pq.read_table(p) for p in _shards(out)]
+    keys = {(s, lv, k) for t in tables for s, lv, k in zip(*(t.column(c).to_pylist() for c in ("sample", "level", "k")))}
+    assert sum(t.num_rows for t in tables) == len(keys) == 12 * 20 * 2 and not _temps(out)
+    assert main(["run", str(config), "--out", str(tmp_path / "whole"), "--no-progress"]) == 0
+    assert {p.name for p in _shards(tmp_path / "whole")} == {"shard-00000000.parquet", "shard-00000004.parquet",
+                                                              "shard-00000008.parquet"}
+    a = _numbers(json.loads((out / "report.json").read_text()))
+    b = _numbers(json.loads((tmp_path / "whole" / "report.json").read_text()))
+    assert a == b and a["models"][0]["levels"][1]["SAN"] > 0
+
+
+def test_sequential_rounds_over_split_shards_are_slices_of_the_full_run(tmp_path, planted):
+    """Rounds (the fast gate's draws = (k0, k1)) cut at the shard ranges too: their records equal the full run's."""
+
+    source = ArraySource(planted_images(6, spread_hu=5.0), (SPACING, SPACING))
+    noise = NoiseSpec(kind="gaussian", levels=(30.0,), draws=20, seed=2)
+    model = _open(planted)
+    split = RunOptions(batch_size=7, shard_samples=3, shard_records=24, progress=False)  # 8 draws per shard
+    for k0, k1 in ((0, 10), (10, 20)):
+        run_campaign([model], source, noise, tmp_path / "rounds", split, resume=True, draws=(k0, k1))
+    names = sorted(p.name for p in _shards(tmp_path / "rounds"))
+    assert names[:4] == ["shard-00000000-k000000-000008.parquet", "shard-00000000-k000008-000010.parquet",
+                         "shard-00000000-k000010-000016.parquet", "shard-00000000-k000016-000020.parquet"]
+    again = run_campaign([model], source, noise, tmp_path / "rounds", split, resume=True, draws=(10, 20))
+    assert again.inferences == 0 and again.shards_reused == 4  # a round done is reused: 2 ranges x 2 blocks
+    run_campaign([model], source, noise, tmp_path / "full", RunOptions(batch_size=64, progress=False))
+    a = records.load_level(tmp_path / "rounds", "planted", 30.0, noise.level_key(30.0), 6, 20)
+    b = records.load_level(tmp_path / "full", "planted", 30.0, noise.level_key(30.0), 6, 20)
+    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.scores, b.scores) and a.flipped.any()

@@ -27,7 +27,7 @@ from audit.errors import USER_ERRORS
 from audit.gate import RULE_KEYS, evaluate, load_policy, load_report
 
 from tests.audit.conftest import REGION, SHAPE, planted_images, write_manifest
-from tests.audit.planted import planted_model, region_means
+from tests.audit.planted import planted_model
 
 #: Deterministic (the same examples on every run and machine) and no example database written into the checkout.
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, database=None,
@@ -229,9 +229,8 @@ def _paths(obj: Any, prefix: tuple = ()) -> list[tuple]:
     return out
 
 
-@SETTINGS
-@given(data=st.data())
-def test_report_loads_or_raises_a_user_error_and_what_loads_gates(folder, report, data):
+def spoil(report: dict, data) -> dict:
+    """A copy of ``report`` with one to three keys deleted or replaced by arbitrary JSON (drawn from ``data``)."""
     spoilt = json.loads(json.dumps(report))
     for _ in range(data.draw(st.integers(1, 3))):
         paths = [p for p in _paths(spoilt) if p]
@@ -245,6 +244,13 @@ def test_report_loads_or_raises_a_user_error_and_what_loads_gates(folder, report
             del parent[where[-1]]
         else:
             parent[where[-1]] = data.draw(JSON)
+    return spoilt
+
+
+@SETTINGS
+@given(data=st.data())
+def test_report_loads_or_raises_a_user_error_and_what_loads_gates(folder, report, data):
+    spoilt = spoil(report, data)
     path = folder / "report.json"
     path.write_text(json.dumps(spoilt), encoding="utf-8")
     loaded = _accepts_or_user_error(load_report, path)
