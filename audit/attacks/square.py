@@ -38,7 +38,9 @@ Measured on the fragile test net (48 samples, 2-core CPU): L-inf 8 HU, PGD
 56 queries per success); L2 120 HU, PGD 0.77, Square 0.46 / 0.63. A saturated
 output (probabilities exactly 0 or 1 in float32) leaves the margin nothing to
 follow: with gain 1e5 Square finds 0.15 where PGD through the twin's logit
-finds 0.48 and HopSkipJump (labels only) 0.44.
+finds 0.48 and HopSkipJump (labels only) 0.44. On the shipped nodule3d (32^3 cubes, 8 samples, L-inf 0.04 in
+model-input units, ``bench/attacks_blackbox.py``) random search is much weaker than the gradient: PGD 0.50,
+Square 0.25 at 5,000 queries (424 per success), 0 at 300 (ART's SquareAttack also 0).
 """
 
 from __future__ import annotations

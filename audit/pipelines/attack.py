@@ -10,14 +10,15 @@ from typing import Any
 import numpy as np
 
 from audit.artifact import AuditedModel, open_artifact
+from audit.artifact.quantize import fp32_reference
 from audit.attacks import ATTACKS, build_attack
 from audit.attacks.base import Target, run_attack
-from audit.attacks.blocks import SCHEMA, attack_block
+from audit.attacks.blocks import SCHEMA, attack_block, reference_comparison
 from audit.attacks.explain import explain_examples
 from audit.campaign.noise import NoiseSpec
 from audit.config import AttackConfig, AttackSpec
 from audit.data import open_source
-from audit.errors import EngineError
+from audit.errors import EngineError, InputError
 from audit.io import write_json, write_text
 from audit.report.attacks import render_attack_page
 from models.build import load_checkpoint
@@ -47,7 +48,10 @@ def settings(spec: AttackSpec, shape: tuple[int, ...], spacing: tuple[float, ...
 @dataclass
 class AttackPlan:
     """Every run of an ``AttackSpec`` against one model, built (twin converted, parameters checked) before any
-    work starts, so a bad parameter or an unconvertible model fails in seconds, not after a campaign."""
+    work starts, so a bad parameter or an unconvertible model fails in seconds, not after a campaign.
+    ``reference``: the FP32 original of a quantised model (``fp32_reference``); each block then compares the
+    two engines' decisions, clean and on the attacked inputs (``reference``); ``reference_info`` says what was
+    found (or why there is no comparison)."""
 
     spec: AttackSpec
     model: AuditedModel
@@ -55,6 +59,8 @@ class AttackPlan:
     target: Target
     n: int
     runs: list[tuple[str, Any]]
+    reference: AuditedModel | None = None
+    reference_info: dict[str, Any] | None = None
 
     def load(self) -> np.ndarray:
         """The attacked samples (the first ``n`` of the source), in HU; load once and share between plans."""
@@ -74,12 +80,17 @@ class AttackPlan:
         ids = list(self.source.ids)[: self.n]
         for label, attack in self.runs:
             result = run_attack(attack, self.model, hu, seed=spec.seed, batch_size=spec.batch_size, ids=ids,
-                                keep=spec.keep, progress=progress)
+                                keep=spec.keep, progress=progress, return_inputs=self.reference is not None)
             explanations = []
             if spec.explain and result.examples and self.target.twin is not None:  # Grad-CAM needs the twin
                 explanations = explain_examples(self.target, result)
-            block = attack_block(result, label=prefix + label, class_names=self.model.head.labels_names,
-                                 explanations=explanations)
+            names = self.model.head.labels_names
+            reference = self.reference_info or None
+            if self.reference is not None:
+                reference = reference_comparison(result, self.model, self.reference, hu, info=self.reference_info,
+                                                 class_names=names)
+            block = attack_block(result, label=prefix + label, class_names=names, explanations=explanations,
+                                 reference=reference)
             block["model"], block["twin"] = self.model.name, self.target.describe()
             if getattr(attack, "extra_report", None):
                 block["extra"] = attack.extra_report(result, self.source)
@@ -106,15 +117,27 @@ def plan_attacks(spec: AttackSpec, model: AuditedModel, source: Any, *, module: 
         target = Target.deployed(model)
     runs = [(label, build_attack(spec.attack, target, **_extra(spec, params, source, n)))
             for label, params in settings(spec, tuple(source.shape), tuple(source.spacing))]
-    return AttackPlan(spec, model, source, target, n, runs)
+    reference, info = fp32_reference(model)  # a quantised artifact: compare its decisions with its FP32 original's
+    return AttackPlan(spec, model, source, target, n, runs, reference, info)
 
 
 def run_attack_config(config: AttackConfig, out: Path, *, progress: bool | None = None) -> dict[str, Any]:
+    """Every attack of ``config`` on its model; ``attack.json`` and ``attack.html`` in ``out``. The data pass the
+    same first pass as ``audit run`` (every row readable, finite, right rank, shape and modality) and the attacks
+    are planned before ``out`` is created, so a bad input leaves nothing behind."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     model = open_artifact(config.model, config.head, config.preprocess)
     source = open_source(config.data, pacs=config.pacs)
+    preflight = getattr(source, "preflight", None)
+    if preflight is not None:
+        preflight()
     plan = plan_attacks(config.spec, model, source, module=open_module(config))
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder; --out must be a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{out}: cannot write output there ({exc.strerror or exc})") from None
     runs = plan.run(progress=progress)
     spec = config.spec
     report = {"schema": SCHEMA, "model": model.describe(), "twin": plan.target.describe(),
@@ -144,4 +167,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         s = b["summary"]
         lines.append(f"{b['label']}: torch {100 * s['torch_success_rate']:.1f}%, deployed "
                      f"{100 * s['deployed_success_rate']:.1f}% (SAN {s['san']}/{s['n']}) - {s['verdict']}")
+        ref = b.get("reference")
+        if ref:
+            lines.append(f"  vs {ref['reference']}: {ref['verdict']}" if "verdict" in ref
+                         else f"  no FP32 comparison: {ref.get('reason')}")
     return lines
