@@ -14,6 +14,7 @@ from typing import Any
 
 from audit.engines.base import Engine, InputSpec, pick_output, sha256_file
 from audit.engines.ort import OnnxRuntimeEngine
+from audit.engines.remote import RemoteEngine
 from audit.engines.torch_module import TorchEngine
 from audit.engines.trt import TensorRTEngine
 from audit.errors import ConfigError, InputError
@@ -21,6 +22,7 @@ from audit.errors import ConfigError, InputError
 #: Engine name -> backend class (one home for the list of engines).
 BACKENDS: dict[str, type[Engine]] = {
     "onnxruntime": OnnxRuntimeEngine,
+    "remote": RemoteEngine,  # a KServe v2 server: url + model_name, no file
     "tensorrt": TensorRTEngine,
     "torch": TorchEngine,
 }
@@ -33,11 +35,12 @@ def backend(name: str) -> type[Engine]:
     return BACKENDS[name]
 
 
-def load_engine(path: str | Path, name: str = "onnxruntime", **options: Any) -> Engine:
-    """Open a model artifact with the named backend; options go to the backend's ``open``."""
+def load_engine(path: str | Path | None, name: str = "onnxruntime", **options: Any) -> Engine:
+    """Open a model artifact with the named backend; options go to the backend's ``open`` (``path`` None for an
+    engine without a file, ``remote``)."""
     cls = backend(name)
-    path = Path(path)
-    if not path.is_file():
+    path = None if path is None else Path(path)
+    if getattr(cls, "NEEDS_FILE", True) and (path is None or not path.is_file()):
         raise InputError(f"{path}: model file not found")
     unknown = sorted(set(options) - set(cls.OPTIONS))
     if unknown:

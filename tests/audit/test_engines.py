@@ -10,6 +10,7 @@ import torch
 from audit.engines import load_engine
 from audit.engines.torch_module import TorchEngine
 from audit.errors import EngineError, InputError
+from audit.serve import ServedModel, serve_in_thread
 from tests.audit.conftest import REGION, SHAPE
 from tests.audit.planted import WINDOW, planted_model
 
@@ -26,6 +27,12 @@ class PlantedTorch(torch.nn.Module):
 def _engines(path):
     yield "onnxruntime", load_engine(path)
     yield "torch", TorchEngine(PlantedTorch(), (None, 1, *SHAPE), input_name="x", output_names=("probability",))
+    server, url = serve_in_thread([ServedModel(path, "planted")])  # a KServe v2 server on loopback
+    try:
+        yield "remote", load_engine(None, "remote", url=url, model_name="planted", max_batch=2, binary=False)  # JSON
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_every_engine_conforms(planted):
@@ -45,7 +52,8 @@ def test_every_engine_conforms(planted):
             engine.run(np.zeros((2, 1, 8, 8), np.float32))
         desc = engine.describe()
         assert desc["backend"] == name
-    np.testing.assert_allclose(results["onnxruntime"], results["torch"], atol=1e-4)  # gain 400 amplifies float32 rounding
+    np.testing.assert_allclose(results["onnxruntime"], results["torch"], atol=1e-4)
+    np.testing.assert_array_equal(results["onnxruntime"], results["remote"])  # the same ONNX Runtime behind HTTP  # gain 400 amplifies float32 rounding
 
 
 def test_onnxruntime_reports_metadata_hash_and_providers(planted):
