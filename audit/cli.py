@@ -25,7 +25,8 @@ from audit.errors import USER_ERRORS
 #: Command name -> module under ``audit.commands`` defining ``register(subparsers)``; the parser it adds
 #: carries the handler as ``func``.
 COMMANDS = {"demo": "demo", "run": "run", "report": "report", "gate": "gate", "fast-gate": "fast_gate",
-            "models": "models", "noise": "noise", "attack": "attack", "retrain": "retrain"}
+            "models": "models", "noise": "noise", "attack": "attack", "retrain": "retrain", "cache": "cache",
+            "serve": "serve"}
 
 #: Exit codes.
 EXIT_OK, EXIT_POLICY, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

@@ -26,22 +26,24 @@ from typing import Any, Mapping
 
 from audit.artifact import ACTIVATIONS, TASKS, ModelEntry
 from audit.attacks import ATTACKS, check_attack_params
-from audit.campaign.noise import KINDS, MODES, NoiseSpec, read_nps_table
-from audit.campaign.reduction import SCAN_NOISE
+from audit.campaign.noise import KINDS, MODES, NoiseSpec, read_kernel_table, read_nps_table
+from audit.campaign.reduction import SCAN_NOISE, SPATIAL
 from audit.campaign.run import RunOptions
 from audit.data import PHANTOMS, DataSection
 from audit.engines import BACKENDS, backend
 from audit.errors import ConfigError
-from audit.pacs import PacsServer
+from audit.pacs import PacsServer, pacs_section
 from audit.toml import Table, check_sections, read_toml
+from audit.track import TrackSpec, track_section
 from models.registry import REGISTRY
 
-SECTIONS = ("model", "head", "preprocess", "data", "noise", "run", "report", "scan_arm", "pacs", "attack")
+SECTIONS = ("model", "head", "preprocess", "data", "noise", "run", "report", "scan_arm", "pacs", "attack", "track")
 ATTACK_SECTIONS = ("model", "head", "preprocess", "data", "attack", "noise")
 RETRAIN_SECTIONS = ("model", "retrain", "attack", "noise")
 NOISE_KEYS = ("kind", "levels", "draws", "seed", "preset", "table", "sigma_ref", "mas_ref", "electronic_fraction",
               "cutoff", "z_fwhm_mm", "method", "mode", "fractions", "acquired_mas", "scan_noise", "phantom_series",
-              "phantom_mas", "reference_diameter_mm", "strict_kernel", "roi_mm")
+              "phantom_mas", "reference_diameter_mm", "strict_kernel", "roi_mm", "spatial", "ctdivol_mgy",
+              "acquired_ctdivol_mgy", "kernel_table")
 ATTACK_RUN_KEYS = ("name", "seed", "batch_size", "keep", "explain", "samples")
 RETRAIN_MODES = ("adaptive", "pgd", "uniform")
 MAX_THREADS = 4096  # engine threads: more is a typo, and the engines take a C int
@@ -91,9 +93,10 @@ class AuditConfig:
     base: Path = Path(".")
     dicom_cases: bool = False
     scan_arm: ScanArm | None = None
-    pacs: PacsServer | None = None  # manifest rows dicomweb:<UID>, and push of flipped cases
+    pacs: PacsServer | None = None  # manifest rows pacs:<UID> (DICOMweb or DIMSE), and push of flipped cases
     attack: AttackSpec | None = None  # gradient attacks on the same data, in the same report
     path: Path | None = None  # the config file, named in errors found after parsing
+    track: TrackSpec | None = None  # [track]: log the audit to MLflow
 
 
 @dataclass(frozen=True)
@@ -152,9 +155,17 @@ def model_entries(raw: Any, base: Path) -> tuple[ModelEntry, ...]:
     entries = []
     for i, m in enumerate(tables):
         t = Table(m, "model" if len(tables) == 1 else f"model[{i}]", base)
-        path = t.path("path")
         engine = t.str("engine", "onnxruntime", choices=tuple(BACKENDS))
-        name = t.str("name", path.stem)
+        if engine == "remote":  # a model on a v2 server: url + model_name instead of a file
+            for key in ("url", "model_name"):
+                if key not in t:
+                    raise ConfigError(f"{t.key(key)}: missing; engine 'remote' needs url and model_name")
+            if "path" in t:
+                raise ConfigError(f"{t.key('path')}: engine 'remote' takes no file; it reads url and model_name")
+            path = Path(t.str("model_name"))
+        else:
+            path = t.path("path")
+        name = t.str("name", path.stem if engine != "remote" else str(path))
         options: dict[str, Any] = {}
         for key in backend(engine).OPTIONS:
             if key in ("threads", "max_batch", "opt_batch"):  # C ints in the engines
@@ -164,6 +175,12 @@ def model_entries(raw: Any, base: Path) -> tuple[ModelEntry, ...]:
                 value = t.strings(key, None)
             elif key == "workspace_gib":
                 value = t.float(key, None, low=0, low_open=True)
+            elif key in ("concurrency", "retries"):  # remote: requests in flight, retries of a failed request
+                value = t.int(key, None, low=1 if key == "concurrency" else 0, high=256)
+            elif key == "timeout_s":
+                value = t.float(key, None, low=0, low_open=True)
+            elif key == "binary":
+                value = t.bool(key, None)
             else:
                 value = t.str(key, None)
             if value is not None:
@@ -236,8 +253,18 @@ def noise_section(t: Table, **defaults: Any) -> NoiseSpec:
         kw["kind"] = t.str("kind", choices=KINDS)
     if "mode" in t:
         kw["mode"] = t.str("mode", choices=MODES)
-    if "levels" in t and "fractions" in t:
-        raise ConfigError(f"{t.key('fractions')}: give fractions (of the acquired dose) or levels (mAs), not both")
+    given = [k for k in ("levels", "fractions", "ctdivol_mgy") if k in t]
+    if len(given) > 1:
+        raise ConfigError(f"{t.key(given[1])}: give one of levels (mAs), fractions (of the acquired dose) or "
+                          f"ctdivol_mgy (CTDIvol levels), not {' and '.join(given)}")
+    if "ctdivol_mgy" in t:
+        kw["ctdivol_mgy"] = t.numbers("ctdivol_mgy", low=0, low_open=True)
+    if "spatial" in t:
+        kw["spatial"] = t.str("spatial", choices=SPATIAL)
+    if "kernel_table" in t:
+        path = t.path("kernel_table")
+        kw["kernel_table"] = str(path)
+        kw["kernel_rows"] = read_kernel_table(path)
     if "levels" in t:
         kw["levels"] = t.numbers("levels", low=0, low_open=True)
     if "fractions" in t:
@@ -249,7 +276,7 @@ def noise_section(t: Table, **defaults: Any) -> NoiseSpec:
         kw["fractions"] = fractions
     if "scan_noise" in t:
         kw["scan_noise"] = t.str("scan_noise", choices=SCAN_NOISE)
-    for key in ("acquired_mas", "phantom_mas", "reference_diameter_mm", "roi_mm"):
+    for key in ("acquired_mas", "phantom_mas", "reference_diameter_mm", "roi_mm", "acquired_ctdivol_mgy"):
         if key in t:
             kw[key] = t.float(key, low=0, low_open=True)
     if "phantom_series" in t:
@@ -295,29 +322,6 @@ def scan_arm_section(t: Table) -> ScanArm:
     return arm
 
 
-def pacs_section(t: Table) -> PacsServer:
-    """``[pacs]``: a DICOMweb server (see ``audit.pacs.PacsServer``); credentials are named, never given."""
-    if not isinstance(t.raw.get("url"), str):
-        raise ConfigError("pacs.url: missing; the DICOMweb root, e.g. \"https://pacs.example.org/dicom-web\"")
-
-    def path(key: str) -> Path | None:  # "~" expands; other relative paths are relative to the config
-        if key not in t:
-            return None
-        given = t.path(key)
-        home = Path(str(t.raw[key])).expanduser()
-        return home if home.is_absolute() else given
-
-    server = PacsServer(
-        url=t.str("url"), username_env=t.str("username_env", None), password_env=t.str("password_env", None),
-        credentials_file=path("credentials_file"), verify_tls=t.bool("verify_tls", True), ca_bundle=path("ca_bundle"),
-        timeout=t.float("timeout", 30.0, low=0, low_open=True), retries=t.int("retries", 3, low=0),
-        backoff=t.float("backoff", 1.0, low=0), cache_dir=path("cache_dir"),
-        cache_max_mb=t.float("cache_max_mb", 2048.0, low=0, low_open=True), push=t.bool("push", False))
-    t.done(("url", "username_env", "password_env", "credentials_file", "verify_tls", "ca_bundle", "timeout", "retries",
-            "backoff", "cache_dir", "cache_max_mb", "push"))
-    return server
-
-
 def attack_section(t: Table, noise: NoiseSpec | None) -> AttackSpec:
     """An ``[attack]`` table (``ATTACK_RUN_KEYS`` plus the attack's own parameters) -> ``AttackSpec``, its parameters
     checked against the attack now; ``noise`` is the config's ``[noise]`` (the target of ``nps_ascent`` only)."""
@@ -361,8 +365,8 @@ def parse_config(raw: Mapping[str, Any], base: Path) -> AuditConfig:
     arm = scan_arm_section(tables["scan_arm"]) if "scan_arm" in raw else None
     attack = attack_section(tables["attack"], noise) if "attack" in raw else None
     return AuditConfig(models, head_section(tables["head"]), preprocess_section(tables["preprocess"]), data, noise, run,
-                       worst, base, dicom_cases=dicom or bool(pacs is not None and pacs.push), scan_arm=arm, pacs=pacs,
-                       attack=attack)
+                       worst, base, dicom_cases=dicom or bool(pacs is not None and pacs.push_target), scan_arm=arm, pacs=pacs,
+                       attack=attack, track=track_section(tables["track"]) if "track" in raw else None)
 
 
 def parse_attack_config(raw: Mapping[str, Any], base: Path) -> AttackConfig:

@@ -34,10 +34,10 @@ from audit.campaign.run import RunOptions, run_campaign
 from audit.config import RetrainConfig
 from audit.data import ArraySource
 from audit.errors import InputError
-from audit.io import write_json, write_text
+from audit.io import progress_enabled, write_json, write_text
 from audit.pipelines.attack import plan_attacks
-from audit.pipelines.run import write_reports
-from audit.report.retrain import render_retrain_html
+from audit.pipelines.run import path_style, write_reports
+from audit.report.retrain import attack_rates, audit_rates, render_retrain_html
 from models import registry, training
 from models.build import cached_build, load_checkpoint, prepare_out
 from models.retrain import export_round, finetune, split_metrics
@@ -59,10 +59,11 @@ def retrain(config: RetrainConfig, out: str | Path, *, progress: bool | None = N
     """Run ``config.rounds`` rounds of retraining; writes ``retrain.json``/``.html``, the round ONNX files and (with
     ``config.audit``) ``audit/report.*``: every round's artifact audited on the same noise draws."""
     out = prepare_out(out)
+    paths = path_style(out, cache=config.cache_dir)  # how retrain.json writes paths
     if config.audit and (out / "audit" / "campaign.json").exists():
         raise InputError(f"{out / 'audit'}: holds the audit of an earlier retraining; choose another --out")
     built = cached_build(config.model, config.variant, quick=config.quick, cache_dir=config.cache_dir,
-                                   progress=progress)
+                         progress=progress_enabled(progress))
     art = built.artifacts[0]
     bp = registry.get(config.model).blueprint(built.recipe.variant)
     data = bp.make_data(built.recipe.samples, built.recipe.data_seed)
@@ -85,7 +86,7 @@ def retrain(config: RetrainConfig, out: str | Path, *, progress: bool | None = N
     for r in range(config.rounds + 1):
         res_train = attack(train_idx, "train", config.seed + 7 * r)
         res_test = attack(test_idx, "test", config.seed + 7 * r + 1)
-        rec = {"round": r, "onnx": str(onnx_path), "train": {**split_metrics(bp, net, data, split.train), **_san(res_train)},
+        rec = {"round": r, "onnx": paths.show(onnx_path), "train": {**split_metrics(bp, net, data, split.train), **_san(res_train)},
                "test": {**split_metrics(bp, net, data, split.test), **_san(res_test)}}
         rounds.append(rec)
         onnx_paths.append(onnx_path)
@@ -120,10 +121,9 @@ def retrain(config: RetrainConfig, out: str | Path, *, progress: bool | None = N
     if config.audit:
         audit = audit_rounds(config, bp, data, test_idx, onnx_paths, attack_blocks, out / "audit", progress)
         for rec, model in zip(rounds, audit["models"]):
-            rec["audit"] = [{"level": b["level"], "SAN_fraction": b["SAN_fraction"], "SAR_overall": b["SAR_overall"]}
-                            for b in model["levels"]]
+            rec["audit"] = audit_rates(model)  # per dose, with the audit report's intervals
     report = {"schema": SCHEMA, "model": config.model, "variant": built.recipe.variant, "mode": config.mode,
-              "config": config.to_dict(), "base_build": str(built.out), "rounds": rounds,
+              "config": config.to_dict(), "base_build": paths.show(built.out), "rounds": rounds,
               "audit_report": "audit/report.html" if config.audit else None}
     write_json(out / "retrain.json", report)
     write_text(out / "retrain.html", render_retrain_html(report))
@@ -141,13 +141,15 @@ def audit_rounds(config: RetrainConfig, bp, data, test_idx: np.ndarray, onnx_pat
                          ids=[f"test:{i}" for i in test_idx], name=f"{config.model} test split (n={len(test_idx)})",
                          class_names=tuple(bp.class_names))
     stats = run_campaign(models, source, config.noise, out, RunOptions(progress=progress))
-    return write_reports(out, models, source, config.noise, stats, attacks=attack_blocks)
+    return write_reports(out, models, source, config.noise, stats, attacks=attack_blocks,
+                         paths=path_style(out, root=out.parent, cache=config.cache_dir))
 
 
 def _san(result) -> dict[str, Any]:
+    """The attack's SAN and pooled SAR on one split, with the campaign report's intervals."""
     s = result.summary()
-    return {"san": s["san"], "n": s["n"], "san_fraction": s["san_fraction"],
-            "torch_success_rate": s["torch_success_rate"], "deployed_success_rate": s["deployed_success_rate"]}
+    return {**attack_rates(result.deployed_flips), "torch_success_rate": s["torch_success_rate"],
+            "deployed_success_rate": s["deployed_success_rate"]}
 
 
 def retrain_from_config(config: RetrainConfig, out: str | Path, *, progress: bool | None = None) -> dict[str, Any]:

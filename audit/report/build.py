@@ -11,8 +11,11 @@ models (study 2) and timing.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
+import os
 import platform
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -21,10 +24,13 @@ import numpy as np
 
 from audit.campaign import records
 from audit.campaign.noise import NoiseSpec
-from audit.io import plain
+from audit.errors import InputError
+from audit.io import plain, read_user_text
 from audit.metrics import (
     accuracy,
+    auc,
     binary_performance,
+    delong_not_computable,
     delong_test,
     macro_f1,
     paired_sar_test,
@@ -46,6 +52,117 @@ class Audited(Protocol):
     head: Any
 
     def describe(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class PathStyle:
+    """How report.json writes a path: it names no folder of this machine that the user did not give.
+
+    - inside the output folder ``out`` (or ``root``, an output folder ``out`` sits in, as retraining's ``--out``
+      holds ``audit/``): relative to ``out`` (``../...`` for what lies in ``root`` only), so the folder can move;
+    - inside a named place (``places``: the model cache as ``<model cache>/...``, the package's shipped models as
+      ``<shipped models>/...``): the place's name and the path inside it; the build folder's name carries the
+      recipe hash and the engine block the file's sha256, so the artifact stays identified on any machine;
+    - given in a config relative to its folder (``base``, where relative config paths start): as the config gave it;
+    - any other path exactly as given (a relative command-line path stays relative, an absolute one absolute).
+    """
+
+    out: Path
+    base: Path | None = None
+    places: tuple[tuple[str, Path], ...] = ()
+    root: Path | None = None
+
+    def show(self, path: str | os.PathLike | None) -> str | None:
+        """``path`` as report.json writes it (None stays None)."""
+        if path is None:
+            return None
+        text = os.fspath(path)
+        if not text or text.startswith("<"):  # empty, or already written this way (a stored report's value)
+            return text
+        p = Path(text)
+        full = os.path.realpath(text)
+        out = os.path.realpath(self.out)
+        if _within(full, os.path.realpath(self.root or self.out)):
+            return Path(os.path.relpath(full, out)).as_posix()
+        for name, folder in self.places:
+            if _within(full, os.path.realpath(folder)):
+                rel = Path(os.path.relpath(full, os.path.realpath(folder))).as_posix()
+                return name if rel == "." else f"{name}/{rel}"
+        if self.base is not None and p.is_absolute() and _within(text, os.fspath(self.base)):
+            return Path(os.path.relpath(text, self.base)).as_posix()  # base / relative, as the config gave it
+        return text
+
+    def text(self, message: str | None) -> str | None:
+        """Free text (an error message kept in the report) with each absolute folder ``show`` knows rewritten."""
+        if not message:
+            return message
+        prefixes: dict[str, str] = {}
+        out = os.path.realpath(self.out)
+        for folder in {f(g) for g in {self.out, self.root or self.out} for f in (os.path.abspath, os.path.realpath)}:
+            rel = os.path.relpath(os.path.realpath(folder), out)
+            prefixes[folder + os.sep] = "" if rel == "." else Path(rel).as_posix() + "/"
+        for name, folder in self.places:
+            for f in {os.path.abspath(folder), os.path.realpath(folder)}:
+                prefixes.setdefault(f + os.sep, name + "/")
+        if self.base is not None:
+            prefixes.setdefault(os.fspath(self.base) + os.sep, "")
+        for prefix in sorted(prefixes, key=len, reverse=True):  # the innermost folder first
+            message = message.replace(prefix, prefixes[prefix])
+        return message
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def relocate_paths(report: dict[str, Any], paths: PathStyle) -> dict[str, Any]:
+    """Every path report.json holds, written as ``paths`` says (in place; returns ``report``)."""
+    for model in report.get("models", ()):
+        engine = model.get("engine") or {}
+        for key in ("source", "path"):
+            if isinstance(engine.get(key), str):
+                engine[key] = paths.show(engine[key])
+        for case in model.get("worst_cases", ()):
+            _relocate_dicom(case.get("dicom"), paths)
+    for block in (report.get("data"), (report.get("summary") or {}).get("data")):
+        if block and isinstance(block.get("source"), str):
+            block["source"] = paths.text(block["source"]) if not os.path.isabs(block["source"]) else paths.show(block["source"])
+    noise = report.get("noise") or {}
+    if noise.get("table"):
+        noise["table"] = paths.show(noise["table"])
+    if noise.get("phantom_series"):
+        noise["phantom_series"] = [paths.show(p) for p in noise["phantom_series"]]
+    if noise.get("reduction"):  # per series: the series' folder names it (keys and values)
+        noise["reduction"] = _relocate_text(noise["reduction"], paths)
+    for block in report.get("attacks", ()):
+        attack = block.get("attack") or {}
+        for key in ("generator", "ood"):
+            if isinstance(attack.get(key), str):
+                attack[key] = paths.show(attack[key])
+        twin = block.get("twin") or {}
+        if isinstance(twin.get("reason"), str):  # why no twin: the converter's message names the file
+            twin["reason"] = paths.text(twin["reason"])
+    build = report.get("build") or {}
+    if isinstance(build.get("folder"), str):
+        build["folder"] = paths.show(build["folder"])
+    gate = (report.get("summary") or {}).get("gate") or {}
+    if isinstance(gate.get("policy"), str):
+        gate["policy"] = paths.show(gate["policy"])
+    return report
+
+
+def _relocate_dicom(link: dict[str, Any] | None, paths: PathStyle) -> None:
+    for key in ("folder", "clean_dir", "noisy_dir"):
+        if link and isinstance(link.get(key), str):
+            link[key] = paths.show(link[key])
+
+
+def _relocate_text(v: Any, paths: PathStyle) -> Any:
+    if isinstance(v, dict):
+        return {paths.text(k): _relocate_text(x, paths) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_relocate_text(x, paths) for x in v]
+    return paths.text(v) if isinstance(v, str) else v
 
 
 def clean_performance(model: Audited, clean: records.CleanRecords) -> dict[str, Any]:
@@ -92,8 +209,7 @@ def level_block(model: Audited, clean: records.CleanRecords, rec: records.LevelR
     known = clean.true_labels >= 0
     if head.task == "binary" and known.any() and len(np.unique(clean.true_labels[known])) == 2:
         # Clean vs noisy AUC on the same cases (draw k = 0 of each sample), DeLong's test for correlated AUCs.
-        t = delong_test(clean.true_labels[known], clean.scores[known], rec.scores[known, 0])
-        summary["auc"] = {"clean": t.auc_a, "noisy_draw0": t.auc_b, "z": t.z, "p_value": t.p_value, "test": "DeLong"}
+        summary["auc"] = _delong(clean.true_labels[known], clean.scores[known], rec.scores[known, 0], "clean", "noisy_draw0")
     return summary
 
 
@@ -142,6 +258,17 @@ def spread(model_blocks: list[dict[str, Any]]) -> dict[str, Any] | None:
 MAX_COMPARED_MODELS = 4
 
 
+def _delong(labels: np.ndarray, a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> dict[str, Any]:
+    """Two AUCs on the same cases and DeLong's test between them; where a class has too few cases for the test
+    (``delong_not_computable``), the AUCs with z and p None and a note saying why."""
+    why = delong_not_computable(labels)
+    if why is not None:
+        return {name_a: auc(labels, a), name_b: auc(labels, b), "z": None, "p_value": None, "test": "DeLong",
+                "note": f"not computable: {why}"}
+    t = delong_test(labels, a, b)
+    return {name_a: t.auc_a, name_b: t.auc_b, "z": t.z, "p_value": t.p_value, "test": "DeLong"}
+
+
 def compare_models(a: Audited, b: Audited, clean_a: records.CleanRecords, clean_b: records.CleanRecords,
                    levels_a: dict, levels_b: dict) -> dict[str, Any]:
     """Decision-level equivalence of two artifacts of one model on the same draws.
@@ -159,8 +286,7 @@ def compare_models(a: Audited, b: Audited, clean_a: records.CleanRecords, clean_
                            "test": PAIRED_TEST, "per_level": []}
     known = clean_a.true_labels >= 0
     if a.head.task == b.head.task == "binary" and known.any() and len(np.unique(clean_a.true_labels[known])) == 2:
-        t = delong_test(clean_a.true_labels[known], clean_a.scores[known], clean_b.scores[known])
-        out["clean_auc"] = {"a": t.auc_a, "b": t.auc_b, "z": t.z, "p_value": t.p_value, "test": "DeLong"}
+        out["clean_auc"] = _delong(clean_a.true_labels[known], clean_a.scores[known], clean_b.scores[known], "a", "b")
     for level in levels_a:
         ra, rb = levels_a[level], levels_b[level]
         entry: dict[str, Any] = {"level": level, "decision_agreement": float(np.mean(ra.labels == rb.labels)),
@@ -200,9 +326,10 @@ def _paired(flips_a: np.ndarray, flips_b: np.ndarray) -> dict[str, Any]:
 def build_report(out: Path, models: Sequence[Audited], source: Any, noise: NoiseSpec, timing: dict[str, Any],
                  *, worst: int = WORST_CASES, attacks: Sequence[dict[str, Any]] = (),
                  scan_arm: Sequence[dict[str, Any]] | None = None, build: dict[str, Any] | None = None,
-                 noise_model: Any = None) -> dict[str, Any]:
+                 noise_model: Any = None, paths: PathStyle | None = None) -> dict[str, Any]:
     """report.json of a finished campaign from its records; ``timing``: ``CampaignStats.to_dict()``; ``attacks``:
-    attack blocks (``audit.attacks.blocks``); ``scan_arm``: scan-arm blocks; ``build``: the reference build audited."""
+    attack blocks (``audit.attacks.blocks``); ``scan_arm``: scan-arm blocks; ``build``: the reference build audited;
+    ``paths``: how its paths are written (default: relative to ``out`` where inside it, else as given)."""
     n, k = len(source), noise.draws
     model_blocks = []
     loaded = []
@@ -245,7 +372,7 @@ def build_report(out: Path, models: Sequence[Audited], source: Any, noise: Noise
     if build:
         report["build"] = build
     report["summary"] = summary(model_blocks, loaded, source, noise)
-    return plain(report)
+    return relocate_paths(plain(report), paths or PathStyle(out))
 
 
 #: SAR targets of the critical dose (1% and 5%), after FDA's LCD-CT dose-reduction reporting.
@@ -311,13 +438,17 @@ def attach_gate(report: dict[str, Any], policy: str, outcomes: Sequence[Any]) ->
     report["summary"]["verdict"] = "pass" if all(o.passed for o in outcomes) else "fail"
 
 
-def attach_dicom(report: dict[str, Any], links: dict[tuple[str, int], dict[str, Any]]) -> None:
-    """Link each worst case to its derived DICOM series: ``links[(model name, sample)]`` (``audit.report.cases``)."""
+def attach_dicom(report: dict[str, Any], links: dict[tuple[str, int], dict[str, Any]],
+                 paths: PathStyle | None = None) -> None:
+    """Link each worst case to its derived DICOM series: ``links[(model name, sample)]`` (``audit.report.cases``);
+    its folders written as ``paths`` says."""
     for model in report["models"]:
         for case in model["worst_cases"]:
             link = links.get((model["name"], case["sample"]))
             if link is not None:
                 case["dicom"] = plain(link)
+                if paths is not None:
+                    _relocate_dicom(case["dicom"], paths)
 
 
 def check_report(report: dict[str, Any], atol: float = 1e-9) -> None:
@@ -333,3 +464,163 @@ def check_report(report: dict[str, Any], atol: float = 1e-9) -> None:
                 raise AssertionError(f"{model['name']} level {block['level']}: CMR columns do not sum to 1")
             if not np.allclose(1.0 - np.diag(cmr)[present], sar[present], atol=atol):
                 raise AssertionError(f"{model['name']} level {block['level']}: 1 - diag(CMR) != SAR_c")
+
+
+# -- report.json read back (``audit report OUT``): what the page reads, checked with types before it is rendered
+
+def _is_num(v: Any) -> bool:
+    return (isinstance(v, float) and math.isfinite(v)) or (type(v) is int and abs(v) < 2**63)
+
+
+def _is_count(v: Any) -> bool:
+    return type(v) is int and 0 <= v < 2**63
+
+
+def _list_of(ok: Any, *, none: bool = False, size: int | None = None, nonempty: bool = False) -> Any:
+    return lambda v: (isinstance(v, list) and (size is None or len(v) == size) and (not nonempty or bool(v))
+                      and all(ok(x) or (none and x is None) for x in v))
+
+
+_STR = (lambda v: isinstance(v, str), "a string")
+_NUM = (_is_num, "a number")
+_COUNT = (_is_count, "a count (an integer >= 0)")
+_INT = (lambda v: type(v) is int and abs(v) < 2**63, "an integer")
+_TABLE = (lambda v: isinstance(v, dict), "a table")
+_TABLES = (_list_of(lambda v: isinstance(v, dict)), "a list of tables")
+_CI = (_list_of(_is_num, none=True, size=2), "[low, high] numbers")
+_NUMS = (_list_of(_is_num, none=True), "a list of numbers")
+#: key -> (required, check): a check is (predicate, what it expects), a nested dict (a table of these keys) or a
+#: list [dict] (a list of such tables; [dict, "non-empty"]: at least one); an optional key may be absent or null.
+_LEVEL_SPEC = {
+    "level": (True, _NUM), "N": (True, _COUNT), "K": (True, _COUNT), "SAN": (True, _COUNT),
+    "SAN_fraction": (True, _NUM), "SAN_fraction_ci": (True, _CI), "SAR_overall": (True, _NUM), "SAR_overall_ci": (True, _CI),
+    "class_names": (False, (_list_of(lambda v: isinstance(v, str)), "a list of strings")),
+    "per_sample": (True, _TABLE),
+    "exceedance": (True, {"thresholds": (True, _NUMS), "fraction": (True, _NUMS)}),
+    "per_class": (False, {"N_c": (True, (_list_of(_is_count), "a list of counts")), "SAR": (True, _NUMS),
+                          "SAR_ci_low": (True, _NUMS), "SAR_ci_high": (True, _NUMS)}),
+    "CMR": (False, {"matrix": (True, (_list_of(_list_of(_is_num, none=True)), "a matrix (list of rows of numbers)")),
+                    "class_order": (True, (_list_of(lambda v: isinstance(v, str)), "a list of strings"))}),
+    "auc": (False, _TABLE), "dice_mean": (False, _NUM),
+}
+_CASE_SPEC = {
+    "sample": (True, _COUNT), "id": (True, _STR), "level": (True, _NUM), "k": (True, _COUNT), "SAR": (True, _NUM),
+    "noisy_label": (True, _INT), "noisy_score": (True, _NUM), "key": (True, (_list_of(_is_count), "a list of counts")),
+    "clean_label": (True, _INT), "clean_score": (True, _NUM), "dicom": (False, _TABLE),
+}
+_CRITICAL_SPEC = {"target": (False, _NUM), "dose_mAs": (False, _NUM), "bound_mAs": (False, _NUM), "ci_mAs": (False, _CI),
+                  "ci_open": (False, (_list_of(lambda v: isinstance(v, bool), size=2), "[bool, bool]")),
+                  "status": (False, _STR), "note": (False, _STR), "fit": (False, _TABLE)}
+_STRS = (_list_of(lambda v: isinstance(v, str)), "a list of strings")
+_MODEL_SPEC = {
+    "name": (True, (lambda v: isinstance(v, str) and bool(v), "a non-empty string")),
+    "head": (True, {"task": (True, _STR), "threshold": (False, _NUM),
+                    "class_names": (False, _STRS)}),
+    "engine": (True, {"backend": (False, _STR), "sha256": (False, _STR), "path": (False, _STR), "source": (False, _STR),
+                      "providers": (False, _STRS)}),
+    "clean": (True, {"class_counts_predicted": (False, (_list_of(_is_count), "a list of counts")),
+                     "per_class": (False, (lambda v: isinstance(v, dict) and all(isinstance(x, dict) for x in v.values()),
+                                           "a table of tables (one per class)"))}),
+    "preprocess": (False, {"hu_window": (False, _CI)}),
+    "levels": (True, [_LEVEL_SPEC, "non-empty"]), "worst_cases": (True, [_CASE_SPEC]),
+}
+REPORT_SPEC = {
+    "schema": (True, _STR), "created": (True, _STR),
+    "tool": (False, {"name": (False, _STR), "version": (False, _STR), "python": (False, _STR)}),
+    "timing": (True, {"inferences": (True, _COUNT), "wall_seconds": (True, _NUM), "images_per_second": (True, _NUM)}),
+    "data": (True, {"source": (False, _STR), "N": (False, _COUNT), "shape": (False, (_list_of(_is_count), "a list of sizes")),
+                    "spacing_mm": (False, _NUMS)}),
+    "noise": (True, {"kind": (True, _STR), "level_unit": (True, _STR), "draws": (False, _COUNT),
+                     "levels": (True, (_list_of(_is_num, nonempty=True), "a non-empty list of numbers"))}),
+    "models": (True, [_MODEL_SPEC, "non-empty"]),
+    "summary": (False, {"noise": (False, {"kind": (True, _STR), "level_unit": (True, _STR), "draws": (False, _COUNT),
+                                          "levels": (True, (_list_of(_is_num, nonempty=True), "a non-empty list of numbers")),
+                                          "sigma_hu": (False, _NUMS), "mode": (False, _STR), "preset": (False, _STR)}),
+                        "gate": (False, {"policy": (False, _STR), "outcomes": (False, _TABLES)}),
+                        "data": (False, {"source": (False, _STR), "N": (False, _COUNT), "spacing_mm": (False, _NUMS),
+                                         "shape": (False, (_list_of(_is_count), "a list of sizes"))}),
+                        "models": (False, [{"name": (True, _STR), "critical_dose": (False, [_CRITICAL_SPEC]),
+                                            "per_level": (True, [{"level": (True, _NUM), "N": (True, _COUNT),
+                                                                  "K": (True, _COUNT), "SAN": (True, _COUNT),
+                                                                  "SAN_fraction": (True, _NUM), "SAR": (True, _NUM),
+                                                                  "SAN_fraction_ci": (False, _CI), "SAR_ci": (False, _CI)},
+                                                                 "non-empty"])}])}),
+    "spread": (False, _TABLE), "comparisons": (False, _TABLES), "attacks": (False, _TABLES), "scan_arm": (False, _TABLES),
+}
+
+
+def read_report(path: str | Path) -> dict[str, Any]:
+    """report.json at ``path``, read (UTF-8 JSON) and checked by ``check_report_keys``: one ``InputError`` naming the
+    file (and the key) when it is not a complete report."""
+    try:
+        report = json.loads(read_user_text(path, "report"))
+    except (ValueError, RecursionError) as exc:
+        raise InputError(f"{path}: not valid JSON ({str(exc)[:120] or 'nested too deeply'})") from None
+    check_report_keys(report, path)
+    return report
+
+
+def check_report_keys(report: Any, path: Path | str) -> None:
+    """``report`` (report.json of ``path``, parsed) against ``REPORT_SPEC``: the schema tag, then every key the page
+    reads from the report's core (models, levels, worst cases, noise, data, summary) with its type; the optional
+    blocks (comparisons, attacks, scan arm) only as lists of tables. One ``InputError`` naming the file and key."""
+
+    def fail(where: str, what: str, got: Any = None) -> None:
+        text = repr(got)
+        text = text if len(text) <= 60 else text[:57] + "..."
+        raise InputError(f"{path}: {where}: {what}" + ("" if got is None else f", got {text}") +
+                         " (not a complete report of audit run?)")
+
+    def check(value: Any, spec: Any, where: str) -> None:
+        if isinstance(spec, dict):
+            if not isinstance(value, dict):
+                fail(where, "expected a table", value)
+            for key, (required, sub) in spec.items():
+                at = f"{where}.{key}" if where else key
+                if value.get(key) is None:
+                    if required:
+                        fail(at, "missing")
+                    continue
+                check(value[key], sub, at)
+        elif isinstance(spec, list):  # [table spec] or [table spec, "non-empty"]
+            if not isinstance(value, list) or (len(spec) > 1 and not value):
+                fail(where, f"expected a {'non-empty ' if len(spec) > 1 else ''}list of tables", value)
+            for i, item in enumerate(value):
+                check(item, spec[0], f"{where}[{i}]")
+        elif not spec[0](value):
+            fail(where, f"expected {spec[1]}", value)
+
+    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
+        raise InputError(f"{path}: expected an audit report with \"schema\": \"{SCHEMA}\"")
+    check(report, REPORT_SPEC, "")
+    for i, model in enumerate(report["models"]):  # shapes that must agree: the page and its figures index by them
+        first = model["levels"][0]
+        for j, b in enumerate(model["levels"]):
+            w = f"models[{i}].levels[{j}]"
+            names = b.get("class_names") or []
+            if b["SAN"] > b["N"]:
+                fail(f"{w}.SAN", f"expected at most N = {b['N']}", b["SAN"])
+            n_flips = b["per_sample"].get("n_flips")
+            if not (_list_of(_is_count)(n_flips) and len(n_flips) == b["N"]):
+                fail(f"{w}.per_sample.n_flips", f"expected {b['N']} flip counts", n_flips)
+            exc = b["exceedance"]
+            if not exc["thresholds"] or len(exc["fraction"]) != len(exc["thresholds"]):
+                fail(f"{w}.exceedance", "expected as many fractions as thresholds (at least one)", exc)
+            for key in ("per_class", "CMR"):
+                if (key in b) != (key in first):
+                    fail(f"{w}.{key}", f"expected in every level or in none (as in {w.rsplit('[', 1)[0]}[0])",
+                         b.get(key))
+            if len(names) != len(first.get("class_names") or []):
+                fail(f"{w}.class_names", "expected the same classes at every level", names)
+            for key in ("N_c", "SAR", "SAR_ci_low", "SAR_ci_high") if "per_class" in b else ():
+                if len(b["per_class"][key]) != len(names):
+                    fail(f"{w}.per_class.{key}", f"expected {len(names)} values (one per class)", b["per_class"][key])
+            if "CMR" in b:
+                if len(b["CMR"]["class_order"]) != len(names):
+                    fail(f"{w}.CMR.class_order", f"expected {len(names)} class names", b["CMR"]["class_order"])
+                for key in ("matrix", "counts"):
+                    m = b["CMR"].get(key)
+                    cells = _list_of(_is_num, none=True) if key == "matrix" else _list_of(_is_count)
+                    if (m is not None or key == "matrix") and not (
+                            _list_of(cells, size=len(names))(m) and all(len(r) == len(names) for r in m)):
+                        fail(f"{w}.CMR.{key}", f"expected a {len(names)} x {len(names)} matrix", m)

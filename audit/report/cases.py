@@ -18,6 +18,7 @@ import numpy as np
 
 from audit.campaign import records
 from audit.campaign.noise import NoiseSpec
+from audit.campaign.reduction import DoseReduction
 from audit.dicom import write_flipped_case
 from audit.io import PRIVATE_DIR_MODE, atomic_path
 from audit.pacs import connect, push_case
@@ -26,6 +27,7 @@ from kernels import radial_average
 
 CASES_DIR, FIGURES_DIR = "cases", "figures"
 NPS_FIGURE = f"{FIGURES_DIR}/nps.png"
+ROI_FIGURES = 4  # samples whose noise ROIs are drawn (the first ones measured on the scan itself)
 
 
 def case_name(case: dict[str, Any]) -> str:
@@ -68,8 +70,10 @@ def write_cases(out: Path, report: dict[str, Any], source: Any, noise: NoiseSpec
     ``audit.report.build.attach_dicom``.
     """
     out = Path(out)
-    client = connect(pacs) if pacs is not None and pacs.push else None
+    target = None if pacs is None else pacs.push_target
+    client = connect(target) if target is not None else None
     noise_model = noise_model or noise.noise_model(source)
+    write_noise_rois(out, report, noise_model)
     unit = report["noise"]["level_unit"]
     links: dict[tuple[str, int], dict[str, Any]] = {}
     for model in report["models"]:
@@ -98,3 +102,31 @@ def write_cases(out: Path, report: dict[str, Any], source: Any, noise: NoiseSpec
                                       attack=attack, overwrite=True, reference=source.reference(i))
             links[(model["name"], i)] = push_case(client, link, model["name"]) if client is not None else link
     return links
+
+
+def write_noise_rois(out: Path, report: dict[str, Any], noise_model: Any) -> None:
+    """Dose reduction with the scan's own noise: for the first ``ROI_FIGURES`` samples measured on the scan itself,
+    the slice with the most uniform ROIs the estimator kept, the ROIs drawn on it (``figures/noise-rois-<sample>.png``);
+    report.json's sample row gets ``scan_noise.roi_figure`` and ``roi_slice`` (the ROIs' coordinates are in
+    ``scan_noise.estimate.rois``)."""
+    if not isinstance(noise_model, DoseReduction):
+        return
+    rows = ((report.get("noise") or {}).get("reduction") or {}).get("samples") or []
+    drawn = 0
+    for row in rows:
+        own = row.get("scan_noise") or {}
+        if drawn >= ROI_FIGURES or own.get("source") != "estimate":
+            continue
+        found = noise_model.roi_slice(int(row["sample"]))
+        if found is None:
+            continue
+        image, rois, size, k, spacing = found
+        rel = f"{FIGURES_DIR}/noise-rois-sample{int(row['sample']):06d}.png"
+        est = own.get("estimate") or {}
+        ci = est.get("ci") or [float("nan")] * 2
+        title = (f"{row['series']}\nslice {k}: {len(rois)} uniform ROIs of {size} px; sigma0 {own['sigma0']:.2f} HU "
+                 f"(95% CI {ci[0]:.2f}-{ci[1]:.2f})")
+        with atomic_path(out / rel) as tmp:
+            tmp.write_bytes(figures.noise_rois(image, rois, size, spacing, title))
+        own["roi_figure"], own["roi_slice"] = rel, k
+        drawn += 1

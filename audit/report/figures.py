@@ -57,13 +57,25 @@ def nps_check_figure(path: Path, *, f, target, measured, band, sample, spacing, 
     fig.colorbar(im, ax=ax_img, fraction=0.046)
     fig.suptitle(title)
     fig.tight_layout()
+    _literal_text(fig)
     fig.savefig(path, format="png", dpi=110)
     plt.close(fig)
+
+
+def _literal_text(fig) -> None:
+    """Show text set from report data literally: a class or model name with ``$`` is not TeX math (mathtext would
+    fail or garble it). Tick labels that formatters make at draw time (log axes use mathtext) are not touched."""
+    from matplotlib.text import Text
+
+    for t in fig.findobj(Text):
+        if "$" in t.get_text():
+            t.set_parse_math(False)
 
 
 def png_bytes(fig, dpi: int = 100) -> bytes:
     """Render a figure to PNG bytes and close it."""
     plt = _pyplot()
+    _literal_text(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
@@ -397,6 +409,90 @@ def attack_sweep(blocks: Sequence[dict], name: str) -> Drawn:
     return Drawn(png_bytes(fig), caption)
 
 
+def success_vs_queries(curves: Sequence[tuple[str, Sequence[int], Sequence[bool], int | None]], stop: str = "") -> Drawn:
+    """Per query-based attack (label, queries per sample, success per sample, budget): the fraction of samples whose
+    deployed decision flipped and that took at most q queries, against q (log x); ``stop``: when the attacks stop
+    spending queries on a sample (for the caption)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    top = 1
+    for label, queries, won, budget in curves:
+        q = np.asarray(queries, float)
+        w = np.asarray(won, bool)
+        n = max(len(q), 1)
+        steps = np.sort(q[w])
+        x = np.concatenate([[1.0], steps, [float(budget or (q.max() if q.size else 1.0))]])
+        y = np.concatenate([[0.0], np.arange(1, len(steps) + 1) / n, [len(steps) / n]])
+        ax.step(x, y, where="post", label=f"{label} ({int(w.sum())}/{len(q)})")
+        top = max(top, float(x.max()))
+    ax.set_xscale("log")
+    ax.set_xlim(1, top * 1.1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("queries spent per sample (engine calls of one image)")
+    ax.set_ylabel("fraction of samples flipped")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    ax.set_title("success against queries", fontsize=10)
+    caption = ("Fraction of samples whose deployed decision flipped and on which the attack spent at most q queries, "
+               f"against q (log x{'; ' + stop if stop else ''}); each curve ends at the attack's budget per sample.")
+    return Drawn(png_bytes(fig), caption)
+
+
+def _errorbar(ax, x, y, ci, **kw) -> None:
+    """Points with their interval as error bars (an interval missing or NaN draws no bar)."""
+    y = _none_to_nan(y)
+    lo = _none_to_nan([c[0] if c else None for c in ci])
+    hi = _none_to_nan([c[1] if c else None for c in ci])
+    err = np.vstack([np.where(np.isfinite(lo), y - lo, 0.0), np.where(np.isfinite(hi), hi - y, 0.0)])
+    ax.errorbar(x, y, yerr=np.clip(err, 0.0, None), capsize=3, **kw)
+
+
+def retrain_rounds(report: dict) -> Drawn:
+    """Per retraining round: the attack's SAN fraction on train and test, and the noise audit's pooled SAR per
+    dose, each with its 95% interval (``retrain.json``'s rounds)."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    rounds = report["rounds"]
+    x = np.array([r["round"] for r in rounds], float)
+    levels = [b["level"] for b in rounds[0].get("audit", [])]
+    unit = ((report.get("config") or {}).get("noise") or {}).get("level_unit", "mAs")
+    fig, axes = plt.subplots(1, 2 if levels else 1, figsize=(11.5 if levels else 6.0, 3.8), squeeze=False)
+    ax = axes[0][0]
+    for split, marker, color in (("train", "o-", "tab:red"), ("test", "s--", "tab:blue")):
+        _errorbar(ax, x, [r[split]["san_fraction"] for r in rounds], [r[split].get("san_fraction_ci") for r in rounds],
+                  fmt=marker, color=color, ms=5, label=f"{split} split")
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("SAN fraction (attack)")
+    ax.set_title(f"attack ({report.get('config', {}).get('attack', {}).get('name', 'attack')}): samples flipped",
+                 fontsize=10)
+    scale = ""
+    if levels:
+        ax2 = axes[0][1]
+        shown = []
+        for j, lv in enumerate(levels):
+            ys = [r["audit"][j]["SAR_overall"] for r in rounds]
+            cis = [r["audit"][j].get("SAR_overall_ci") for r in rounds]
+            shown += ys + [c[1] for c in cis if c]
+            _errorbar(ax2, x + 0.04 * (j - (len(levels) - 1) / 2), ys, cis, fmt="o-", ms=4, label=f"{lv:g} {unit}")
+        k = rounds[0]["audit"][0]
+        scale = _rate_axis(ax2, shown, 1.0 / max(k["N"] * k["K"], 1), what="SARs")
+        ax2.set_ylabel("pooled SAR (noise audit, test split)")
+        ax2.set_title("noise: SAR per dose", fontsize=10)
+        ax2.legend(fontsize=7, title="dose", title_fontsize=7)
+    for a in axes[0]:
+        a.set_xlabel("retraining round")
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        a.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    caption = ("Per round (0: the model as built): left, the fraction of samples the attack flipped on the deployed "
+               "artifact, train and test split, with exact (Clopper-Pearson) 95% intervals"
+               + ("; right, the noise audit's pooled SAR per dose on the test split with the campaign report's "
+                  "cluster-aware exact 95% intervals (points offset slightly per dose). " + scale if levels else "."))
+    return Drawn(png_bytes(fig), caption)
+
+
 # ---------------------------------------------------------------------------
 # figures drawn once at audit time (``audit.report.cases``)
 
@@ -477,3 +573,21 @@ def case_panel(clean, noisy, window, title: str, *, spacing_mm: Sequence[float] 
     fig.text(0.5, 0.01, f"{where} · display window [{lo:g}, {hi:g}] HU (W {hi - lo:g} / L {(hi + lo) / 2:g}){pixel}",
              ha="center", va="bottom", fontsize=8, color="0.25")
     return png_bytes(fig)
+
+
+def noise_rois(image, rois, roi_size: int, spacing_mm: Sequence[float], title: str) -> bytes:
+    """One axial slice (HU, soft-tissue window -160..240) with the uniform ROIs the noise estimator chose drawn as
+    squares (``rois``: (row, column) of each top-left corner, pixels; ``roi_size`` pixels)."""
+    plt = _pyplot()
+    from matplotlib.patches import Rectangle
+
+    ny, nx = image.shape
+    dy, dx = float(spacing_mm[0]), float(spacing_mm[1])
+    fig, ax = plt.subplots(figsize=(5.2, 5.2 * ny * dy / max(nx * dx, 1e-9) + 0.4))
+    ax.imshow(image, cmap="gray", vmin=-160, vmax=240, extent=(0, nx * dx, ny * dy, 0))
+    for y, x in rois:
+        ax.add_patch(Rectangle((x * dx, y * dy), roi_size * dx, roi_size * dy, fill=False, edgecolor="#00e060", lw=1.0))
+    ax.set_xlabel("mm")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return png_bytes(fig, dpi=90)

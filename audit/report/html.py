@@ -25,7 +25,7 @@ from typing import Any
 from audit.errors import InputError
 from audit.io import write_text
 from audit.report import figures
-from audit.report.attacks import render_attack_html, render_attack_sweeps
+from audit.report.attacks import render_attack_html, render_attack_sweeps, render_query_summary
 from audit.report.cases import NPS_FIGURE, case_image
 
 #: A clean score this close to a binary head's threshold marks a flipped case as borderline.
@@ -58,6 +58,7 @@ figure{margin:.4em 0 1em;break-inside:avoid}figcaption{color:#555;font-size:12.5
 table.kv th{text-align:left;background:none;border:0;border-bottom:1px solid #eee;font-weight:600;padding-left:0}
 table.kv td{text-align:left;border:0;border-bottom:1px solid #eee}
 span.pass{color:#1b5e20;font-weight:600}span.fail{color:#b71c1c;font-weight:600}
+p.warn{background:#fff8e1;border-left:6px solid #f9a825;padding:.3em .6em}
 tr.borderline td{background:#fff8e1}.badge{display:inline-block;font-size:11px;padding:0 5px;border-radius:3px;
  background:#ffb300;color:#222;margin-left:4px}
 dl.defs{display:grid;grid-template-columns:max-content 1fr;gap:.25em 1em;font-size:13.5px;margin:.3em 0}
@@ -668,9 +669,30 @@ def render_scan_arm(report: dict[str, Any]) -> str:
                                 caption="Z per CMR entry, real vs simulated (study 2's formula; bold: |Z| > 1.96)"))
         parts.append(f"<p>Max |Z| = {_num(arm.get('max_abs_z'), 3)}; {arm.get('entries_rejecting_95')} entries reject "
                      "equality at 95%. <span class='small'>Study 2's Z-test treats every draw and scan as an independent "
-                     "trial.</span></p>")
+                     "trial; it is shown for comparison, the paired test below decides.</span></p>")
+        parts.append(_scan_arm_decision(arm))
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def _scan_arm_decision(arm: dict[str, Any]) -> str:
+    """The arm's paired test over phantoms, its power for the stated effect, and its warnings."""
+    out = []
+    for w in arm.get("warnings") or []:
+        out.append(f"<p class='warn'><b>Warning:</b> {_esc(w)}</p>")
+    t, pw = arm.get("test"), arm.get("power")
+    if t:
+        verdict = ("real and simulated noise flip the model at different rates" if t.get("rejects")
+                   else "no difference detected between real and simulated noise")
+        rows = [("decision", Raw(f"<b>{_esc(verdict)}</b>")), ("method", t.get("method")),
+                ("SAR difference, simulated - real (95% CI)", f"{_num(t.get('difference'), 3)} {_ci(t.get('ci'))}"),
+                ("p-value", t.get("p_value")), ("alpha", t.get("alpha")),
+                ("phantoms with discordant flips", t.get("n_discordant"))]
+        if pw:
+            rows += [(f"power for an effect of {_num(pw.get('effect'), 3)} in pooled SAR", pw.get("power")),
+                     ("size (rejections when equal)", pw.get("size")), ("planning model", pw.get("planning_model"))]
+        out.append(_kv(rows))
+    return "\n".join(out)
 
 
 def render_spread(report: dict[str, Any], unit: str) -> str:
@@ -700,11 +722,62 @@ def render_attacks(report: dict[str, Any]) -> str:
     blocks = report.get("attacks") or []
     if not blocks:
         return ""
-    parts = ['<section class="views" id="attacks"><h2>Gradient attacks</h2><p class="small">Perturbations found on the '
-             "torch twin; a success counts only where the deployed artifact's decision changed.</p>",
-             render_attack_sweeps(blocks)]
+    kinds = {"query-based" if m.get("black_box") else "gradient" for b in blocks
+             for m in ((b.get("attack") or {}).get("members") or [b.get("attack") or {}])}
+    title = ("Gradient attacks" if kinds <= {"gradient"} else "Query-based attacks" if kinds == {"query-based"}
+             else "Gradient and query-based attacks")
+    parts = [f'<section class="views" id="attacks"><h2>{title}</h2><p class="small">Gradient attacks search on the '
+             "torch twin; query-based (black-box) attacks query the deployed engine only. A success counts only where "
+             "the deployed artifact's decision changed.</p>",
+             render_attack_sweeps(blocks), render_query_summary(blocks)]
     parts.extend(render_attack_html(block, heading="h3") for block in blocks)
     parts.append("</section>")
+    return "\n".join(parts)
+
+
+def render_reduction(report: dict[str, Any], folder: Path) -> str:
+    """Dose reduction (``noise.reduction``): each series' acquisition, each level as % of the acquired dose, mAs and
+    CTDIvol, and each sample's own noise (source, sigma0 with its CI, spatial map) beside the ROIs the estimator
+    chose (``figures/noise-rois-*.png``, drawn at audit time)."""
+    red = (report.get("noise") or {}).get("reduction")
+    if not red:
+        return ""
+    parts = ['<section id="reduction"><h2>Dose reduction</h2><p class="small">' + _esc(red.get("rule")) + "</p>"]
+    rows = [[name, _num((s.get("acquisition") or {}).get("kvp")), (s.get("acquisition") or {}).get("kernel"),
+             (s.get("acquisition") or {}).get("manufacturer"), _num(s.get("acquired_mas")), s.get("dose_source"),
+             _num((s.get("acquisition") or {}).get("ctdi_vol_mgy")), _num((s.get("acquisition") or {}).get("modulated"))]
+            for name, s in (red.get("series") or {}).items()]
+    parts.append("<h3>Acquisition per series</h3>" + _table(
+        ["series", "kVp", "kernel", "manufacturer", "acquired mAs", "dose from", "CTDIvol (mGy)", "modulated"],
+        rows, left={0, 2, 3, 5}))
+    samples = red.get("samples") or []
+    if samples:
+        first = samples[0]
+        parts.append(f"<h3>Levels ({_esc(first['series'])}; every sample in report.json)</h3>" + _table(
+            ["level", "% of acquired dose", "mAs", "CTDIvol (mGy)"],
+            [[_num(lv["level"]), _num(lv["percent"], 3), _num(lv["mas"], 4), _num(lv.get("ctdi_vol_mgy"), 3)]
+             for lv in first.get("levels") or []]))
+    body = []
+    for row in samples[:8]:
+        own = row.get("scan_noise") or {}
+        est = own.get("estimate") or {}
+        spatial = own.get("spatial") or {}
+        facts = [("source", own.get("method") or own.get("source")), ("sigma0 (HU)", _num(own.get("sigma0"), 4)),
+                 ("95% CI (HU)", Raw(_ci(est.get("ci"))) if est.get("ci") else "-"),
+                 ("ROIs kept (independent)", f"{est['n_rois']} ({est['n_independent']:.1f})" if est else "-"),
+                 ("spatial", spatial.get("mode", "-") + (f" ({spatial['reason']})" if spatial.get("reason") else "")),
+                 ("law", own.get("law") or "-")]
+        if own.get("source") == "library":
+            entry = own.get("entry") or {}
+            facts.insert(1, ("kernel library", f"{own.get('kernel')}: {entry.get('window')} window, f_peak "
+                                               f"{entry.get('f_peak')} 1/mm ({entry.get('source')})"))
+            if own.get("fallback"):
+                facts.insert(2, ("why", own["fallback"]))
+        fig = folder / own["roi_figure"] if own.get("roi_figure") else None
+        img = _figure(fig.read_bytes(), "noise ROIs", f"Uniform ROIs kept on slice {own.get('roi_slice')}; corners "
+                      "(slice, row, column) in report.json.") if fig is not None and fig.is_file() else ""
+        body.append(f"<div><h3>Sample {row['sample']}: {_esc(row['series'])}</h3>" + _kv(facts) + img + "</div>")
+    parts.append('<div class="grid">' + "".join(body) + "</div></section>")
     return "\n".join(parts)
 
 
@@ -722,6 +795,8 @@ def render_html(report: dict[str, Any], folder: str | Path) -> str:
     nps = folder / NPS_FIGURE
     if nps.is_file():
         toc.append('<a href="#noise">Noise used</a>')
+    if noise.get("reduction"):
+        toc.append('<a href="#reduction">Dose reduction</a>')
     toc += [f'<a href="#model-{i}">Model {_esc(m["name"])}</a>' for i, m in enumerate(report["models"])]
     for key, label in (("comparisons", "Comparisons"), ("scan_arm", "Scan arm"), ("attacks", "Attacks"), ("spread", "Spread")):
         if report.get(key):
@@ -734,7 +809,7 @@ def render_html(report: dict[str, Any], folder: str | Path) -> str:
              f"<p class='small'>{_esc(', '.join(m['name'] for m in report['models']))} on {d['N']} samples of "
              f"{_esc(d.get('source', 'data'))} &middot; created {_esc(report['created'])} &middot; schema {_esc(report['schema'])}</p>",
              f'<nav class="toc">{"".join(toc)}</nav>',
-             render_summary(report), render_definitions()]
+             render_summary(report), render_definitions(), render_reduction(report, folder)]
     if nps.is_file():
         sig = [v for v in (s["noise"].get("sigma_hu") or []) if v is not None]
         cap = ("Radial noise power spectrum of each dose as generated on the data's grid (HU^2 mm^2 against 1/mm; log y, "

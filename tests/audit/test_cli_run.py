@@ -168,7 +168,8 @@ def test_flipped_cases_as_dicom_series_linked_from_the_report(setup):
     cases = report["models"][0]["worst_cases"]
     assert cases and all("dicom" in c for c in cases)
     case = cases[0]
-    clean, noisy = read_series(case["dicom"]["clean_dir"]), read_series(case["dicom"]["noisy_dir"])
+    assert case["dicom"]["clean_dir"].startswith("dicom/"), "written relative to the output folder"
+    clean, noisy = read_series(tmp / "out" / case["dicom"]["clean_dir"]), read_series(tmp / "out" / case["dicom"]["noisy_dir"])
     assert clean.series_uid == case["dicom"]["clean_series_uid"] and noisy.series_uid != clean.series_uid
     original = np.load(manifest.parent / f"{case['id']}.npz")["hu"]
     assert np.abs(clean.hu[0] - original).max() <= 0.5  # HU kept to the stored integer

@@ -147,3 +147,63 @@ def test_report_renders_in_chromium(report_dir):
     # it prints: a PDF of several pages
     assert pdf[:4] == b"%PDF" and (len(re.findall(rb"/Type\s*/Page\b", pdf)) > 1 or len(pdf) > 10_000)
     assert (report_dir / "report.png").stat().st_size > 10_000
+
+
+QUERY_FACTS = """() => ({
+  images: [...document.images].map(e => [e.alt, e.complete && e.naturalWidth > 0]),
+  scrollWidth: document.documentElement.scrollWidth,
+  heading: document.querySelector('#attacks h2') ? document.querySelector('#attacks h2').textContent : null,
+  queries: [...document.querySelectorAll('table.queries tr')].map(r => [...r.children].map(c => c.textContent)),
+})"""
+
+
+def open_pages(paths, script: str) -> tuple[list[dict], list[str]]:
+    """Each page loaded in headless Chromium at 1280 px: what ``script`` returns, and every console or page error."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is part of the test extra")
+    errors: list[str] = []
+    facts = []
+    with sync_api.sync_playwright() as p:
+        browser = _launch(sync_api, p)
+        page = browser.new_page(viewport={"width": WIDTH, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        for path in paths:
+            page.goto(path.as_uri())
+            facts.append(page.evaluate(script))
+        browser.close()
+    return facts, errors
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_query_based_attacks_render_with_queries_per_success(tmp_path, planted):
+    """Black-box attacks (Square, and an ensemble of PGD and Square) in the report: a table of queries per success
+    with its unit, each number the block's own, the success-against-queries figure, no console error, no overflow."""
+    engine = load_engine(planted)
+    model = AuditedModel("planted", engine, head_from(engine.metadata), preprocess_from(engine.metadata))
+    source = ArraySource(planted_images(12, spread_hu=4.0), (SPACING, SPACING))
+    noise = NoiseSpec(kind="nps", levels=(25.0, 100.0), draws=4, seed=0, sigma_ref=30.0)
+    out = tmp_path / "out"
+    stats = run_campaign([model], source, noise, out, RunOptions(shard_samples=8))
+    attacks = []
+    for name, params in (("square", {"eps": 10.0, "queries": 60}),
+                         ("ensemble", {"attacks": ["pgd", "square"], "eps": 10.0, "params": {"square": {"queries": 30}}})):
+        attacks += plan_attacks(AttackSpec(name, params, keep=1, samples=6), model, source).run(progress=False)
+    report = write_reports(out, [model], source, noise, stats, attacks=attacks)
+    square = report["attacks"][0]["extra"]
+    assert square["successes"] > 0, "the planted images lie within 10 HU of the threshold"
+
+    (facts,), errors = open_pages([out / "report.html"], QUERY_FACTS)
+    assert errors == []
+    assert facts["heading"] == "Gradient and query-based attacks"
+    assert [alt for alt, ok in facts["images"] if not ok] == []
+    assert "attack success versus queries" in [alt for alt, _ in facts["images"]]
+    assert facts["scrollWidth"] <= WIDTH
+    head, *rows = facts["queries"]
+    assert "(queries)" in " ".join(head) and "queries per success: mean / median" in head
+    by_label = {r[0]: r for r in rows}
+    assert set(by_label) == {"square", "ensemble: square"}, "the gradient member has no queries to show"
+    row = by_label["square"]
+    assert row[1] == f"{square['successes']} / 6" and row[3] == str(square["queries_budget"])
+    mean, median = (float(v) for v in row[5].split(" / "))
+    assert mean == pytest.approx(square["queries_per_success"], rel=1e-3)
+    assert median == pytest.approx(square["median_queries_per_success"], rel=1e-3)
