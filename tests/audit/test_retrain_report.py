@@ -1,40 +1,31 @@
 """The retrain report (issue 15): per-round SAN and SAR with the campaign report's intervals, in retrain.json and on
 retrain.html; its paths relative or named; both pages open cleanly in a browser.
 
-One small retraining of the quick reference model (one round, one epoch, 16 samples per split, PGD, two doses with
-4 draws), shared by the tests of this module.
+The session's small retraining of the quick reference model (``quick_retrain`` in tests/conftest.py: two rounds,
+PGD, two doses with 8 draws), shared with tests/models/test_retrain.py.
 """
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
 
-from audit.cli import main
 from audit.metrics import clopper_pearson_interval, cluster_exact_interval
 from tests.audit.test_report_browser import CHROMIUM, WIDTH, open_pages
 from tests.audit.test_report_paths import _absolute_mentions, _machine_folders
 
 
 @pytest.fixture(scope="module")
-def retrained(quick_nodule, tmp_path_factory):
-    _, _, cache = quick_nodule
-    tmp = tmp_path_factory.mktemp("retrain-report")
-    cfg = tmp / "retrain.toml"
-    cfg.write_text(f'[model]\nname = "nodule3d"\nquick = true\ncache_dir = "{cache}"\n\n'
-                   '[retrain]\nmode = "adaptive"\nrounds = 1\nepochs = 1\ntrain_samples = 16\ntest_samples = 16\n\n'
-                   '[attack]\nname = "pgd"\neps = 0.02\nsteps = 3\n\n'
-                   '[noise]\nkind = "nps"\nlevels = [20, 200]\ndraws = 4\n')
-    out = tmp / "rt"
-    assert main(["retrain", str(cfg), "--out", str(out), "--no-progress"]) == 0
-    return out, json.loads((out / "retrain.json").read_text()), json.loads((out / "audit" / "report.json").read_text())
+def retrained(quick_retrain):
+    """The session's small retraining (``tests/conftest.py``), shared with ``tests/models/test_retrain.py``."""
+    out, _, report, audit = quick_retrain
+    return out, report, audit
 
 
 def test_per_round_san_and_sar_carry_the_campaign_reports_intervals(retrained):
     out, report, audit = retrained
-    assert [r["round"] for r in report["rounds"]] == [0, 1]
+    assert [r["round"] for r in report["rounds"]] == [0, 1, 2]
     for rec, model, block in zip(report["rounds"], audit["models"], audit["attacks"]):
         for split in ("train", "test"):
             s = rec[split]

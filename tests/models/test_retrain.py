@@ -10,23 +10,14 @@ import pytest
 from audit.cli import main
 
 
-def test_adaptive_training_lowers_train_san_and_keeps_test_auc(quick_nodule, tmp_path, capsys):
-    """Study 1, Algorithm 2 on the reference nodule model (small config), from the CLI: train SAN falls after 2
-    rounds, test AUC drops by at most 0.05; every round's artifact is audited on the same noise draws, with its
-    attack, in one report."""
+def test_adaptive_training_lowers_train_san_and_keeps_test_auc(quick_retrain):
+    """Study 1, Algorithm 2 on the reference nodule model (small config, ``quick_retrain``), from the CLI: train SAN
+    falls after 2 rounds, test AUC drops by at most 0.05; every round's artifact is audited on the same noise draws,
+    with its attack, in one report."""
     from audit.report.build import check_report
 
-    _, _, cache = quick_nodule
-    cfg = tmp_path / "retrain.toml"
-    cfg.write_text(f'[model]\nname = "nodule3d"\nquick = true\ncache_dir = "{cache}"\n\n'
-                   '[retrain]\nmode = "adaptive"\nrounds = 2\nepochs = 3\ntrain_samples = 48\ntest_samples = 48\n\n'
-                   '[attack]\nname = "pgd"\neps = 0.02\nsteps = 5\n\n'
-                   '[noise]\nkind = "nps"\nlevels = [20, 200]\ndraws = 8\n')
-    out = tmp_path / "rt"
-    assert main(["retrain", str(cfg), "--out", str(out), "--no-progress"]) == 0
-    printed = capsys.readouterr().out
+    out, printed, report, audit = quick_retrain
     assert "round 2: attack SAN train" in printed and "noise SAR 20 mAs" in printed
-    report = json.loads((out / "retrain.json").read_text())
     r0, r2 = report["rounds"][0], report["rounds"][2]
     assert [r["round"] for r in report["rounds"]] == [0, 1, 2]
     assert r0["train"]["san"] >= 3, "the attack must find something to retrain on"
@@ -35,7 +26,6 @@ def test_adaptive_training_lowers_train_san_and_keeps_test_auc(quick_nodule, tmp
     assert (out / "nodule3d-round2.onnx").is_file()
     assert "train SAN" in (out / "retrain.html").read_text()
 
-    audit = json.loads((out / "audit" / "report.json").read_text())
     check_report(audit)
     assert [m["name"] for m in audit["models"]] == ["round0", "round1", "round2"]
     assert audit["noise"]["draws"] == 8 and [b["level"] for b in audit["models"][0]["levels"]] == [20.0, 200.0]
