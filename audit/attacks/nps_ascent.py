@@ -163,6 +163,16 @@ def angle_averaged_magnitude(p: Any, spacing: Sequence[float]) -> tuple[np.ndarr
 # --- power projection, per slice or per sample (issue #14) ---------------------------------------------------
 
 
+
+def cached_grid(grids: dict[tuple[int, int], SpectrumGrid], nps: Any, shape: Sequence[int],
+                spacing: Sequence[float]) -> SpectrumGrid:
+    """The ``SpectrumGrid`` of ``nps`` for images whose last two axes are ``shape[-2:]``, kept in ``grids`` (an
+    attack's own cache) so each shape is built once."""
+    key = (int(shape[-2]), int(shape[-1]))
+    if key not in grids:
+        grids[key] = SpectrumGrid(nps, key, tuple(spacing)[-2:])
+    return grids[key]
+
 class SpectrumGrid:
     """What the power projection needs on one image grid (ny, nx): per FFT point its radial bin and target power
     T(f) = S(f) Nx Ny / (dx dy) (torch, float64, flattened), where S > 0 (``support``), and per bin the mean T."""
@@ -334,10 +344,7 @@ class NPSAscent(Attack):
 
     def grid(self, shape: Sequence[int]) -> SpectrumGrid:
         """The ``SpectrumGrid`` of images whose last two axes are ``shape[-2:]`` (built once per shape)."""
-        key = (int(shape[-2]), int(shape[-1]))
-        if key not in self._grids:
-            self._grids[key] = SpectrumGrid(self.nps, key, self.spacing[-2:])
-        return self._grids[key]
+        return cached_grid(self._grids, self.nps, shape, self.spacing)
 
     def project(self, p: Any) -> Any:
         if self.projection == "study1_eq2":

@@ -57,6 +57,7 @@ from audit.attacks.nps_ascent import (
     WHITENED_QUANTILE,
     SpectrumGrid,
     _kernel_nps,
+    cached_grid,
     nps_shaped,
     project_power,
     whitened_norm,
@@ -107,10 +108,7 @@ class NPSSearch(Attack):
         self.stats = QueryStats()
 
     def grid(self, shape: Sequence[int]) -> SpectrumGrid:
-        key = (int(shape[-2]), int(shape[-1]))
-        if key not in self._grids:
-            self._grids[key] = SpectrumGrid(self.nps, key, self.spacing[-2:])
-        return self._grids[key]
+        return cached_grid(self._grids, self.nps, shape, self.spacing)
 
     def project(self, p: Any) -> Any:
         return project_power(p, whitened_quantile=self.whitened_quantile, grid=self.grid(p.shape),

@@ -75,7 +75,8 @@ def write_series(
     with atomic_folder(folder, overwrite=overwrite) as tmp:
         written = _write_into(tmp, hu, spacing, reference=reference, description=description, derivation=derivation,
                               origin=origin, direction=direction, study_uid=study_uid,
-                              frame_of_reference_uid=frame_of_reference_uid, series_number=series_number, window=window)
+                              frame_of_reference_uid=frame_of_reference_uid, series_number=series_number, window=window,
+                              sources=_source_instances(reference, _depth(hu)))
     final = Path(folder)
     return WrittenSeries(written.series_uid, written.study_uid, written.frame_of_reference_uid, final,
                          tuple(final / f.name for f in written.files), written.description)
@@ -128,11 +129,13 @@ def write_flipped_case(
     }
     out = Path(out_folder)
     series = {}
+    sources = _source_instances(reference, _depth(clean))  # both series come from the same source slices: read once
     with atomic_folder(out, overwrite=overwrite) as tmp:
         for n, (role, image) in enumerate((("clean", clean), ("noisy", noisy))):
             series[role] = _write_into(tmp / role, image, spacing, reference=reference, description=desc[role],
                                        derivation=derivation[role], origin=origin, direction=direction, study_uid=study,
-                                       frame_of_reference_uid=frame, series_number=1001 + n, window=window)
+                                       frame_of_reference_uid=frame, series_number=1001 + n, window=window,
+                                       sources=sources)
     folder = out.resolve()
     return {
         "study_uid": study,
@@ -177,6 +180,12 @@ def _key_text(key: Any) -> tuple[str, str]:
     if isinstance(key, (tuple, list)):
         return "/".join(str(v) for v in key), str(tuple(key))
     return str(key), str(key)
+
+
+def _depth(hu) -> int:
+    """Slices of a (nz, ny, nx) or (ny, nx) HU array."""
+    shape = np.shape(hu)
+    return int(shape[0]) if len(shape) == 3 else 1
 
 
 def _source_instances(reference, nz: int) -> list[tuple[str, str]] | None:
@@ -244,8 +253,9 @@ def _geometry(reference, origin, direction) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _write_into(folder: Path, hu, spacing, *, reference, description, derivation, origin, direction, study_uid,
-                frame_of_reference_uid, series_number, window) -> WrittenSeries:
-    """Write the series' files into ``folder`` (created here; the caller makes it atomic)."""
+                frame_of_reference_uid, series_number, window, sources) -> WrittenSeries:
+    """Write the series' files into ``folder`` (created here; the caller makes it atomic); ``sources``: from
+    ``_source_instances``."""
     _pydicom()  # one-line error if pydicom is missing
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import (
@@ -307,7 +317,6 @@ def _write_into(folder: Path, hu, spacing, *, reference, description, derivation
     base.RescaleType = "HU"
     base.BurnedInAnnotation = "NO"
     base.ImageComments = (NOT_DIAGNOSTIC + ". " + derivation)[:10240]
-    sources = _source_instances(reference, hu.shape[0])
     if isinstance(reference, (CTVolume, SeriesHeaders)) and reference.series_uid:
         # Where the derived series came from, for a PACS user who finds it beside the original (Common Instance
         # Reference module: the source lies in another study).
