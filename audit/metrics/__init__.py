@@ -14,6 +14,10 @@
 - ``classification``: clean performance (AUC, accuracy, sensitivity,
   specificity, confusion matrix, per-class and macro F1).
 - ``segmentation``: Dice of binary masks.
+- ``contours``: HD95, the contour error Error_reg, Dice of filled contours and segmentation flips (study 4).
+- ``detection``: detection-head output conventions, LUNA16 lesion matching, FROC and CPM with scan-bootstrap
+  intervals, lesion-level flips, confidence histograms per level (study 3).
+- ``ood``: AUROC of an OOD detector with a cluster-bootstrap interval over source samples (study 4).
 
 Bad input raises ``audit.errors.InputError`` naming the argument and the expectation.
 """
@@ -29,6 +33,37 @@ from audit.metrics.classification import (
     macro_f1,
     precision_recall_f1,
     sensitivity_specificity,
+)
+from audit.metrics.contours import (
+    SegmentationFlips,
+    contour_error,
+    fill_contours,
+    filled_dice,
+    hausdorff_percentile,
+    hd95,
+    landmark_error,
+    segmentation_flips,
+    surface_distances,
+)
+from audit.metrics.detection import (
+    FP_RATES,
+    Candidates,
+    ConfidenceHistograms,
+    Froc,
+    FrocInterval,
+    LesionFlips,
+    Lesions,
+    ScanMatch,
+    candidates_from_boxes,
+    candidates_from_points,
+    confidence_histograms,
+    froc,
+    froc_bootstrap,
+    heatmap_peaks,
+    interpolate_sensitivity,
+    lesion_flips,
+    match_candidates,
+    nms,
 )
 from audit.metrics.hypothesis import (
     AUCVariance,
@@ -56,6 +91,7 @@ from audit.metrics.intervals import (
     pooled_rate_interval,
     wilson_interval,
 )
+from audit.metrics.ood import OodAuroc, ood_auroc
 from audit.metrics.paired import (
     PAIRED_METHODS,
     NonInferiorityTest,
@@ -129,4 +165,33 @@ __all__ = [
     "successful_attack_number",
     "two_proportion_z_test",
     "wilson_interval",
+    "Candidates",
+    "candidates_from_boxes",
+    "candidates_from_points",
+    "confidence_histograms",
+    "ConfidenceHistograms",
+    "contour_error",
+    "fill_contours",
+    "filled_dice",
+    "FP_RATES",
+    "Froc",
+    "froc",
+    "froc_bootstrap",
+    "FrocInterval",
+    "hausdorff_percentile",
+    "hd95",
+    "heatmap_peaks",
+    "interpolate_sensitivity",
+    "landmark_error",
+    "lesion_flips",
+    "LesionFlips",
+    "Lesions",
+    "match_candidates",
+    "nms",
+    "ood_auroc",
+    "OodAuroc",
+    "ScanMatch",
+    "segmentation_flips",
+    "SegmentationFlips",
+    "surface_distances",
 ]

@@ -1,0 +1,205 @@
+"""Detection metrics: LUNA16 matching, FROC and CPM (hand-computed and against an independent LUNA16-style
+computation), scan bootstrap, lesion-level flips, output conventions, confidence histograms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from audit.errors import InputError
+from audit.metrics.detection import (
+    DUPLICATE,
+    FALSE_POSITIVE,
+    FP_RATES,
+    HIT,
+    IGNORED,
+    Candidates,
+    Lesions,
+    candidates_from_boxes,
+    candidates_from_points,
+    confidence_histograms,
+    froc,
+    froc_bootstrap,
+    heatmap_peaks,
+    lesion_flips,
+    match_candidates,
+    nms,
+)
+
+SPACING = (2.0, 1.0, 1.0)  # anisotropic: one voxel in z is 2 mm
+
+
+def cands(rows):
+    rows = np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+    return Candidates(rows[:, :3], rows[:, 3])
+
+
+def planted_scans():
+    """Four scans with known hits, duplicates, ignored marks, boundary cases and false positives."""
+    scans = []
+    # scan 0: L0 hit (1 mm off, 0.9) + a duplicate (0.6); L1 hit through z (1 voxel = 2 mm < 3 mm, 0.3);
+    # a mark exactly at L1's radius (3 mm: not inside, strict) and one 2 voxels off in z (4 mm) are FPs.
+    scans.append((
+        cands([[10, 21, 20, 0.9], [10, 20, 22, 0.6], [11, 40, 40, 0.3], [10, 40, 43, 0.95], [12, 20, 20, 0.1],
+               [20, 60, 60, 0.8]]),
+        Lesions.of([[10, 20, 20], [10, 40, 40]], [3.0, 3.0]),
+    ))
+    # scan 1: a hit (0.2), a mark on an excluded lesion (0.99, ignored), one FP (0.7)
+    scans.append((cands([[5, 30, 31, 0.99], [5, 5, 5, 0.2], [5, 50, 50, 0.7]]),
+                  Lesions.of([[5, 5, 5], [5, 30, 30]], [2.0, 5.0], excluded=[0, 1])))
+    # scan 2: no lesion, one FP (0.5); padding slots (NaN, -inf) of a fixed-count output
+    scans.append((candidates_from_points([[1, 1, 1], [0, 0, 0], [0, 0, 0]], [0.5, np.nan, -np.inf]),
+                  Lesions.of([], [])))
+    # scan 3: overlapping lesions A, B; the one mark is inside both and counts for the nearer (A); B is missed
+    scans.append((cands([[10, 10, 12, 0.4]]), Lesions.of([[10, 10, 10], [10, 10, 16]], [5.0, 5.0])))
+    return scans
+
+
+def matched():
+    return [match_candidates(c, les, SPACING) for c, les in planted_scans()]
+
+
+def test_matching_rules_by_hand():
+    m = matched()
+    assert m[0].role.tolist() == [HIT, DUPLICATE, HIT, FALSE_POSITIVE, FALSE_POSITIVE, FALSE_POSITIVE]
+    assert m[0].lesion_score.tolist() == [0.9, 0.3]
+    assert m[1].role.tolist() == [IGNORED, HIT, FALSE_POSITIVE] and m[1].lesion_found.tolist() == [True, False]
+    assert m[1].n_lesions == 1
+    assert len(planted_scans()[2][0]) == 1 and m[2].fp_scores.tolist() == [0.5]
+    assert m[3].assigned.tolist() == [0] and m[3].lesion_found.tolist() == [True, False]
+    # a minimum radius turns the 4 mm z-offset mark into a duplicate of L0
+    wide = match_candidates(*planted_scans()[0], SPACING, min_radius_mm=4.5)
+    assert wide.role[4] == DUPLICATE
+
+
+def test_froc_and_cpm_by_hand():
+    # pooled: 0.95 FP, 0.9 TP, 0.8 FP, 0.7 FP, 0.5 FP, 0.4 TP, 0.3 TP, 0.2 TP, 0.1 FP; 4 scans, 5 lesions
+    f = froc(matched())
+    np.testing.assert_allclose(f.fps, [0, .25, .25, .5, .75, 1, 1, 1, 1, 1.25])
+    np.testing.assert_allclose(f.sensitivity, [0, 0, .2, .2, .2, .2, .4, .6, .8, .8])
+    np.testing.assert_allclose(f.sensitivity_at, [0, .2, .2, .8, .8, .8, .8])  # at 1/8 .. 8 FPs per scan
+    assert f.cpm == pytest.approx(3.6 / 7, abs=1e-15)
+    assert (f.n_scans, f.n_lesions, f.n_detected, f.n_false_positives) == (4, 5, 4, 5)
+
+
+def test_tied_scores_interpolate_along_the_diagonal_as_luna16():
+    # one scan, one lesion found at 0.6 and one FP at 0.6: the curve goes straight from (0, 0) to (1, 1)
+    f = froc([match_candidates(cands([[0, 0, 0, 0.6], [9, 9, 9, 0.6]]), Lesions.of([[0, 0, 0]], 2.0), SPACING)])
+    np.testing.assert_allclose(f.sensitivity_at, [0.125, 0.25, 0.5, 1, 1, 1, 1])
+    assert f.cpm == pytest.approx(4.875 / 7)
+
+
+def luna16_reference(matches, n_scans):
+    """The LUNA16 evaluation's construction, written independently: one positive per detected lesion (its best
+    score), one per missed lesion excluded from the ROC, negatives for FPs; sklearn's ROC curve scaled to FPs per
+    scan and to all lesions; np.interp at the seven rates."""
+    metrics = pytest.importorskip("sklearn.metrics")
+    gt, prob, excl = [], [], []
+    for m in matches:
+        for j in range(m.lesion_found.size):
+            if m.n_lesions and not np.isneginf(m.lesion_score[j]):
+                gt.append(1), prob.append(m.lesion_score[j]), excl.append(False)
+        gt += [1] * (m.n_lesions - int(m.lesion_found.sum()))
+        prob += [-1e9] * (m.n_lesions - int(m.lesion_found.sum()))
+        excl += [True] * (m.n_lesions - int(m.lesion_found.sum()))
+        gt += [0] * m.fp_scores.size
+        prob += m.fp_scores.tolist()
+        excl += [False] * m.fp_scores.size
+    gt, prob, excl = np.array(gt), np.array(prob), np.array(excl)
+    g, p = gt[~excl], prob[~excl]
+    fpr, tpr, _ = metrics.roc_curve(g, p)
+    fps = fpr * (g.size - g.sum()) / n_scans if (g == 0).any() else np.zeros(fpr.size)
+    sens = tpr * g.sum() / gt.sum()
+    return np.interp(FP_RATES, fps, sens)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_froc_matches_the_luna16_construction_on_random_detectors(seed):
+    rng = np.random.default_rng(seed)
+    scans = []
+    for _ in range(rng.integers(3, 9)):
+        les = rng.uniform(5, 60, (rng.integers(1, 5), 3))
+        marks = [np.c_[les + rng.normal(0, 0.5, les.shape), rng.uniform(0, 1, len(les))]]  # some lesions hit
+        marks = [marks[0][rng.uniform(size=len(les)) < 0.7]]
+        fp = rng.uniform(0, 70, (rng.integers(0, 12), 3))
+        marks.append(np.c_[fp, np.round(rng.uniform(0, 1, len(fp)), 1)])  # rounded: ties between scores
+        scans.append(match_candidates(cands(np.concatenate(marks)), Lesions.of(les, 3.0), (1.0, 1.0, 1.0)))
+    f = froc(scans)
+    want = luna16_reference(scans, len(scans))
+    np.testing.assert_allclose(f.sensitivity_at, want, rtol=0, atol=1e-12)
+    assert f.cpm == pytest.approx(float(np.mean(want)), abs=1e-12)
+
+
+def test_bootstrap_over_scans_equals_a_brute_force_resampling():
+    m = matched()
+    got = froc_bootstrap(m, n_boot=200, seed=7)
+    rng = np.random.default_rng(7)
+    cpms = []
+    for _ in range(200):
+        idx = rng.integers(0, len(m), len(m))
+        sample = [m[i] for i in idx]
+        if sum(s.n_lesions for s in sample):
+            cpms.append(froc(sample).cpm)
+    lo, hi = np.quantile(cpms, [0.025, 0.975])
+    assert (got.cpm_low, got.cpm_high) == pytest.approx((lo, hi), abs=1e-12)
+    assert got.n_valid == len(cpms) and got.cpm == froc(m).cpm
+    assert froc_bootstrap(m, n_boot=200, seed=7).to_dict() == got.to_dict()  # seeded: reproducible
+    same = froc_bootstrap([m[0]] * 5, n_boot=50, seed=1)  # identical scans: every resample is the same
+    assert same.cpm_low == same.cpm_high == pytest.approx(froc([m[0]]).cpm)
+
+
+def test_lesion_flips():
+    les = Lesions.of([[10, 20, 20], [10, 40, 40]], [3.0, 3.0])
+    clean = cands([[10, 20, 20, 0.9], [10, 40, 40, 0.7], [20, 60, 60, 0.8]])
+    noisy = [
+        cands([[10, 20, 20, 0.9], [10, 40, 40, 0.4], [20, 60, 61, 0.8]]),  # L1 below threshold: missed; FP moved 1 mm
+        cands([[10, 20, 21, 0.95], [10, 40, 40, 0.6], [20, 60, 60, 0.8], [5, 5, 5, 0.9]]),  # one new FP
+        cands([[10, 20, 20, 0.3], [10, 40, 40, 0.45]]),  # both missed
+    ]
+    f = lesion_flips(clean, noisy, les, SPACING, threshold=0.5)
+    assert f.clean_found.tolist() == [True, True]
+    assert f.missed.tolist() == [[False, True], [False, False], [True, True]]
+    assert not f.gained.any()
+    assert f.new_fp.tolist() == [0, 1, 0] and f.fp_flip.tolist() == [False, True, False]
+    np.testing.assert_allclose(f.lesion_sar, [1 / 3, 2 / 3])
+    back = lesion_flips(noisy[2], [clean], les, SPACING, threshold=0.5)  # the reverse direction gains both
+    assert back.gained.tolist() == [[True, True]] and back.new_fp.tolist() == [1]
+
+
+def test_output_conventions():
+    c = candidates_from_boxes([[0, 0, 0, 4, 6, 2], [2, 2, 2, 3, 3, 3]], [0.5, np.nan])
+    np.testing.assert_allclose(c.centres, [[1.5, 2.5, 0.5]])  # the centre of voxels 0..3, 0..5, 0..1
+    with pytest.raises(InputError, match="shapes"):
+        candidates_from_points(np.zeros((3, 2)), np.zeros(3))
+    heat = np.zeros((12, 20, 20))
+    for (z, y, x), v in [((3, 5, 5), 0.9), ((3, 5, 7), 0.8), ((8, 15, 15), 0.7), ((8, 2, 17), 0.3)]:
+        heat[z, y, x] = v
+    p = heatmap_peaks(heat, threshold=0.5, nms_radius_mm=2.5, spacing=(2.0, 1.0, 1.0))
+    assert p.centres.tolist() == [[3, 5, 5], [8, 15, 15]] and p.scores.tolist() == [0.9, 0.7]  # 0.8 is 2 mm away
+    assert len(heatmap_peaks(heat, threshold=0.5, nms_radius_mm=1.5, spacing=(2.0, 1.0, 1.0))) == 3
+    kept = nms(cands([[0, 0, 0, 0.5], [0, 0, 1, 0.5], [0, 0, 3, 0.6]]), 1.5, (1, 1, 1))
+    assert kept.centres.tolist() == [[0, 0, 3], [0, 0, 0]]  # equal scores: the earlier one is kept
+
+
+def test_confidence_histograms():
+    h = confidence_histograms({10: [0.0, 0.05, 0.1, 0.95, 1.0], "500": np.full((2, 2), 0.5)}, bins=10)
+    np.testing.assert_allclose(h.edges, np.linspace(0, 1, 11))
+    assert h.counts[10].tolist() == [2, 1, 0, 0, 0, 0, 0, 0, 0, 2]  # 0.1 opens bin 1; 1.0 is in the last bin
+    assert h.counts["500"].tolist() == [0, 0, 0, 0, 0, 4, 0, 0, 0, 0]
+    with pytest.raises(InputError, match="confidences"):
+        confidence_histograms({1: [1.2]})
+
+
+def test_edge_cases():
+    les = Lesions.of([[5, 5, 5]], 3.0)
+    none = candidates_from_points(np.zeros((2, 3)), [np.nan, np.nan])  # every slot padding
+    f = froc([match_candidates(none, les, SPACING)])
+    assert f.cpm == 0.0 and f.n_detected == 0 and f.fps.tolist() == [0.0]
+    no_lesions = froc([match_candidates(cands([[1, 1, 1, 0.5]]), Lesions.of([], []), SPACING)])
+    assert np.isnan(no_lesions.cpm) and no_lesions.n_false_positives == 1
+    only_hits = froc([match_candidates(cands([[5, 5, 5, 0.5]]), les, SPACING)])  # no FP: LUNA16's fps = 0 case
+    assert only_hits.cpm == 1.0
+    with pytest.raises(InputError, match="matches"):
+        froc([])
+    with pytest.raises(InputError, match="noisy"):
+        lesion_flips(none, [], les, SPACING, threshold=0.5)
