@@ -30,14 +30,14 @@ from kernels.reduce import (
     size_noise_factor,
 )
 from kernels.scan_noise import ScanNoiseEstimate, WaterDiameter, estimate_scan_noise, water_equivalent_diameter
-from kernels.stationary import nps_noise
+from kernels.stationary import NoisePlan, noise_plan, nps_noise
 from kernels.stress import gaussian_noise, poisson_noise, uniform_noise
 
 __all__ = [
     "DEFAULT_CUTOFF", "PRESET_WINDOWS", "DoseModel", "GridNPS", "KernelError", "LocalNPS", "MissingExtraError",
-    "NPSEstimate", "NPSSummary", "NPSTruncationWarning", "NoiseKey", "RadialNPS", "ScanNoiseEstimate", "WaterDiameter",
+    "NPSEstimate", "NPSSummary", "NPSTruncationWarning", "NoiseKey", "NoisePlan", "RadialNPS", "ScanNoiseEstimate", "WaterDiameter",
     "added_variance_factor", "as_keys", "detrend", "estimate_nps", "estimate_scan_noise", "extract_rois",
-    "gaussian_noise", "grid_variance", "local_nps_noise", "noise_from_repeated_scans", "nps_noise", "poisson_noise",
+    "gaussian_noise", "grid_variance", "local_nps_noise", "noise_from_repeated_scans", "noise_plan", "nps_noise", "poisson_noise",
     "preset", "radial_average", "reduction_noise", "reduction_noise_rows", "reduction_nps", "sigma_after",
     "sigma_map_noise", "size_noise_factor", "texture", "uniform_noise", "variance_factor", "water_equivalent_diameter",
 ]

@@ -22,6 +22,7 @@ same noise spec and the single key ``NoiseKey(seed, sample_id, level, k)``.
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, NamedTuple, Sequence
 
@@ -73,13 +74,35 @@ def stream_of(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(keys[:, :2]), np.stack([zeros, zeros, keys[:, 3], keys[:, 2]], axis=1)
 
 
-def generator(key: Sequence[int] | np.ndarray) -> np.random.Generator:
-    """The NumPy generator of one key (a fresh Philox stream at the key's counter)."""
+def philox_stream(key: Sequence[int] | np.ndarray) -> np.random.Philox:
+    """NumPy's Philox bit generator of one key, at the key's counter."""
     seed, sample_id, level, k = (int(v) for v in key)
     # uint64 arrays, not lists: NumPy reads a list holding a value >= 2**63 as float64 and rounds it.
-    return np.random.Generator(
-        np.random.Philox(key=np.array([seed, sample_id], dtype=np.uint64), counter=np.array([0, 0, k, level], dtype=np.uint64))
-    )
+    return np.random.Philox(key=np.array([seed, sample_id], dtype=np.uint64), counter=np.array([0, 0, k, level], dtype=np.uint64))
+
+
+class _Restream:
+    """One Philox bit generator moved to each key's stream by setting its state: the state of a fresh
+    ``philox_stream(key)`` (empty buffer), without a construction per key (which seeds from OS entropy first)."""
+
+    def __init__(self) -> None:
+        self.bg = np.random.Philox(key=np.zeros(2, np.uint64))
+        self.key = np.zeros(2, np.uint64)
+        self.counter = np.zeros(4, np.uint64)
+        self.buffer = np.zeros(4, np.uint64)
+
+    def at(self, key: np.ndarray) -> np.random.Philox:
+        """The generator at ``key`` = a (seed, sample_id, level, k) uint64 row."""
+        self.key[0], self.key[1] = key[0], key[1]
+        self.counter[2], self.counter[3] = key[3], key[2]
+        self.bg.state = {"bit_generator": "Philox", "state": {"counter": self.counter, "key": self.key},
+                         "buffer": self.buffer, "buffer_pos": 4, "has_uint32": 0, "uinteger": 0}
+        return self.bg
+
+
+def generator(key: Sequence[int] | np.ndarray) -> np.random.Generator:
+    """The NumPy generator of one key (a fresh Philox stream at the key's counter)."""
+    return np.random.Generator(philox_stream(key))
 
 
 def default_workers() -> int:
@@ -90,13 +113,14 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def uniforms(keys: np.ndarray, count: int, *, xp=np, workers: int | None = None):
+def uniforms(keys: np.ndarray, count: int, *, xp=np, workers: int | None = None, array_code: bool = False):
     """``count`` float32 uniforms in [0, 1) per key: a ``(B, count)`` ``xp`` array.
 
     On NumPy, NumPy's Philox fills the rows on host threads; on CuPy the array
     Philox draws them on the device. The bits are the same either way.
+    ``array_code``: use the array Philox on NumPy too (the device's code path, run on the host).
     """
-    if xp is not np:
+    if xp is not np or array_code:
         return philox.uniforms(*(xp.asarray(a) for a in stream_of(keys)), count, xp=xp)
     out = np.empty((keys.shape[0], count), dtype=np.float32)
 
@@ -109,54 +133,78 @@ def uniforms(keys: np.ndarray, count: int, *, xp=np, workers: int | None = None)
 
 
 _BLOCK = 1 << 15  # Box-Muller block: temporaries stay in cache and on the heap
+_U32_8 = np.uint32(8)
+_TWO_M24 = np.float32(2.0**-24)
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
-def complex_normals(keys: np.ndarray, m: int, *, xp=np, workers: int | None = None):
+def complex_normals(keys: np.ndarray, m: int, *, xp=np, workers: int | None = None, out=None):
     """``m`` circular complex normals per key (E|z|^2 = 1): a ``(B, m)`` complex64 ``xp`` array.
 
     Box-Muller on the key's float32 uniforms: the first ``m`` set the modulus
     sqrt(-ln(1 - u)), the next ``m`` the phase 2 pi u. The real and imaginary
     parts, times sqrt(2), are independent standard normals (tails end at 5.8
     sigma, the float32 resolution of u). On NumPy the work runs in cache-sized
-    blocks per key; on CuPy the uniforms are drawn (``kernels.philox``, same
-    bits as NumPy's) and transformed on the device.
+    blocks per key with scratch allocated once per call; on CuPy the uniforms
+    are drawn (``kernels.philox``, same bits as NumPy's) and transformed on the
+    device. ``out``: a C-contiguous ``(B, m)`` complex64 ``xp`` array to fill
+    (the lean noise path reuses one), else a new one.
     """
+    b = keys.shape[0]
+    if out is not None and (tuple(out.shape) != (b, m) or out.dtype != xp.complex64 or not out.flags.c_contiguous):
+        raise KernelError(f"complex_normals: out must be a C-contiguous ({b}, {m}) complex64 array, got {out.shape} {out.dtype}")
     if xp is not np:
-        return box_muller(uniforms(keys, 2 * m, xp=xp), xp=xp)
-    out = np.empty((keys.shape[0], m), dtype=np.complex64)
+        return box_muller(uniforms(keys, 2 * m, xp=xp), xp=xp, out=out)
+    out = np.empty((b, m), dtype=np.complex64) if out is None else out
     two_pi = np.float32(2 * np.pi)
 
     def fill(rows: range) -> None:
+        # The same operations, in the same order, as ``box_muller``; only the temporaries are reused.
         u = np.empty(2 * m, dtype=np.float32)
+        block = min(_BLOCK, m)
+        r, theta, c = (np.empty(block, dtype=np.float32) for _ in range(3))
+        bits = u.view(np.uint32)
+        stream = _Restream()
         for b in rows:
-            generator(keys[b]).random(dtype=np.float32, out=u)
+            # = generator(keys[b]).random(2 m, float32): the 24 high bits of each 32-bit half (low half first) times
+            # 2**-24, from raw 64-bit outputs in one call (cheaper than a call per float); tests hold them bit-equal.
+            if _LITTLE_ENDIAN:
+                bits[:] = stream.at(keys[b]).random_raw(m).view(np.uint32)
+                np.right_shift(bits, _U32_8, out=bits)
+                np.multiply(bits, _TWO_M24, out=u, dtype=np.float32, casting="unsafe")
+            else:  # pragma: no cover - big-endian hosts: the halves' order differs in memory
+                generator(keys[b]).random(dtype=np.float32, out=u)
             pairs = out[b].view(np.float32).reshape(m, 2)
             for lo in range(0, m, _BLOCK):
                 hi = min(lo + _BLOCK, m)
-                r = np.log1p(-u[lo:hi])
-                np.negative(r, out=r)
-                np.sqrt(r, out=r)
-                theta = u[m + lo : m + hi] * two_pi
-                np.multiply(r, np.cos(theta), out=pairs[lo:hi, 0])
-                np.multiply(r, np.sin(theta, out=theta), out=pairs[lo:hi, 1])
+                n = hi - lo
+                rr, tt, cc = r[:n], theta[:n], c[:n]
+                np.negative(u[lo:hi], out=rr)
+                np.log1p(rr, out=rr)
+                np.negative(rr, out=rr)
+                np.sqrt(rr, out=rr)
+                np.multiply(u[m + lo : m + hi], two_pi, out=tt)
+                np.multiply(rr, np.cos(tt, out=cc), out=pairs[lo:hi, 0])
+                np.multiply(rr, np.sin(tt, out=tt), out=pairs[lo:hi, 1])
 
-    parallel_rows(keys.shape[0], fill, workers=workers, min_items=2 * m)
+    parallel_rows(b, fill, workers=workers, min_items=2 * m)
     return out
 
 
-def box_muller(u, *, xp=np):
+def box_muller(u, *, xp=np, out=None):
     """Complex normals ``(B, m)`` (complex64) from float32 uniforms ``(B, 2m)``, whole-array in ``xp``.
 
     The same operations, in the same order, as the blocked host loop of
-    ``complex_normals``: on NumPy the two give the same bits.
+    ``complex_normals``: on NumPy the two give the same bits. ``out``: a
+    C-contiguous ``(B, m)`` complex64 array to write into.
     """
     b, m = u.shape[0], u.shape[1] // 2
     r = xp.sqrt(-xp.log1p(-u[:, :m]))
     theta = u[:, m : 2 * m] * xp.float32(2 * np.pi)
-    z = xp.empty((b, m, 2), dtype=xp.float32)
+    z = xp.empty((b, m, 2), dtype=xp.float32) if out is None else out.view(xp.float32).reshape(b, m, 2)
     xp.multiply(r, xp.cos(theta), out=z[..., 0])
     xp.multiply(r, xp.sin(theta), out=z[..., 1])
-    return z.view(xp.complex64)[..., 0]
+    return z.view(xp.complex64)[..., 0] if out is None else out
 
 
 def parallel_rows(n: int, fn: Callable[[range], None], *, workers: int | None = None, min_items: int = 0) -> None:

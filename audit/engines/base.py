@@ -4,6 +4,13 @@ An engine reports what it accepts (``input_spec``) and maps a batch to raw
 outputs (``run``). The public ``run`` validates the batch against the spec (rank,
 fixed dimensions, dtype) and then calls the backend's ``_run``, so every backend
 rejects bad data with the same clear message (after Polygraphy's runners).
+
+An engine also states where it computes (``device``: ``"cpu"`` or ``"cuda:N"``)
+and the array namespace whose batches it takes without a host copy (``xp``:
+NumPy, or CuPy for a CUDA engine where CuPy is installed), so a campaign can
+make its noise where the engine runs. ``run`` accepts batches of either
+namespace (a CuPy batch given to a host engine is copied to the host) and
+returns host (NumPy) outputs unless asked to leave them on the device.
 """
 
 from __future__ import annotations
@@ -11,11 +18,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from audit.errors import EngineError, InputError
+from kernels._xp import namespace, to_numpy
 
 
 @dataclass(frozen=True)
@@ -57,19 +66,37 @@ class Engine:
     backend = "base"
     #: Config keys of ``[[model]]`` this backend takes (passed to ``open``).
     OPTIONS: tuple[str, ...] = ()
+    #: Where the engine computes: ``"cpu"`` or ``"cuda:N"`` (set per instance by CUDA-capable backends).
+    device = "cpu"
+
+    @property
+    def xp(self) -> ModuleType:
+        """The array namespace of batches this engine takes without a host copy: CuPy on a CUDA device where CuPy
+        imports, NumPy otherwise. A campaign makes its noise in it (``kernels.stationary.noise_plan(..., xp=...)``)."""
+        return device_namespace(self.device)
 
     @classmethod
     def open(cls, path: Path, **options: Any) -> "Engine":
         """Open the artifact at ``path`` (the registry's entry point)."""
         return cls(path, **options)
 
-    def run(self, batch: Any) -> dict[str, np.ndarray]:
-        """Raw outputs for ``batch``: a dict output name -> NumPy array with the batch on axis 0."""
+    def run(self, batch: Any, *, to_host: bool = True) -> dict[str, Any]:
+        """Raw outputs for ``batch`` (NumPy, or CuPy): a dict output name -> array with the batch on axis 0.
+
+        Outputs are NumPy arrays; with ``to_host=False`` an engine on a CUDA
+        device may leave them there as CuPy arrays (host engines return NumPy
+        either way). A CuPy batch given to an engine whose ``xp`` is NumPy is
+        copied to the host first.
+        """
         self.input_spec.check(batch)
+        if not isinstance(batch, np.ndarray) and self.xp is np:
+            batch = to_numpy(batch)
         outputs = self._run(batch)
         for name, value in outputs.items():
-            if value.shape[:1] != tuple(batch.shape[:1]):
+            if tuple(value.shape[:1]) != tuple(batch.shape[:1]):
                 raise EngineError(f"{self.source}: output '{name}' has batch size {value.shape[:1]}, expected {batch.shape[0]}")
+        if to_host:
+            outputs = {name: to_numpy(value) for name, value in outputs.items()}
         return outputs
 
     def _run(self, batch: Any) -> dict[str, np.ndarray]:  # pragma: no cover - abstract
@@ -79,6 +106,21 @@ class Engine:
         """What a report records about the engine."""
         return {"backend": self.backend, "source": self.source, "input": self.input_spec.name,
                 "input_shape": list(self.input_spec.shape), "outputs": list(self.output_names)}
+
+
+def device_namespace(device: str) -> ModuleType:
+    """CuPy for a ``"cuda..."`` device when CuPy imports, else NumPy: the namespace a batch for ``device`` is best made in."""
+    if not str(device).startswith("cuda"):
+        return np
+    try:
+        return namespace("cupy")
+    except Exception:  # noqa: BLE001 - CuPy missing or unusable: the engine copies host batches itself
+        return np
+
+
+def cuda_device(ordinal: Any = 0) -> str:
+    """``"cuda:N"`` for a device ordinal (an int or a numeric string)."""
+    return f"cuda:{int(ordinal)}"
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

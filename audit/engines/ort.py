@@ -1,8 +1,13 @@
 """ONNX Runtime engine: the embedded default, runs everywhere.
 
 Providers are tried in the order TensorRT -> CUDA -> CPU, keeping those this
-onnxruntime build offers. CuPy batches on a CUDA session are bound with IO
-binding so GPU-generated noise never leaves the device.
+onnxruntime build offers. A session whose first provider is CUDA or TensorRT
+states ``device = "cuda:N"`` (its ``device_id``) and takes CuPy batches by IO
+binding: the input is bound from the CuPy array's device pointer, the outputs
+are allocated by ONNX Runtime on the device and handed back as CuPy arrays
+(copied to the host only when ``run(..., to_host=True)``, the default), so
+GPU-generated noise never leaves the device. NumPy batches take the plain
+``session.run`` path on any provider.
 """
 
 from __future__ import annotations
@@ -12,10 +17,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from audit.engines.base import Engine, InputSpec, dims, sha256_file
+from audit.engines.base import Engine, InputSpec, cuda_device, dims, sha256_file
 from audit.errors import EngineError, InputError
+from kernels._xp import optional_import
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+#: Providers that run a session on a CUDA device (IO binding with device pointers applies).
+CUDA_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8}
 
@@ -94,29 +102,67 @@ class OnnxRuntimeEngine(Engine):
         self.session = session
         self.path = path
         self.sha256 = sha256_file(path) if path.is_file() else ""
+        self.device = session_device(session)
 
     @property
     def providers(self) -> list[str]:
         return list(self.session.get_providers())
 
-    def _run(self, batch: Any) -> dict[str, np.ndarray]:
-        if type(batch).__module__.startswith("cupy") and "CUDAExecutionProvider" in self.providers:
-            return self._run_device(batch)
+    def _run(self, batch: Any) -> dict[str, Any]:
         if not isinstance(batch, np.ndarray):
-            batch = batch.get()  # CuPy batch on a CPU session
+            return self._run_device(batch)  # a CuPy batch: the base class copied it to the host unless on CUDA
         values = self.session.run(None, {self.input_spec.name: np.ascontiguousarray(batch)})
         return dict(zip(self.output_names, values))
 
-    def _run_device(self, batch: Any) -> dict[str, np.ndarray]:
-        """IO binding: feed a CuPy array by device pointer; outputs come back to the host."""
+    def _run_device(self, batch: Any) -> dict[str, Any]:
+        """IO binding: the CuPy batch bound by its device pointer, outputs allocated on the device, as CuPy arrays.
+
+        The batch's stream is synchronised first (ONNX Runtime runs on its own
+        stream); the outputs are copied out of ONNX Runtime's buffers into CuPy
+        arrays that own their memory before the binding is released.
+        """
+        cp = optional_import("cupy")
+        ordinal = int(self.device.rsplit(":", 1)[-1])
+        with cp.cuda.Device(ordinal):
+            batch = cp.ascontiguousarray(batch)  # a copy only when strided
+            cp.cuda.get_current_stream().synchronize()
+            values = self.run_bound(batch.data.ptr, batch.shape, "cuda", ordinal)
+            return {name: _cupy_copy(cp, value, ordinal) for name, value in zip(self.output_names, values)}
+
+    def run_bound(self, ptr: int, shape: Sequence[int], device_type: str = "cpu", ordinal: int = 0) -> list[Any]:
+        """Run on an input already in memory at ``ptr`` (C-contiguous, the input's dtype) by IO binding; outputs
+        allocated by ONNX Runtime on the same device, returned as ``OrtValue``s (``data_ptr``, ``shape``,
+        ``numpy()`` for host ones). The device path's binding; on ``"cpu"`` it runs (and is tested) anywhere."""
         binding = self.session.io_binding()
-        batch = batch if batch.flags.c_contiguous else batch.copy()
-        binding.bind_input(self.input_spec.name, "cuda", batch.device.id, self.input_spec.dtype, list(batch.shape), batch.data.ptr)
+        binding.bind_input(self.input_spec.name, device_type, ordinal, self.input_spec.dtype, list(shape), ptr)
         for name in self.output_names:
-            binding.bind_output(name, "cpu")
+            binding.bind_output(name, device_type, ordinal)
         self.session.run_with_iobinding(binding)
-        return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
+        binding.synchronize_outputs()
+        return list(binding.get_outputs())
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "path": str(self.path), "sha256": self.sha256, "providers": self.providers,
                 "threads": self.threads, "optimization": self.optimization}
+
+
+def session_device(session: Any) -> str:
+    """``"cuda:N"`` when the session's first provider runs on a CUDA device (its ``device_id``), else ``"cpu"``."""
+    providers = list(session.get_providers())
+    if not providers or providers[0] not in CUDA_PROVIDERS:
+        return "cpu"
+    options = session.get_provider_options().get(providers[0], {})
+    return cuda_device(options.get("device_id", 0) or 0)
+
+
+def _cupy_copy(cp: Any, value: Any, ordinal: int) -> Any:
+    """A CuPy array owning a copy of an ONNX Runtime device ``OrtValue`` (``data_ptr``, ``shape``, ``data_type``)."""
+    kind = value.data_type()
+    if kind not in _ORT_TYPES:
+        raise EngineError(f"output of type {kind} is not supported on the device path")
+    dtype = np.dtype(_ORT_TYPES[kind])
+    shape = tuple(value.shape())
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    memory = cp.cuda.UnownedMemory(value.data_ptr(), size, value, ordinal)
+    view = cp.ndarray(shape, dtype, cp.cuda.MemoryPointer(memory, 0))
+    return view.copy()

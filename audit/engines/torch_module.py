@@ -15,7 +15,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from audit.engines.base import Engine, InputSpec, sha256_file
+from audit.engines.base import Engine, InputSpec, cuda_device, sha256_file
+from audit.engines.threads import torch_threads_during
 from audit.errors import EngineError
 
 #: Name of the extra file holding the ``audit.*`` metadata inside a program file.
@@ -39,8 +40,11 @@ class TorchEngine(Engine):
 
         super().__init__(InputSpec(input_name, tuple(input_shape), np.dtype(np.float32)), tuple(output_names),
                          dict(metadata or {}), source or f"torch:{type(module).__name__}")
-        self.module = (module.eval() if eval_mode else module).to(device)
-        self.device = torch.device(device)
+        self.torch_device = torch.device(device)
+        self.module = (module.eval() if eval_mode else module).to(self.torch_device)
+        #: ``"cpu"`` or ``"cuda:N"`` (the Engine contract; ``torch_device`` is torch's own).
+        self.device = (cuda_device(self.torch_device.index or 0) if self.torch_device.type == "cuda"
+                       else self.torch_device.type)
         self.path: Path | None = None
 
     @classmethod
@@ -71,16 +75,22 @@ class TorchEngine(Engine):
     def describe(self) -> dict[str, Any]:
         out = super().describe()
         if self.path is not None:
-            out.update(path=str(self.path), sha256=sha256_file(self.path), providers=[str(self.device)])
+            out.update(path=str(self.path), sha256=sha256_file(self.path), providers=[str(self.torch_device)])
         return out
 
     def _run(self, batch: Any) -> dict[str, np.ndarray]:
         import torch
 
         x = torch.from_dlpack(batch) if not isinstance(batch, np.ndarray) else torch.from_numpy(np.ascontiguousarray(batch))
-        with torch.inference_mode():
-            out = self.module(x.to(self.device))
+        if self.torch_device.type == "cpu":
+            with torch_threads_during(), torch.inference_mode():
+                out = self.module(x)
+        else:
+            with torch.inference_mode():
+                out = self.module(x.to(self.torch_device))
         outs = out if isinstance(out, (tuple, list)) else (out,)
+        if self.xp is not np:  # CUDA module, CuPy present: outputs stay on the device (zero-copy DLPack)
+            return {name: self.xp.from_dlpack(o.detach().contiguous()) for name, o in zip(self.output_names, outs)}
         return {name: o.detach().cpu().numpy() for name, o in zip(self.output_names, outs)}
 
 

@@ -1,11 +1,19 @@
 """Native TensorRT engine (GPU extra): builds a plan from ONNX and runs on device buffers.
 
 The plan is built with one optimisation profile over the dynamic batch
-(1 .. ``max_batch``, optimum ``opt_batch``) in FP32 or FP16 and cached on disk
+(1 .. ``max_batch``, optimum ``opt_batch``) in FP32, FP16 or INT8 and cached on disk
 under a key of the model's sha256, the GPU name, the TensorRT version, the
-precision and the batch range, so a second audit reuses it. Inputs may be
+precision and the batch range, so a second audit reuses it. INT8 is TensorRT's
+explicit quantization: the ONNX file must carry Q/DQ nodes (an artifact from
+``audit.artifact.quantize.quantize_int8``); their scales are used, no calibrator
+runs, and layers without Q/DQ may run in FP16. Inputs may be
 CuPy arrays (noise generated on the GPU never leaves it) or NumPy arrays
-(copied to the device).
+(copied to the device): the batch's device pointer is set as the input's
+tensor address (``IExecutionContext.set_tensor_address``), the outputs are
+CuPy arrays whose pointers are set likewise, and ``execute_async_v3`` runs on
+the engine's stream after it waits on the stream the batch was made on.
+``run(..., to_host=False)`` leaves the outputs on the device. The engine
+states ``device = "cuda:N"`` and ``xp`` = CuPy.
 """
 
 from __future__ import annotations
@@ -18,11 +26,11 @@ from typing import Any
 import numpy as np
 
 from audit.io import atomic_path
-from audit.engines.base import Engine, InputSpec, dims, sha256_file
+from audit.engines.base import Engine, InputSpec, cuda_device, dims, sha256_file
 from audit.errors import EngineError, InputError
 from kernels._xp import optional_import
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def plan_cache_dir() -> Path:
@@ -69,6 +77,7 @@ class TensorRTEngine(Engine):
         super().__init__(InputSpec(name, dims(self.engine.get_tensor_shape(name)), dtype),
                          tuple(n for n in names if n != name), meta, str(path))
         self.path, self.precision, self.plan, self.max_batch = path, precision, plan, max_batch
+        self.device = cuda_device(cupy.cuda.Device().id)
         self.stream = cupy.cuda.Stream(non_blocking=True)
 
     def _build(self, onnx_path: Path, plan: Path, precision: str, max_batch: int, opt_batch: int, workspace_gib: float) -> None:
@@ -81,8 +90,13 @@ class TensorRTEngine(Engine):
             raise EngineError(f"{onnx_path}: TensorRT cannot parse the model ({errors})")
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-        if precision == "fp16":
+        if precision in ("fp16", "int8"):
             config.set_flag(trt.BuilderFlag.FP16)
+        if precision == "int8":
+            if not any(node.op_type == "QuantizeLinear" for node in _onnx_nodes(onnx_path)):
+                raise EngineError(f"{onnx_path}: precision 'int8' needs a Q/DQ-quantised model (explicit quantization; make "
+                                  "one with audit.artifact.quantize.quantize_int8), this one has no QuantizeLinear node")
+            config.set_flag(trt.BuilderFlag.INT8)
         profile = builder.create_optimization_profile()
         inp = network.get_input(0)
         rest = tuple(inp.shape)[1:]
@@ -96,24 +110,35 @@ class TensorRTEngine(Engine):
         with atomic_path(plan) as tmp:
             tmp.write_bytes(bytes(serialized))
 
-    def _run(self, batch: Any) -> dict[str, np.ndarray]:
+    def _run(self, batch: Any) -> dict[str, Any]:
+        """Device pointers in, CuPy outputs out (the base class copies them to the host unless ``to_host=False``)."""
         cp = self._cp
         if batch.shape[0] > self.max_batch:
             raise InputError(f"input '{self.input_spec.name}': batch {batch.shape[0]} exceeds the engine's max_batch {self.max_batch}")
-        x = cp.ascontiguousarray(cp.asarray(batch))
-        self.context.set_input_shape(self.input_spec.name, tuple(x.shape))
-        self.context.set_tensor_address(self.input_spec.name, x.data.ptr)
-        outputs = {}
-        for name in self.output_names:
-            shape = tuple(self.context.get_tensor_shape(name))
-            dtype = np.dtype(self._trt.nptype(self.engine.get_tensor_dtype(name)))
-            outputs[name] = cp.empty(shape, dtype=dtype)
-            self.context.set_tensor_address(name, outputs[name].data.ptr)
-        if not self.context.execute_async_v3(self.stream.ptr):
-            raise EngineError(f"{self.path}: TensorRT execution failed")
-        self.stream.synchronize()
-        return {k: v.get() for k, v in outputs.items()}
+        with cp.cuda.Device(int(self.device.rsplit(":", 1)[-1])):
+            x = cp.ascontiguousarray(cp.asarray(batch))  # no copy for a contiguous CuPy batch on this device
+            # The batch was written on the caller's stream; TensorRT reads it on ours.
+            self.stream.wait_event(cp.cuda.get_current_stream().record())
+            self.context.set_input_shape(self.input_spec.name, tuple(x.shape))
+            self.context.set_tensor_address(self.input_spec.name, x.data.ptr)
+            outputs = {}
+            for name in self.output_names:
+                shape = tuple(self.context.get_tensor_shape(name))
+                dtype = np.dtype(self._trt.nptype(self.engine.get_tensor_dtype(name)))
+                outputs[name] = cp.empty(shape, dtype=dtype)
+                self.context.set_tensor_address(name, outputs[name].data.ptr)
+            if not self.context.execute_async_v3(self.stream.ptr):
+                raise EngineError(f"{self.path}: TensorRT execution failed")
+            self.stream.synchronize()  # x must outlive the run; outputs are ready for any stream after this
+        return outputs
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "path": str(self.path), "sha256": self.sha256, "precision": self.precision,
                 "tensorrt": self._trt.__version__, "plan": str(self.plan)}
+
+
+def _onnx_nodes(path: Path) -> list[Any]:
+    """The nodes of an ONNX file's main graph (weights not loaded)."""
+    import onnx
+
+    return list(onnx.load(str(path), load_external_data=False).graph.node)

@@ -18,6 +18,7 @@ from audit.attacks.explain import explain_examples
 from audit.campaign.noise import NoiseSpec
 from audit.config import AttackConfig, AttackSpec
 from audit.data import open_source
+from audit.engines.threads import torch_threads_during
 from audit.errors import EngineError, InputError
 from audit.io import write_json, write_text
 from audit.report.attacks import render_attack_page
@@ -69,8 +70,9 @@ class AttackPlan:
     def first_result(self, hu: np.ndarray, ids: list[str], *, seed_offset: int = 0) -> Any:
         """The raw ``AttackResult`` of the first run on ``hu``, keeping the attacked inputs (what retraining adds)."""
         _, attack = self.runs[0]
-        return run_attack(attack, self.model, hu, seed=self.spec.seed + seed_offset, batch_size=self.spec.batch_size,
-                          ids=ids, keep=0, progress=False, return_inputs=True)
+        with torch_threads_during(shared=False):
+            return run_attack(attack, self.model, hu, seed=self.spec.seed + seed_offset,
+                              batch_size=self.spec.batch_size, ids=ids, keep=0, progress=False, return_inputs=True)
 
     def run(self, hu: np.ndarray | None = None, *, progress: bool | None = None, prefix: str = "") -> list[dict[str, Any]]:
         """The report blocks: what ``attack.json`` lists under ``runs`` and ``report.json`` under ``attacks``.
@@ -79,8 +81,9 @@ class AttackPlan:
         hu = self.load() if hu is None else hu
         ids = list(self.source.ids)[: self.n]
         for label, attack in self.runs:
-            result = run_attack(attack, self.model, hu, seed=spec.seed, batch_size=spec.batch_size, ids=ids,
-                                keep=spec.keep, progress=progress, return_inputs=self.reference is not None)
+            with torch_threads_during(shared=False):  # the twin's autograd: torch's default collapses on few cores
+                result = run_attack(attack, self.model, hu, seed=spec.seed, batch_size=spec.batch_size, ids=ids,
+                                    keep=spec.keep, progress=progress, return_inputs=self.reference is not None)
             explanations = []
             if spec.explain and result.examples and self.target.twin is not None:  # Grad-CAM needs the twin
                 explanations = explain_examples(self.target, result)

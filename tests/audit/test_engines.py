@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import onnx
 import pytest
 import torch
 
-from audit.engines import load_engine
+from audit.engines import BACKENDS, load_engine, threads
 from audit.engines.torch_module import TorchEngine
 from audit.errors import EngineError, InputError
 from audit.serve import ServedModel, serve_in_thread
 from tests.audit.conftest import REGION, SHAPE
 from tests.audit.planted import WINDOW, planted_model
+from tests.conftest import to_host
 
 
 class PlantedTorch(torch.nn.Module):
@@ -24,36 +27,109 @@ class PlantedTorch(torch.nn.Module):
         return torch.sigmoid(400.0 * (m - t)).reshape(-1, 1)
 
 
-def _engines(path):
-    yield "onnxruntime", load_engine(path)
-    yield "torch", TorchEngine(PlantedTorch(), (None, 1, *SHAPE), input_name="x", output_names=("probability",))
-    server, url = serve_in_thread([ServedModel(path, "planted")])  # a KServe v2 server on loopback
+def _tensorrt_reason() -> str | None:
+    """Why native TensorRT cannot run here, or None."""
     try:
-        yield "remote", load_engine(None, "remote", url=url, model_name="planted", max_batch=2, binary=False)  # JSON
-    finally:
-        server.shutdown()
-        server.server_close()
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "tensorrt is not installed (pip install 'ct-robustness-audit[gpu]')"
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return "no CUDA device"
+    except Exception as exc:  # noqa: BLE001 - CuPy missing or no usable GPU
+        return f"no usable CUDA device for TensorRT ({exc.__class__.__name__})"
+    return None
 
 
-def test_every_engine_conforms(planted):
+@contextlib.contextmanager
+def _open(name, path):
+    """The planted model behind backend ``name`` (every entry of ``BACKENDS`` must have one here)."""
+    if name == "onnxruntime":
+        yield load_engine(path)
+    elif name == "torch":
+        yield TorchEngine(PlantedTorch(), (None, 1, *SHAPE), input_name="x", output_names=("probability",))
+    elif name == "remote":
+        server, url = serve_in_thread([ServedModel(path, "planted")])  # a KServe v2 server on loopback
+        try:
+            yield load_engine(None, "remote", url=url, model_name="planted", max_batch=2, binary=False)  # JSON
+        finally:
+            server.shutdown()
+            server.server_close()
+    elif name == "tensorrt":
+        reason = _tensorrt_reason()
+        if reason:
+            pytest.skip(f"GPU test: {reason}")
+        yield load_engine(path, "tensorrt", max_batch=16, opt_batch=8)
+    else:
+        raise AssertionError(f"backend {name!r} has no conformance fixture: add one to _open")
+
+
+@pytest.mark.parametrize("name", sorted(BACKENDS))
+def test_every_engine_conforms(planted, name):
     x = np.random.default_rng(0).uniform(0.45, 0.55, (5, 1, *SHAPE)).astype(np.float32)
-    results = {}
-    for name, engine in _engines(planted):
+    reference = load_engine(planted).run(x)["probability"]
+    with _open(name, planted) as engine:
         assert engine.input_spec.shape == (None, 1, *SHAPE), name
         assert engine.input_spec.dtype == np.float32
+        # Where it runs, and the namespace a campaign makes its noise in.
+        assert engine.device == "cpu" or engine.device.startswith("cuda:"), engine.device
+        assert engine.xp.__name__ in ("numpy", "cupy") and (engine.device != "cpu" or engine.xp is np)
         out = engine.run(x)
         assert list(out) == ["probability"] and out["probability"].shape == (5, 1), name
-        results[name] = out["probability"]
+        assert isinstance(out["probability"], np.ndarray)
+        kept = engine.run(engine.xp.asarray(x), to_host=False)["probability"]  # the device path where there is one
+        assert type(kept).__module__.split(".")[0] == engine.xp.__name__
+        np.testing.assert_allclose(to_host(kept), out["probability"], rtol=0, atol=1e-6)  # GPU tactics may vary
         with pytest.raises(InputError, match="rank"):
             engine.run(x[:, 0])
         with pytest.raises(InputError, match="dtype"):
             engine.run(x.astype(np.float64))
         with pytest.raises(InputError, match="dimension 2"):
             engine.run(np.zeros((2, 1, 8, 8), np.float32))
-        desc = engine.describe()
-        assert desc["backend"] == name
-    np.testing.assert_allclose(results["onnxruntime"], results["torch"], atol=1e-4)
-    np.testing.assert_array_equal(results["onnxruntime"], results["remote"])  # the same ONNX Runtime behind HTTP  # gain 400 amplifies float32 rounding
+        assert engine.describe()["backend"] == name
+    if name in ("onnxruntime", "remote"):  # the same ONNX Runtime (behind HTTP for remote)
+        np.testing.assert_array_equal(out["probability"], reference)
+    else:  # torch; TensorRT (FP32): gain 400 amplifies float32 rounding
+        np.testing.assert_allclose(out["probability"], reference, atol=1e-4)
+
+
+def test_onnxruntime_binds_inputs_and_outputs_by_pointer(planted):
+    # The device path's IO binding (pointer in, ORT-allocated outputs), run on host memory here.
+    engine = load_engine(planted)
+    x = np.random.default_rng(1).uniform(0.45, 0.55, (3, 1, *SHAPE)).astype(np.float32)
+    values = engine.run_bound(x.ctypes.data, x.shape)
+    assert [tuple(v.shape()) for v in values] == [(3, 1)] and values[0].data_type() == "tensor(float)"
+    np.testing.assert_array_equal(values[0].numpy(), engine.run(x)["probability"])
+
+
+@pytest.mark.gpu
+def test_cupy_batches_stay_on_the_device(planted):
+    import cupy
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("GPU test: this onnxruntime build has no CUDAExecutionProvider (pip install onnxruntime-gpu)")
+    engine = load_engine(planted, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert engine.device == "cuda:0" and engine.xp is cupy
+    x = np.random.default_rng(2).uniform(0.45, 0.55, (6, 1, *SHAPE)).astype(np.float32)
+    dev = engine.run(cupy.asarray(x), to_host=False)["probability"]
+    assert isinstance(dev, cupy.ndarray)
+    np.testing.assert_allclose(dev.get(), load_engine(planted, providers=["CPUExecutionProvider"]).run(x)["probability"],
+                               atol=1e-4)
+
+
+def test_torch_threads_follow_the_machine(monkeypatch):
+    monkeypatch.delenv(threads.ENV, raising=False)
+    assert threads.torch_threads(1) == 1 and threads.torch_threads(2) == 1  # the measured collapse at 2
+    assert threads.torch_threads(8) == 7 and threads.torch_threads(8, shared=False) == 8
+    assert threads.torch_threads(64) == threads.MAX_THREADS
+    monkeypatch.setenv(threads.ENV, "3")
+    assert threads.torch_threads(2) == 3
+    monkeypatch.setenv(threads.ENV, "zero")
+    with pytest.raises(ValueError, match=threads.ENV):
+        threads.torch_threads()
 
 
 def test_onnxruntime_reports_metadata_hash_and_providers(planted):
@@ -84,12 +160,3 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path):
     onnx.save(model, str(path))
     with pytest.raises(EngineError, match="outside the model's folder"):
         load_engine(path)
-
-
-@pytest.mark.gpu
-def test_tensorrt_engine_matches_onnxruntime(planted):
-    pytest.importorskip("tensorrt")
-    trt = load_engine(planted, "tensorrt", max_batch=16, opt_batch=8)
-    ort = load_engine(planted)
-    x = np.random.default_rng(0).uniform(0.45, 0.55, (8, 1, *SHAPE)).astype(np.float32)
-    np.testing.assert_allclose(trt.run(x)["probability"], ort.run(x)["probability"], atol=1e-4)
