@@ -26,9 +26,9 @@ from typing import Any, Mapping
 
 from audit.artifact import ACTIVATIONS, TASKS, ModelEntry
 from audit.attacks import ATTACKS, check_attack_params
-from audit.campaign.noise import KINDS, MODES, NoiseSpec, read_kernel_table, read_nps_table
+from audit.campaign.noise import BANK_FIELDS, KINDS, MODES, NoiseSpec, read_kernel_table, read_nps_table
 from audit.campaign.reduction import SCAN_NOISE, SPATIAL
-from audit.campaign.run import RunOptions
+from audit.campaign.run import RunOptions, thread_layout
 from audit.data import PHANTOMS, DataSection
 from audit.engines import BACKENDS, backend
 from audit.errors import ConfigError
@@ -43,7 +43,7 @@ RETRAIN_SECTIONS = ("model", "retrain", "attack", "noise")
 NOISE_KEYS = ("kind", "levels", "draws", "seed", "preset", "table", "sigma_ref", "mas_ref", "electronic_fraction",
               "cutoff", "z_fwhm_mm", "method", "mode", "fractions", "acquired_mas", "scan_noise", "phantom_series",
               "phantom_mas", "reference_diameter_mm", "strict_kernel", "roi_mm", "spatial", "ctdivol_mgy",
-              "acquired_ctdivol_mgy", "kernel_table")
+              "acquired_ctdivol_mgy", "kernel_table", "bank")
 ATTACK_RUN_KEYS = ("name", "seed", "batch_size", "keep", "explain", "samples")
 RETRAIN_MODES = ("adaptive", "pgd", "uniform")
 MAX_THREADS = 4096  # engine threads: more is a typo, and the engines take a C int
@@ -284,6 +284,12 @@ def noise_section(t: Table, **defaults: Any) -> NoiseSpec:
                                      for p in t.strings("phantom_series"))
     if "strict_kernel" in t:
         kw["strict_kernel"] = t.bool("strict_kernel")
+    if "bank" in t:  # opt-in noise bank (screening runs): true = BANK_FIELDS fields per level, or their number
+        v = t.raw_value("bank")
+        if isinstance(v, bool):
+            kw["bank"] = BANK_FIELDS if v else 0
+        else:
+            kw["bank"] = t.int("bank", low=1, high=2**20)
     for key in ("draws", "seed"):
         if key in t:
             kw[key] = t.int(key, low=1 if key == "draws" else 0, high=2**63 - 1)
@@ -301,6 +307,15 @@ def noise_section(t: Table, **defaults: Any) -> NoiseSpec:
         kw["table_values"] = tuple(zip(table.freq.tolist(), table.values.tolist()))
     t.done(NOISE_KEYS)
     return NoiseSpec(**kw)
+
+
+def campaign_threads(entries: tuple[ModelEntry, ...]) -> tuple[ModelEntry, ...]:
+    """``audit run``: an ONNX Runtime model without ``threads`` gets the campaign's layout (``thread_layout`` before
+    any model ran: every core up to 4 cores, three quarters above, the noise producer the rest). A ``threads``
+    given in the config wins (on 2 cores a noise-heavy 2D campaign runs best with ``threads = 1``)."""
+    layout = thread_layout()
+    return tuple(dataclasses.replace(e, options=MappingProxyType({**e.options, "threads": layout.engine}))
+                 if e.engine == "onnxruntime" and "threads" not in e.options else e for e in entries)
 
 
 def run_section(t: Table) -> RunOptions:
@@ -356,7 +371,7 @@ def parse_config(raw: Mapping[str, Any], base: Path) -> AuditConfig:
     tables = {name: Table.of(raw, name, base) for name in SECTIONS if name != "model"}
     pacs = pacs_section(tables["pacs"]) if "pacs" in raw else None
     noise = noise_section(tables["noise"])
-    models = model_entries(raw.get("model"), base)
+    models = campaign_threads(model_entries(raw.get("model"), base))
     data = data_section(tables["data"])
     run = run_section(tables["run"])
     report = tables["report"]

@@ -14,6 +14,9 @@ Rule kinds (``metric``):
   sign-flip permutation over samples: the sample is the unit, its draws are clustered) against
   ``margin`` (default 0), at ``alpha`` (default 0.05) Bonferroni-corrected over the comparisons the
   rule makes. It fails only where a worsening is shown, so equal models fail at most alpha of the time.
+  A run whose noise came from a bank (``noise.bank``: samples share pre-drawn fields) is compared only with
+  another such run (refused otherwise: the runs' noise is not drawn alike); the test then treats the samples
+  as independent, which the bank makes approximate (its detail says so).
 Every rule may name ``model`` (default: every model in the report) and a ``name``.
 """
 
@@ -222,7 +225,7 @@ def evaluate(report: Mapping[str, Any], rules: list[dict[str, Any]], baseline: M
                 out.append(Outcome(name, mname, value, f">= {rule['min']:g}", value >= rule["min"]))
                 continue
             if metric == "no_regression":
-                out.append(_regression(rule, model, baseline))
+                out.append(_regression(rule, model, baseline, report))
                 continue
             block = level_block(model, rule["level"], name)
             if metric == "san_fraction":
@@ -248,10 +251,22 @@ def evaluate(report: Mapping[str, Any], rules: list[dict[str, Any]], baseline: M
     return out
 
 
-def _regression(rule, model, baseline) -> Outcome:
+def noise_bank(report: Mapping[str, Any] | None) -> int:
+    """Fields per level of the report's noise bank (``noise.bank``), 0 for fresh noise (or a report without it)."""
+    return int(((report or {}).get("noise") or {}).get("bank") or 0)
+
+
+def _regression(rule, model, baseline, report=None) -> Outcome:
     name = rule["name"]
     if baseline is None:
         raise InputError(f"{name}: needs --baseline REPORT.json")
+    now_bank, then_bank = noise_bank(report), noise_bank(baseline)
+    if bool(now_bank) != bool(then_bank):
+        def how(b: int) -> str:
+            return f"a noise bank ({b} fields per level)" if b else "fresh noise"
+
+        raise InputError(f"{name}: this report used {how(now_bank)}, the baseline {how(then_bank)}; a no_regression "
+                         "baseline needs both runs on a noise bank or both on fresh noise")
     base = next((m for m in baseline["models"] if m["name"] == model["name"]), None)
     if base is None:
         raise InputError(f"{name}: the baseline has no model named '{model['name']}'")
@@ -283,6 +298,8 @@ def _regression(rule, model, baseline) -> Outcome:
     failed = [(d, t) for d, t in comparisons if t.shows_regression(level_alpha)]
     detail = ("worse: " + "; ".join(f"{d} (+{t.difference:.4f}, p={t.p_regression:.2g})" for d, t in failed)) if failed \
         else f"largest difference {worst[1].difference:+.4f} ({worst[0]}, p={worst[1].p_regression:.2g}); paired test over samples"
+    if now_bank:
+        detail += "; noise bank: independence across samples is approximate"
     return Outcome(name, model["name"], float(worst[1].difference), f"no paired worsening > {margin:g} at p <= {level_alpha:.3g}",
                    not failed, detail)
 

@@ -2,14 +2,24 @@
 
 For NoduleNet3D (32^3 cubes) and BodySiteNet2D (256^2 slices), in one process,
 same model and batch size:
-  (a) the campaign end to end (noise + preprocessing + ONNX Runtime + records);
-  (b) the bare engine on pre-generated inputs (the ceiling: (a) cannot beat it);
+  (a) the campaign end to end (noise + preprocessing + ONNX Runtime + records,
+      the clean pass counted), engine threads and noise workers from
+      ``thread_layout`` given the measured noise share of the CPU time per
+      image (2D on 2 cores: 1 + 1; 3D: 2 + 1), with fresh noise and, for
+      screening runs, with the noise bank (``bank``);
+  (b) the bare engine on pre-generated inputs, the ceiling: the best of 1
+      thread and all cores (the campaign cannot beat it);
   (c) a naive study-style loop: one sample and one draw at a time, torch eager,
       per-slice float64 NumPy FFT noise.
+The computed limit of (a)/(b) comes beside each ratio: on C cores fully used the
+campaign spends t_e + t_n CPU-seconds per image (engine, noise + preprocessing,
+each measured as process CPU time per image on one thread), the bare engine t_e,
+so (a)/(b) <= t_e / (t_e + t_n) (t_n of the bank's shifted copies with the bank).
 Then peak RSS of the campaign for N = 200 vs N = 2000 samples (child processes).
-Last line: one JSON object with a/b, a/c per model and the RSS growth.
+Last line: one JSON object with the ratios, their limits, the CPU-ms per image
+and the RSS growth. Numbers measured on a shared machine are under contention.
 Models come from the build cache (quick recipes; built on first use).
-Usage: python bench/campaign.py [--images 1500] [--batch 64]
+Usage: python bench/campaign.py [--images 1500] [--batch 64] [--no-naive] [--no-rss]
 """
 
 from __future__ import annotations
@@ -21,36 +31,41 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 MODELS = {"nodule3d": "nodules", "bodysite2d": "bodysite"}
 
 
-def setup(name: str, n: int):
+def setup(name: str, n: int, threads: int | None = None):
+    """The cached quick build's model (ONNX Runtime on ``threads``; None: ``thread_layout``'s), phantoms, the net."""
     from audit.artifact import open_path
+    from audit.campaign.run import thread_layout
     from audit.data import phantom_source
     from models.build import cached_build, load_checkpoint
 
     build = cached_build(name, quick=True, progress=False)
-    model = open_path(build.primary, name)
+    model = open_path(build.primary, name, threads=thread_layout().engine if threads is None else threads)
     source = phantom_source(MODELS[name], n, 1000)
     net = load_checkpoint(name, None, build.artifacts[0].checkpoint)
     return model, source, net
 
 
-def noise_spec(draws: int):
+def noise_spec(draws: int, bank: int = 0):
     from audit.campaign.noise import NoiseSpec
 
-    return NoiseSpec(kind="nps", levels=(50.0,), draws=draws, seed=0, sigma_ref=25.0, mas_ref=100.0)
+    return NoiseSpec(kind="nps", levels=(50.0,), draws=draws, seed=0, sigma_ref=25.0, mas_ref=100.0, bank=bank)
 
 
-def campaign_rate(model, source, draws: int, batch: int) -> float:
+def campaign_rate(model, source, draws: int, batch: int, bank: int = 0, workers: int | None = None) -> float:
+    """Images per second of the whole campaign, the clean pass counted (``CampaignStats.images_per_second``)."""
     from audit.campaign.run import RunOptions, run_campaign
 
     with tempfile.TemporaryDirectory() as out:
-        stats = run_campaign([model], source, noise_spec(draws), Path(out), RunOptions(batch_size=batch, shard_samples=64, progress=False))
-    return stats.inferences / stats.seconds
+        stats = run_campaign([model], source, noise_spec(draws, bank), Path(out),
+                             RunOptions(batch_size=batch, shard_samples=64, progress=False, noise_workers=workers))
+    return stats.images_per_second
 
 
 def engine_rate(model, source, images: int, batch: int) -> float:
@@ -61,6 +76,41 @@ def engine_rate(model, source, images: int, batch: int) -> float:
         model.engine.run(x)
         done += x.shape[0]
     return done / (time.perf_counter() - t0)
+
+
+def engine_cpu_ms(model, source, images: int, batch: int) -> float:
+    """CPU-ms per image of the bare engine (process CPU time: what it takes from the cores, contention aside)."""
+    x = model.preprocess(source.load(np.arange(min(batch, len(source)))), len(model.engine.input_spec.shape))
+    model.engine.run(x)
+    t0, done = time.process_time(), 0
+    while done < images:
+        model.engine.run(x)
+        done += x.shape[0]
+    return 1e3 * (time.process_time() - t0) / done
+
+
+def noise_cpu_ms(model, source, images: int, batch: int, bank: int = 0) -> float:
+    """CPU-ms per image of what the producer does per batch (keys, then the lean kernel's fused noise + add + window
+    + clip, or the bank's shifted copies + add + window + clip), one thread, as the campaign does it."""
+    from audit.campaign.noise import NoiseBank
+    from audit.campaign.run import fused_inputs, noisy_inputs
+
+    spec = noise_spec(max(1, images // len(source)), bank)
+    model_d = spec.dose_model(source.shape, source.spacing)
+    nb = NoiseBank(spec, source.shape, source.spacing, model_d) if bank else None
+    plan = None if nb is not None else spec.plan(50.0, source.shape, source.spacing, model=model_d)
+    if nb is not None:
+        nb.fields(50.0)  # drawn once per level per campaign: not per image
+    hu = source.load(np.arange(min(batch, len(source))))
+    t0, done, k = time.process_time(), 0, 0
+    while done < images:
+        keys = spec.keys(np.arange(hu.shape[0]), 50.0, np.full(hu.shape[0], k))
+        if plan is not None:
+            fused_inputs([model], plan, hu, keys, 1)
+        else:
+            noisy_inputs([model], hu, nb.sample(keys, 50.0))
+        done, k = done + hu.shape[0], k + 1
+    return 1e3 * (time.process_time() - t0) / done
 
 
 def naive_rate(net, source, model, images: int) -> float:
@@ -112,29 +162,57 @@ def peak_rss_kib(manifest: Path) -> int:
 
 
 def main() -> None:
+    from audit.campaign.noise import BANK_FIELDS
+    from audit.campaign.run import available_cpus, thread_layout
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1500, help="inferences per variant and model")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--naive-images", type=int, default=150)
+    parser.add_argument("--no-naive", action="store_true", help="skip the study-style loop (c)")
+    parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child processes")
     args = parser.parse_args()
-    ratios: dict[str, float] = {}
-    print(f"{'model':12}{'variant':>10}{'images/s':>12}")
+    cpus = available_cpus()
+    ratios: dict[str, Any] = {"cpus": cpus}
     for name in MODELS:
         n = 100
-        model, source, net = setup(name, n)
+        one, source, net = setup(name, n, threads=1)
+        full, _, _ = setup(name, n, threads=cpus)
+        # CPU time per image first: the layout (engine threads, noise workers) follows the producer's share of it
+        t_e = engine_cpu_ms(one, source, args.images // 2, args.batch)
+        t_n = noise_cpu_ms(one, source, args.images // 2, args.batch)
+        t_b = noise_cpu_ms(one, source, args.images // 2, args.batch, BANK_FIELDS)
+        fresh, banked = thread_layout(noise_share=t_n / (t_n + t_e)), thread_layout(noise_share=t_b / (t_b + t_e))
+        print(f"{name:12} CPU-ms per image: engine {t_e:.3f}, fresh noise + preprocessing {t_n:.3f}, bank {t_b:.3f}; "
+              f"layout fresh {fresh.engine} engine + {fresh.noise} noise, bank {banked.engine} + {banked.noise}")
+        models = {1: one, cpus: full}
         draws = max(1, args.images // n)
-        rates = {"campaign": campaign_rate(model, source, draws, args.batch),
-                 "engine": engine_rate(model, source, args.images, args.batch),
-                 "naive": naive_rate(net, source, model, args.naive_images)}
+        rates = {"campaign": campaign_rate(models[fresh.engine] if fresh.engine in models else setup(name, n, fresh.engine)[0],
+                                           source, draws, args.batch, workers=fresh.noise),
+                 "campaign_bank": campaign_rate(models[banked.engine] if banked.engine in models else
+                                                setup(name, n, banked.engine)[0], source, draws, args.batch, BANK_FIELDS,
+                                                workers=banked.noise),
+                 "engine": max(engine_rate(one, source, args.images, args.batch),
+                               engine_rate(full, source, args.images, args.batch))}
+        if not args.no_naive:
+            rates["naive"] = naive_rate(net, source, one, args.naive_images)
+        print(f"{'model':12}{'variant':>14}{'images/s':>12}")
         for variant, r in rates.items():
-            print(f"{name:12}{variant:>10}{r:12.1f}")
+            print(f"{name:12}{variant:>14}{r:12.1f}")
+        ratios[f"{name}_layout"] = {"fresh": [fresh.engine, fresh.noise], "bank": [banked.engine, banked.noise]}
         ratios[f"{name}_campaign_vs_engine"] = round(rates["campaign"] / rates["engine"], 3)
-        ratios[f"{name}_campaign_vs_naive"] = round(rates["campaign"] / rates["naive"], 2)
-    with tempfile.TemporaryDirectory() as tmp:
-        manifests = write_cases(Path(tmp), 2000)
-        small, large = peak_rss_kib(manifests[200]), peak_rss_kib(manifests[2000])
-    print(f"peak RSS nodule3d campaign: N=200 {small / 1024:.0f} MiB, N=2000 {large / 1024:.0f} MiB")
-    ratios["rss_growth_n2000_vs_n200"] = round(large / small - 1, 3)
+        ratios[f"{name}_campaign_vs_engine_limit"] = round(t_e / (t_e + t_n), 3)
+        ratios[f"{name}_bank_vs_engine"] = round(rates["campaign_bank"] / rates["engine"], 3)
+        ratios[f"{name}_bank_vs_engine_limit"] = round(t_e / (t_e + t_b), 3)
+        ratios[f"{name}_cpu_ms"] = {"engine": round(t_e, 3), "noise": round(t_n, 3), "bank": round(t_b, 3)}
+        if "naive" in rates:
+            ratios[f"{name}_campaign_vs_naive"] = round(rates["campaign"] / rates["naive"], 2)
+    if not args.no_rss:
+        with tempfile.TemporaryDirectory() as tmp:
+            manifests = write_cases(Path(tmp), 2000)
+            small, large = peak_rss_kib(manifests[200]), peak_rss_kib(manifests[2000])
+        print(f"peak RSS nodule3d campaign: N=200 {small / 1024:.0f} MiB, N=2000 {large / 1024:.0f} MiB")
+        ratios["rss_growth_n2000_vs_n200"] = round(large / small - 1, 3)
     print(json.dumps(ratios))
 
 

@@ -31,12 +31,23 @@ with ``level_key = round(1000 * level)`` (the level in thousandths), so the
 noise at one dose does not depend on which other doses a campaign lists.
 ``NoiseSpec.keys`` is the one place that layout is written; the campaign, the
 report's worst cases, the case images and the scan arm all call it.
+
+Noise bank (``bank = B``, opt-in, for screening runs such as CI gates; never the
+default): per level, B fields are drawn once with the keys
+``(seed, BANK_SAMPLE, level_key, b)`` and draw k of sample i is field
+``(o_i + k) mod B`` circularly shifted by a keyed offset (``NoiseBank``). A
+circular shift of a stationary periodic field (every FFT draw and white noise
+is one) has exactly the field's distribution, so each draw is an exact draw of
+the noise; a sample's K draws are distinct (different fields, or one field at
+different shifts); but draws of *different* samples reuse the same B fields, so
+independence across samples is approximate, and reports say so.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,10 +69,24 @@ from kernels import (
     preset,
     uniform_noise,
 )
+from kernels._xp import to_numpy
+from kernels.stationary import NoisePlan, noise_plan
 from kernels.library import KernelEntry
 from kernels.nps import DEFAULT_CUTOFF, PRESET_WINDOWS
 
 KINDS = ("nps", "gaussian", "uniform", "poisson")
+#: Fields per level with ``[noise] bank = true``: 64 independent fields, each shifted to any of the image's pixel
+#: offsets (65,536 for a 256 x 256 slice), so a sample's draws stay distinct for K up to 64 x pixels; a bank of
+#: 256 x 256 slices costs 16 MiB per level, and 64 fresh draws (what a bank costs) are what one sample block of
+#: one shard costs at K = 1.
+BANK_FIELDS = 64
+#: The sample id of the bank fields' keys ``(seed, BANK_SAMPLE, level_key, b)``: no sample of a source has it.
+BANK_SAMPLE = 2**64 - 1
+#: Most bytes the banks of one campaign (fields x levels x image) may hold in memory.
+BANK_BYTES = 2 * 2**30
+BANK_NOTE = ("noise bank: each draw is an exact draw of the noise (a keyed circular shift of a pre-drawn stationary "
+             "field) and a sample's draws are distinct, but samples share the bank's fields, so independence across "
+             "samples is approximate (screening runs only)")
 MODES = ("auto", "add", "reduce")
 MODE_LABELS = {
     "add": "add: the whole noise of each dose is added (the studies' protocol; right for noise-free inputs such as phantoms)",
@@ -125,6 +150,7 @@ class NoiseSpec:
     acquired_ctdivol_mgy: float | None = None
     kernel_table: str | None = None
     kernel_rows: tuple[tuple[str, str, str, float], ...] = field(default=(), repr=False)
+    bank: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -184,6 +210,11 @@ class NoiseSpec:
                 raise ConfigError(f"noise.electronic_fraction: expected a number in [0, 1), got {self.electronic_fraction!r}")
             if self.method not in ("spectral", "spatial"):
                 raise ConfigError(f"noise.method: expected 'spectral' or 'spatial', got {self.method!r}")
+        if isinstance(self.bank, bool) or not isinstance(self.bank, int) or self.bank < 0:
+            raise ConfigError(f"noise.bank: expected true, false or a number of fields >= 1, got {self.bank!r}")
+        if self.bank and (self.kind == "poisson" or self.mode == "reduce"):
+            raise ConfigError("noise.bank: a bank reuses stationary noise (kind 'nps' added whole, 'gaussian' or "
+                              f"'uniform'); kind {self.kind!r} in mode {self.mode!r} depends on each image")
 
     level_key = staticmethod(level_key)
 
@@ -236,28 +267,41 @@ class NoiseSpec:
             return DoseReduction(self.resolved(source), source)
         return self.dose_model(source.shape, source.spacing)
 
-    def sample(self, keys: np.ndarray, level: float, hu: np.ndarray, spacing: Sequence[float], *, workers: int = 1,
-               model: DoseModel | DoseReduction | None = None) -> np.ndarray:
-        """Noise (HU) for the images ``hu`` (B, *shape), one key per image.
+    def sample(self, keys: np.ndarray, level: float, hu: Any, spacing: Sequence[float], *, workers: int = 1,
+               model: DoseModel | DoseReduction | None = None, xp: Any = None) -> Any:
+        """Noise (HU) for the images ``hu`` (B, *shape), one key per image, fresh (never from a bank).
 
         ``model``: from ``noise_model(source)``; a ``DoseReduction`` inserts only what the lower dose adds. Mode
         ``reduce`` needs it (the acquired doses are the source's); ``add`` and unbound ``auto`` add the whole noise.
+        ``xp``: the array namespace the noise is made in (None: NumPy); the keys' uniforms are the same bits on
+        either (``kernels.keys``). Dose reduction and Poisson noise are drawn on the host and moved to ``xp``.
         """
         shape = hu.shape[1:]
         if isinstance(model, DoseReduction):
-            return model.sample(keys, level, hu, spacing, workers=workers)
+            return _on(xp, model.sample(keys, level, to_numpy(hu), spacing, workers=workers))
         if self.kind == "nps" and self.mode == "reduce":
             raise ConfigError("noise.mode 'reduce': sample() needs the model of the scans, NoiseSpec.noise_model(source) "
                               "(their acquired doses and own noise)")
         if self.kind == "nps":
             model = model or self.dose_model(shape, spacing)
             z = self.z_fwhm_mm if len(shape) == 3 else None
-            return nps_noise(keys, model.nps_at(level), shape, spacing, z_nps=z, method=self.method, workers=workers)
+            return nps_noise(keys, model.nps_at(level), shape, spacing, z_nps=z, method=self.method, workers=workers, xp=xp)
         if self.kind == "gaussian":
-            return gaussian_noise(keys, shape, level)
+            return gaussian_noise(keys, shape, level, xp=xp)
         if self.kind == "uniform":
-            return uniform_noise(keys, shape, level)
-        return poisson_noise(keys, hu, level)
+            return uniform_noise(keys, shape, level, xp=xp)
+        return _on(xp, poisson_noise(keys, to_numpy(hu), level))
+
+    def plan(self, level: float, shape: Sequence[int], spacing: Sequence[float], *, model: Any = None,
+             xp: Any = None) -> NoisePlan | None:
+        """The lean kernel of this noise at ``level`` (``kernels.stationary.noise_plan``: the filter once, buffers
+        once, add + window + clip fused; the same bits as ``sample``), or None where ``sample`` is the only path
+        (stress noise, dose reduction)."""
+        if self.kind != "nps" or self.mode == "reduce" or isinstance(model, DoseReduction):
+            return None
+        model = model or self.dose_model(shape, spacing)
+        z = self.z_fwhm_mm if len(shape) == 3 else None
+        return noise_plan(model.nps_at(level), tuple(shape), tuple(spacing), z_nps=z, method=self.method, xp=xp)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("kind", "draws", "seed")}
@@ -265,6 +309,9 @@ class NoiseSpec:
         d["level_unit"] = {"nps": ("fraction of the acquired dose" if self.fractions else
                                    "CTDIvol (mGy)" if self.ctdivol_mgy else "mAs"), "gaussian": "HU (sigma)", "uniform": "HU (half-width)", "poisson": "counts (lambda)"}[self.kind]
         d["key"] = "NoiseKey(seed, sample_index, round(1000 * level), k)"
+        if self.bank:  # only then: a report of fresh noise keeps its keys (and golden files) as before
+            d.update(bank=self.bank, bank_key=f"NoiseKey(seed, {BANK_SAMPLE}, round(1000 * level), b), b < {self.bank}",
+                     bank_note=BANK_NOTE)
         if self.kind == "nps":
             d.update(preset=None if self.table else self.preset, table=self.table, sigma_ref=self.sigma_ref, mas_ref=self.mas_ref,
                      electronic_fraction=self.electronic_fraction, cutoff=self.cutoff, z_fwhm_mm=self.z_fwhm_mm, method=self.method)
@@ -277,6 +324,85 @@ class NoiseSpec:
                          roi_mm=self.roi_mm, spatial=self.spatial, ctdivol_mgy=list(self.ctdivol_mgy) or None,
                          acquired_ctdivol_mgy=self.acquired_ctdivol_mgy, kernel_table=self.kernel_table)
         return d
+
+
+def _on(xp: Any, a: np.ndarray) -> Any:
+    """A host array moved to ``xp`` (None or NumPy: as is)."""
+    return a if xp is None or xp is np else xp.asarray(a)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on uint64 arrays: a keyed, well-spread hash (wraps like the C code)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+class NoiseBank:
+    """B pre-drawn fields per level, reused across samples with keyed circular shifts (module docstring).
+
+    Draw ``(seed, i, level, k)`` takes field ``f = (o_i + k) mod B`` with ``o_i`` a hash of ``(seed, i, level)``, shifted
+    by pixel offset ``(h(seed, i, level, f) + (k // B) * stride) mod P`` (P pixels, ``stride`` coprime to P): two draws
+    of one sample share a field only when their k differ by a multiple of B, and then their offsets differ (for
+    K < B x P), so a sample's K draws are distinct. Fields are made once per level, in ``xp``, and kept there.
+    """
+
+    def __init__(self, spec: NoiseSpec, shape: Sequence[int], spacing: Sequence[float], model: Any = None, *,
+                 xp: Any = None, workers: int = 1) -> None:
+        self.spec, self.shape, self.spacing, self.model = spec, tuple(int(v) for v in shape), tuple(spacing), model
+        self.xp, self.workers = np if xp is None else xp, workers
+        self.size = int(spec.bank) or BANK_FIELDS
+        self.pixels = math.prod(self.shape)
+        need = self.size * len(spec.levels) * self.pixels * 4
+        if need > BANK_BYTES:
+            raise ConfigError(f"noise.bank: {self.size} fields x {len(spec.levels)} levels of {self.shape} images take "
+                              f"{need / 2**30:.1f} GiB, above {BANK_BYTES / 2**30:.0f} GiB; use fewer fields or fresh noise")
+        stride = int(self.pixels * 0.6180339887498949) | 1
+        while math.gcd(stride, self.pixels) != 1:
+            stride += 2
+        self.stride = stride
+        self._fields: dict[float, Any] = {}
+
+    def fields(self, level: float) -> Any:
+        """The level's (B, *shape) fields: fresh draws under the keys ``(seed, BANK_SAMPLE, level_key, b)``."""
+        if level not in self._fields:
+            keys = draw_keys(self.spec.seed, np.full(self.size, BANK_SAMPLE, np.uint64), level, np.arange(self.size))
+            blank = np.zeros((self.size, *self.shape), np.float32)  # the fresh kernels read only its shape here
+            self._fields[level] = self.spec.sample(keys, level, blank, self.spacing, workers=self.workers,
+                                                   model=self.model, xp=self.xp)
+        return self._fields[level]
+
+    def layout(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(field index, pixel offset) per draw key ``(seed, sample, level_key, k)``: host integers."""
+        keys = np.asarray(keys, np.uint64).reshape(-1, 4)
+        seed, sample, lk, k = keys.T
+        base = _mix(seed ^ _mix(sample ^ _mix(lk + np.uint64(0x9E3779B97F4A7C15))))
+        b = np.uint64(self.size)
+        f = (base % b + k % b) % b
+        cycle = (k // b) % np.uint64(self.pixels)
+        h = _mix(base ^ _mix(f + np.uint64(0xD1B54A32D192ED03))) % np.uint64(self.pixels)
+        offset = (h + cycle * np.uint64(self.stride % self.pixels)) % np.uint64(self.pixels)
+        return f.astype(np.int64), offset.astype(np.int64)
+
+    def sample(self, keys: np.ndarray, level: float) -> Any:
+        """Noise (HU) for draw keys ``(B, 4)``: ``(B, *shape)`` float32 in ``xp``, each a shifted bank field."""
+        fields = self.fields(level)
+        f, offset = self.layout(keys)
+        shifts = np.stack(np.unravel_index(offset, self.shape), axis=1)
+        out = self.xp.empty((f.size, *self.shape), self.xp.float32)
+        for r in range(f.size):
+            _roll_into(out[r], fields[int(f[r])], shifts[r])
+        return out
+
+
+def _roll_into(dst: Any, src: Any, shifts: Sequence[int]) -> None:
+    """``dst[...] = roll(src, shifts)`` over every axis, as block copies (2 per shifted axis; no temporary)."""
+    segments = []
+    for n, s in zip(src.shape, shifts):
+        s = int(s) % n
+        segments.append(((slice(s, n), slice(0, n - s)), (slice(0, s), slice(n - s, n))) if s else ((slice(None), slice(None)),))
+    for combo in itertools.product(*segments):
+        dst[tuple(c[0] for c in combo)] = src[tuple(c[1] for c in combo)]
 
 
 def read_nps_table(path: Path) -> RadialNPS:

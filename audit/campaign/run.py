@@ -19,10 +19,22 @@ callback that may refuse it.
 Three steps, one function each: ``plan`` (what is left to do, from the
 records on disk), ``produce`` (the producer thread: images, noise,
 preprocessing) and ``Consumer`` (inference, flips, shards written atomically).
+
+One campaign, on the engines' array namespace (``campaign_namespace``): noise,
+add, window and clip are made where the engine runs (CuPy for an engine on a
+GPU, NumPy on the CPU; same keys, same uniform bits), the batches go to the
+engine in that namespace and only decisions and scores come back to the host.
+Models on different namespaces or devices get their noise on the host (each
+engine then copies its batch in): one noise stream, drawn once, replayable.
+
+Threads (``thread_layout``): the producer's noise workers and the engine's
+intra-op threads share the machine's cores; explicit ``[run] noise_workers``
+and ``[[model]] threads`` always win.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import queue
@@ -37,9 +49,11 @@ import numpy as np
 
 from audit.artifact import AuditedModel, Decisions
 from audit.campaign import records
-from audit.campaign.noise import NoiseSpec
+from audit.campaign.noise import NoiseBank, NoiseSpec
+from audit.engines.threads import usable_cpus
 from audit.errors import ConfigError, InputError
 from audit.io import atomic_path, is_temp, progress_bar, remove_stale_temps
+from kernels._xp import namespace
 
 _DONE = object()
 
@@ -59,11 +73,52 @@ RECORD_BYTES = 16
 MAX_RUN_INFERENCES = 10**8
 
 
+#: The cores this process may run on (its affinity mask, e.g. a container's cpuset): the engines' one rule.
+available_cpus = usable_cpus
+
+
+@dataclass(frozen=True)
+class ThreadLayout:
+    """How a campaign splits the cores: ``engine`` intra-op threads of a CPU engine, ``noise`` producer workers."""
+
+    cpus: int
+    engine: int
+    noise: int
+
+
+def thread_layout(cpus: int | None = None, *, device: bool = False, noise_share: float | None = None) -> ThreadLayout:
+    """The thread layout for ``cpus`` cores (default: ``available_cpus()``).
+
+    ``noise_share``: the producer's share of the CPU time per image, t_n / (t_n + t_e) (noise + preprocessing
+    against the engine, both as CPU time per image; ``bench/campaign.py`` measures them). The producer then needs
+    ``noise_share x cpus`` cores. Under half a core (3D cubes: 0.7 against 4.9 CPU-ms per image, 0.26 of 2 cores)
+    the engine keeps every core and the producer one thread, which runs in the gaps of an engine that does not spin
+    (ONNX Runtime's spinning is off). Above it the cores are split in proportion: ``noise = round(share x cpus)``
+    workers, the engine the rest, at least 1 each (2D slices on 2 cores: 1.4 against 0.75 CPU-ms, 1 + 1, the
+    layout issue 17 measured +33% over 2 ORT threads beside the producer). Share unknown (a config, before any
+    model ran): the engine keeps every core on up to 4 cores with 1 noise worker (measured here on 2 contended
+    cores: the 2D campaign equal at 1 or 2 engine threads, the 3D one faster at 2), a quarter of the cores go to
+    noise above that. ``device`` (noise and engine on a GPU): the host only launches work, 1 + 1. Explicit config
+    values (``[[model]] threads``, ``[run] noise_workers``) always win over this rule.
+    """
+    cpus = available_cpus() if cpus is None else max(1, int(cpus))
+    if device:
+        return ThreadLayout(cpus, 1, 1)
+    if noise_share is None:
+        noise = 1 if cpus <= 4 else cpus // 4
+        return ThreadLayout(cpus, cpus if cpus <= 4 else cpus - noise, noise)
+    need = min(max(float(noise_share), 0.0), 1.0) * cpus
+    if need <= 0.5:
+        return ThreadLayout(cpus, cpus, 1)
+    noise = max(1, min(cpus - 1, round(need))) if cpus > 1 else 1
+    return ThreadLayout(cpus, max(1, cpus - noise), noise)
+
+
 @dataclass(frozen=True)
 class RunOptions:
     batch_size: int = 64
     shard_samples: int = 64
-    noise_workers: int = 1
+    noise_workers: int | None = None  # None: from ``thread_layout`` (the machine and where the engines run)
     prefetch: int = 4
     progress: bool | None = None  # None: on a terminal only, never under CI
     shard_records: int | None = None  # most records per shard; None: SHARD_RECORDS
@@ -71,8 +126,12 @@ class RunOptions:
     def __post_init__(self) -> None:
         for key in ("batch_size", "shard_samples", "noise_workers", "prefetch", "shard_records"):
             v = getattr(self, key)
-            if (v is not None or key != "shard_records") and (not isinstance(v, int) or v < 1):
+            if (v is not None or key not in ("shard_records", "noise_workers")) and (not isinstance(v, int) or v < 1):
                 raise ConfigError(f"run.{key}: expected an integer >= 1, got {v!r}")
+
+    def workers(self, xp: Any = np) -> int:
+        """The noise workers: ``noise_workers`` if given, else ``thread_layout``'s for where the noise is made."""
+        return self.noise_workers if self.noise_workers is not None else thread_layout(device=xp is not np).noise
 
     def draw_step(self, draws: int) -> int:
         """The length of the draw ranges shards are cut into for ``draws`` = K: K itself when a block's
@@ -133,6 +192,10 @@ class RunSize:
 
 @dataclass
 class CampaignStats:
+    """What a campaign did and how long it took. ``inferences``: the noisy ones (one record each);
+    ``clean_inferences``: the clean pass (once per sample block and model), inside ``seconds`` and
+    ``engine_seconds`` too, so ``images_per_second`` counts both: every image the engines ran, per wall second."""
+
     inferences: int = 0
     shards_run: int = 0
     shards_reused: int = 0
@@ -141,12 +204,22 @@ class CampaignStats:
     engine_seconds: float = 0.0
     per_model: dict[str, float] = field(default_factory=dict)
     retries: list[dict[str, Any]] = field(default_factory=list)  # scale-out: blocks redone after a lost worker
+    clean_inferences: int = 0
+    clean_seconds: float = 0.0
+    namespace: str = "numpy"  # where the noise was made (``campaign_namespace``)
+    noise_workers: int = 1
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.inferences + self.clean_inferences) / self.seconds if self.seconds else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        rate = self.inferences / self.seconds if self.seconds else 0.0
+        rate = self.images_per_second
         out = {"inferences": self.inferences, "shards_run": self.shards_run, "shards_reused": self.shards_reused,
                "wall_seconds": round(self.seconds, 3), "noise_seconds": round(self.noise_seconds, 3),
-               "engine_seconds": round(self.engine_seconds, 3), "images_per_second": round(rate, 2)}
+               "engine_seconds": round(self.engine_seconds, 3), "images_per_second": round(rate, 2),
+               "clean_inferences": self.clean_inferences, "clean_seconds": round(self.clean_seconds, 3),
+               "noise_namespace": self.namespace, "noise_workers": self.noise_workers}
         if self.retries:
             out["ray_retries"] = list(self.retries)
         return out
@@ -260,7 +333,7 @@ def _probe_seconds(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec
     level = noise.levels[0]
     t0 = time.perf_counter()
     keys = noise.keys(np.zeros(b, np.int64), level, np.arange(b))
-    noisy = hu + noise.sample(keys, level, hu, source.spacing, workers=options.noise_workers, model=dose_model)
+    noisy = hu + noise.sample(keys, level, hu, source.spacing, workers=options.workers(), model=dose_model)
     for m in models:  # a model with a fixed batch size gets batches of that size, as in the head probe
         fixed = m.engine.input_spec.shape[0]
         m.decide_batched(noisy if not isinstance(fixed, int) else np.resize(noisy, (fixed, *noisy.shape[1:])),
@@ -329,14 +402,82 @@ def plan(models: Sequence[AuditedModel], n: int, noise: NoiseSpec, out: Path, op
     return Plan((k0, k1), noise.draws, step, tuple(todo), reused, n, options.shard_samples, total)
 
 
+def campaign_namespace(models: Sequence[AuditedModel]) -> tuple[Any, Any]:
+    """(array namespace, device) the campaign makes its noise on: the engines' (``engine.xp``, ``engine.device``;
+    NumPy and None where an engine states none) when every model shares one, else the host (NumPy), each engine
+    then copying its batch to wherever it runs (one noise stream, drawn once, rather than one per device)."""
+    spaces = {(namespace(getattr(m.engine, "xp", None)).__name__, str(getattr(m.engine, "device", None))) for m in models}
+    if len(spaces) != 1:
+        return np, None
+    m = models[0]
+    return namespace(getattr(m.engine, "xp", None)), getattr(m.engine, "device", None)
+
+
+def on_device(xp: Any, device: Any) -> Any:
+    """A context making ``device`` current for ``xp`` in this thread (CuPy allocates on the current device); a
+    no-op on NumPy or where the device is not a CUDA ordinal (an int, ``"cuda:1"`` or an object with ``.id``)."""
+    if xp is np or device is None:
+        return contextlib.nullcontext()
+    ordinal = getattr(device, "id", device)
+    if isinstance(ordinal, str):
+        ordinal = ordinal.rsplit(":", 1)[-1]
+    try:
+        return xp.cuda.Device(int(ordinal))
+    except (TypeError, ValueError):
+        return contextlib.nullcontext()
+
+
+def noisy_inputs(models: Sequence[AuditedModel], hu: Any, noise: Any) -> dict[Any, Any]:
+    """The engines' inputs for images ``hu`` plus ``noise`` (both in one namespace): add, window, clip (and the
+    channel axis), once per distinct preprocessing. The noise buffer is fresh (the kernel's or the bank's), so the add
+    is done in it when the dtypes agree (same sum). Where the lean kernel applies, ``fused_inputs`` does all of it."""
+    if noise.dtype == hu.dtype:
+        noise += hu
+        noisy = noise
+    else:
+        noisy = hu + noise
+    preps = {(m.preprocess, len(m.engine.input_spec.shape)) for m in models}
+    if len(preps) == 1 and noisy.dtype == np.float32:  # one preprocessing: window and clip in place, its same bits
+        (prep, rank), = preps
+        lo, hi = prep.window
+        noisy -= np.float32(lo)
+        noisy *= np.float32(1.0 / (hi - lo))
+        if prep.clip:
+            noisy.clip(0.0, 1.0, out=noisy)
+        return {(prep, rank): noisy.reshape(noisy.shape[0], *(1,) * max(0, rank - noisy.ndim), *noisy.shape[1:])}
+    inputs: dict[Any, Any] = {}
+    for m in models:
+        key = (m.preprocess, len(m.engine.input_spec.shape))
+        if key not in inputs:
+            inputs[key] = m.prepare(noisy)
+    return inputs
+
+
+def fused_inputs(models: Sequence[AuditedModel], plan: Any, hu: Any, keys: np.ndarray, workers: int) -> dict[Any, Any]:
+    """The engines' inputs made by the lean kernel in one pass (noise, add, window, clip, in place in the engine's
+    input buffer): the bits of ``noisy_inputs(models, hu, noise.sample(...))``. Only when every model shares one
+    preprocessing (else empty: the noise is then drawn once and each preprocessing applied to it)."""
+    preps = {(m.preprocess, len(m.engine.input_spec.shape)) for m in models}
+    if len(preps) != 1:
+        return {}
+    (prep, rank), = preps
+    xp = plan.xp
+    out = xp.empty((hu.shape[0], *(1,) * max(0, rank - hu.ndim), *hu.shape[1:]), xp.float32)
+    plan.noisy_into(out, hu, keys, window=tuple(prep.window), clip=bool(prep.clip), workers=workers)
+    return {(prep, rank): out}
+
+
 def produce(put: Any, stopped: Any, work: Plan, models: Sequence[AuditedModel], source: Any, noise: NoiseSpec,
-            options: RunOptions, dose_model: Any) -> None:
+            options: RunOptions, dose_model: Any, *, xp: Any = np, bank: NoiseBank | None = None,
+            workers: int | None = None) -> None:
     """The producer: for each block, its images, then per level and shard (draw range) batches of noisy,
-    preprocessed inputs. ``dose_model``: ``noise.noise_model(source)`` (the whole noise of a dose, or what a lower
-    dose adds)."""
+    preprocessed inputs, all in ``xp`` (``campaign_namespace``). ``dose_model``: ``noise.noise_model(source)`` (the
+    whole noise of a dose, or what a lower dose adds); ``bank``: draws taken from a ``NoiseBank`` instead of fresh."""
+    workers = options.workers(xp) if workers is None else workers
+    plans: dict[float, Any] = {}  # the lean kernel per level (None where only ``NoiseSpec.sample`` applies)
     for first, levels in work.todo:
         idx = np.arange(first, min(first + options.shard_samples, work.n))
-        hu = source.load(idx)
+        hu = xp.asarray(source.load(idx))
         put(("block", first, idx, hu))
         for level, done in levels:
             for k0, k1 in work.ranges(done):
@@ -348,14 +489,17 @@ def produce(put: Any, stopped: Any, work: Plan, models: Sequence[AuditedModel], 
                     rows, ks = flat // k, k0 + flat % k
                     t0 = time.perf_counter()
                     keys = noise.keys(idx[rows], level, ks)
-                    noisy = hu[rows] + noise.sample(keys, level, hu[rows], source.spacing, workers=options.noise_workers,
-                                                    model=dose_model)
+                    images = hu[xp.asarray(rows)]
+                    if bank is None and level not in plans:
+                        plans[level] = noise.plan(level, images.shape[1:], source.spacing, model=dose_model, xp=xp)
+                    plan = None if bank is not None else plans[level]
                     # Preprocess here, off the engine's thread; models sharing a preprocessing share the input.
-                    inputs: dict[Any, np.ndarray] = {}
-                    for m in models:
-                        key = (m.preprocess, len(m.engine.input_spec.shape))
-                        if key not in inputs:
-                            inputs[key] = m.prepare(noisy)
+                    inputs = fused_inputs(models, plan, images, keys, workers) if plan is not None else {}
+                    if not inputs:
+                        drawn = (bank.sample(keys, level) if bank is not None else
+                                 plan.noise(keys, workers=workers) if plan is not None else
+                                 noise.sample(keys, level, images, source.spacing, workers=workers, model=dose_model, xp=xp))
+                        inputs = noisy_inputs(models, images, drawn)
                     put(("batch", level, rows, ks, inputs, time.perf_counter() - t0))
                 put(("shard_end", level, k0, k1))
 
@@ -364,24 +508,37 @@ class Consumer:
     """The engine side: clean decisions per block, flips per batch, one shard per block, level, draw range and model."""
 
     def __init__(self, models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, out: Path, options: RunOptions,
-                 work: Plan, stats: CampaignStats, bar: Any) -> None:
+                 work: Plan, stats: CampaignStats, bar: Any, sink: Callable[[Path, dict], None] | None = None) -> None:
         self.models, self.source, self.noise, self.out, self.options = models, source, noise, out, options
         self.work, self.stats, self.bar = work, stats, bar
+        self.sink = sink
         self.clean: dict[str, Decisions] = {}
         self.acc: dict[str, dict[str, list]] = {}
         self.idx = np.empty(0, np.int64)
         self.first = 0
 
+    def _write(self, path: Path, columns: dict[str, np.ndarray]) -> None:
+        """A shard, written atomically under ``out``, or handed to ``sink`` (path relative to ``out``): scale-out."""
+        if self.sink is None:
+            records.write_table(path, columns)
+        else:
+            self.sink(path.relative_to(self.out), columns)
+
     def block(self, first: int, idx: np.ndarray, hu: np.ndarray) -> None:
         self.first, self.idx = first, idx
         for m in self.models:
+            t0 = time.perf_counter()  # the clean pass is engine work too: counted in the stats and the throughput
             self.clean[m.name] = m.decide_batched(hu, self.options.batch_size)
+            dt = time.perf_counter() - t0
+            self.stats.clean_seconds += dt
+            self.stats.engine_seconds += dt
+            self.stats.clean_inferences += idx.size
             path = records.clean_path(self.out, m.name, first)
             if not records.shard_done(path, idx.size):
                 labels = self.source.labels
                 true = labels[idx] if labels is not None else np.full(idx.size, -1)
-                records.write_table(path, {"sample": idx.astype(np.int64), "true_label": np.asarray(true, np.int64),
-                                           "clean_label": self.clean[m.name].labels, "clean_score": self.clean[m.name].scores})
+                self._write(path, {"sample": idx.astype(np.int64), "true_label": np.asarray(true, np.int64),
+                                   "clean_label": self.clean[m.name].labels, "clean_score": self.clean[m.name].scores})
         self.acc = {m.name: {c: [] for c in records.RECORD_COLUMNS} for m in self.models}
 
     def batch(self, level: float, rows: np.ndarray, ks: np.ndarray, inputs: dict, noise_s: float) -> None:
@@ -408,7 +565,7 @@ class Consumer:
         for m in self.models:
             path = self.work.shard(self.out, m.name, self.noise.level_key(level), self.first, (k0, k1))
             if not records.shard_done(path, self.idx.size * (k1 - k0)):
-                records.write_table(path, {c: np.concatenate(v) for c, v in self.acc[m.name].items()})
+                self._write(path, {c: np.concatenate(v) for c, v in self.acc[m.name].items()})
             self.acc[m.name] = {c: [] for c in records.RECORD_COLUMNS}
         self.stats.shards_run += 1
 
@@ -417,14 +574,16 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
                  *, resume: bool = False, draws: tuple[int, int] | None = None,
                  levels: Sequence[float] | None = None, blocks: Sequence[int] | None = None,
                  create_store: bool = True, check_size: Callable[[RunSize], None] | None = None,
-                 noise_model: Any = None) -> CampaignStats:
+                 noise_model: Any = None, sink: Callable[[Path, dict], None] | None = None) -> CampaignStats:
     """Run (or finish, with ``resume``) a campaign; records land under ``out/records``.
 
     ``draws = (k0, k1)`` runs only draws k0 <= k < k1 (the sequential gate's rounds; the keys are
     those of a full run, so a round is exactly a slice of it) and ``levels`` a subset of the levels.
     ``blocks`` restricts the run to the sample blocks starting at these indices (multiples of
     ``shard_samples``): how scale-out workers split a campaign between them. ``check_size``: see ``start_store``
-    (``audit run`` refuses a run above ``MAX_RUN_INFERENCES`` there unless ``--yes``).
+    (``audit run`` refuses a run above ``MAX_RUN_INFERENCES`` there unless ``--yes``). ``sink`` (a scale-out worker
+    without the driver's folder): each shard's columns go to ``sink(path relative to out, columns)``, nothing is
+    written and no store is checked (the driver did), and every shard of ``blocks`` is computed.
     """
     out = Path(out)
     if not models:
@@ -440,11 +599,16 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
     # reduce: acquired doses read and every level checked, before any output (``noise_model``: the caller's, built once
     # by ``noise.noise_model(source)`` for the campaign and its reports)
     dose_model = noise_model if noise_model is not None else noise.noise_model(source)
-    start_store(models, source, noise, out, options, resume, create_store, check_size=check_size, dose_model=dose_model)
+    if sink is None:  # a sink's caller (the scale-out driver) checked and wrote the store itself
+        start_store(models, source, noise, out, options, resume, create_store, check_size=check_size, dose_model=dose_model)
     if resume and blocks is None:
         remove_stale_temps(out)  # writes cut short when the earlier run was killed
     work = plan(models, len(source), noise, out, options, draws=draws, levels=levels, blocks=blocks)
-    stats = CampaignStats(shards_reused=work.reused)
+    xp, device = campaign_namespace(models)
+    workers = options.workers(xp)
+    stats = CampaignStats(shards_reused=work.reused, namespace=xp.__name__, noise_workers=workers)
+    # an opt-in bank (screening runs): its fields are drawn lazily, per level, in the producer thread
+    bank = NoiseBank(noise, source.shape, source.spacing, dose_model, xp=xp, workers=workers) if noise.bank else None
 
     stop = threading.Event()
     q: "queue.Queue[Any]" = queue.Queue(maxsize=options.prefetch)
@@ -459,7 +623,9 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
 
     def producer() -> None:
         try:
-            produce(put, stop.is_set, work, models, source, noise, options, dose_model)
+            with on_device(xp, device):
+                produce(put, stop.is_set, work, models, source, noise, options, dose_model, xp=xp, bank=bank,
+                        workers=workers)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
             put(("error", exc))
         finally:
@@ -469,7 +635,7 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
     thread = threading.Thread(target=producer, name="noise-producer", daemon=True)
     thread.start()
     bar = progress_bar(work.total, options.progress, "audit")
-    consumer = Consumer(models, source, noise, out, options, work, stats, bar)
+    consumer = Consumer(models, source, noise, out, options, work, stats, bar, sink)
     try:
         while True:
             item = q.get()

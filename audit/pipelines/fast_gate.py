@@ -22,6 +22,9 @@ What can be decided early:
 - rules on upper confidence bounds and ``no_regression``: at full K, where they equal the full gate.
 Verdicts reached at full K are exact (identical to ``audit gate`` on a full report); earlier ones are
 bounded, and ``gate.json`` says which is which.
+Screening runs may opt in to a noise bank (``[noise] bank``, or ``bank=`` here): far cheaper draws, each
+an exact draw of the noise, but samples share the bank's fields, so the bounds' independence across
+samples is approximate; ``gate.json`` then records ``noise_bank`` and says so.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import numpy as np
 
 from audit.artifact import AuditedModel
 from audit.campaign import records
+from audit.campaign.noise import BANK_NOTE
 from audit.campaign.run import run_campaign
 from audit.config import AuditConfig
 from audit.data import open_source
@@ -100,11 +104,13 @@ def _early(rule: dict[str, Any], clean: records.CleanRecords, rec: records.Level
 
 def run_fast_gate(config: AuditConfig, rules: list[dict[str, Any]], out: Path, *, rounds: int = 10, error: float = 0.05,
                   baseline: dict[str, Any] | None = None, models: list[AuditedModel] | None = None, source: Any = None,
-                  progress: bool | None = False) -> dict[str, Any]:
-    """Run the sequential gate; writes ``out/gate.json`` and returns it."""
+                  progress: bool | None = False, bank: int | None = None) -> dict[str, Any]:
+    """Run the sequential gate; writes ``out/gate.json`` and returns it. ``bank``: fields per level of a noise
+    bank (0: fresh noise; None: the config's ``[noise] bank``)."""
     models = models if models is not None else open_models(config)
     source = source if source is not None else open_source(config.data, pacs=config.pacs)
-    noise, n = config.noise, len(source)
+    noise = config.noise if bank is None else replace(config.noise, bank=int(bank))
+    n = len(source)
     big_k = noise.draws
     step = max(1, math.ceil(big_k / rounds))
     bounds = list(range(0, big_k, step)) + [big_k]
@@ -152,6 +158,8 @@ def run_fast_gate(config: AuditConfig, rules: list[dict[str, Any]], out: Path, *
               "inference_ratio": full_inferences / max(inferences, 1),
               "passed": all(v.passed for v in verdicts.values()),
               "verdicts": [asdict(v) for v in verdicts.values()]}
+    if noise.bank:
+        result.update(noise_bank=noise.bank, noise_bank_note=BANK_NOTE)
     write_json(out / "gate.json", result)
     return result
 
@@ -162,7 +170,7 @@ def _exact(rule, model, clean, out, noise, n, done_at, baseline) -> Verdict:
     blocks = [level_block(model, clean, records.load_level(out, model.name, lv, noise.level_key(lv), n, noise.draws))
               for lv in levels]
     mini = {"models": [{"name": model.name, "levels": blocks, "clean": clean_performance(model, clean),
-                        "head": model.head.to_dict()}]}
+                        "head": model.head.to_dict()}], "noise": noise.to_dict()}
     (o,) = [x for x in evaluate(mini, [rule], baseline) if x.model == model.name]
     k = noise.draws if not rule["metric"].startswith("clean_") else 0
     return Verdict(o.rule, o.model, o.passed, o.measured, o.limit, k, True, o.detail)

@@ -417,6 +417,8 @@ def summary(model_blocks: list[dict[str, Any]], loaded: list, source: Any, noise
                   "sigma_hu": noise_sigma(noise, source.shape, source.spacing)},
         "models": [],
     }
+    if noise.bank:  # a screening run's noise bank: marked where the headline is read (absent for fresh noise)
+        out["noise"].update(bank=spec["bank"], bank_note=spec["bank_note"])
     for block, (m, clean, by_level) in zip(model_blocks, loaded):
         entry: dict[str, Any] = {
             "name": block["name"], "sha256": block["engine"].get("sha256"), "engine": block["engine"].get("backend"),
@@ -531,11 +533,13 @@ REPORT_SPEC = {
     "data": (True, {"source": (False, _STR), "N": (False, _COUNT), "shape": (False, (_list_of(_is_count), "a list of sizes")),
                     "spacing_mm": (False, _NUMS)}),
     "noise": (True, {"kind": (True, _STR), "level_unit": (True, _STR), "draws": (False, _COUNT),
-                     "levels": (True, (_list_of(_is_num, nonempty=True), "a non-empty list of numbers"))}),
+                     "levels": (True, (_list_of(_is_num, nonempty=True), "a non-empty list of numbers")),
+                     "bank": (False, _COUNT), "bank_note": (False, _STR)}),
     "models": (True, [_MODEL_SPEC, "non-empty"]),
     "summary": (False, {"noise": (False, {"kind": (True, _STR), "level_unit": (True, _STR), "draws": (False, _COUNT),
                                           "levels": (True, (_list_of(_is_num, nonempty=True), "a non-empty list of numbers")),
-                                          "sigma_hu": (False, _NUMS), "mode": (False, _STR), "preset": (False, _STR)}),
+                                          "sigma_hu": (False, _NUMS), "mode": (False, _STR), "preset": (False, _STR),
+                                          "bank": (False, _COUNT), "bank_note": (False, _STR)}),
                         "gate": (False, {"policy": (False, _STR), "outcomes": (False, _TABLES)}),
                         "data": (False, {"source": (False, _STR), "N": (False, _COUNT), "spacing_mm": (False, _NUMS),
                                          "shape": (False, (_list_of(_is_count), "a list of sizes"))}),

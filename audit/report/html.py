@@ -261,6 +261,9 @@ def summary_of(report: dict[str, Any]) -> dict[str, Any]:
         "models": given.get("models"),
     }
     out["noise"].setdefault("draws", noise.get("draws"))
+    if noise.get("bank"):  # a noise bank is marked on the page even where the summary predates the key
+        out["noise"].setdefault("bank", noise["bank"])
+        out["noise"].setdefault("bank_note", noise.get("bank_note"))
     if out["models"] is None:
         out["models"] = [{
             "name": m["name"], "sha256": m["engine"].get("sha256"), "engine": m["engine"].get("backend"),
@@ -308,6 +311,10 @@ def _noise_rows(s: dict[str, Any]) -> list[tuple[str, Any]]:
         rows.append(("pixel sigma per level (HU)", ", ".join("-" if v is None else f"{v:.3g}" for v in sig)))
     if n.get("draws") is not None:
         rows.append(("draws per sample and level (K)", n["draws"]))
+    if n.get("bank"):
+        rows.append(("noise bank (screening run)", f"{n['bank']} pre-drawn fields per level, reused with keyed circular "
+                     "shifts: each draw is exact and a sample's draws are distinct, but independence across samples "
+                     "is approximate"))
     return rows
 
 
@@ -820,7 +827,8 @@ def render_html(report: dict[str, Any], folder: str | Path) -> str:
     parts += [render_comparisons(report, unit), render_scan_arm(report), render_attacks(report), render_spread(report, unit)]
     t = report["timing"]
     tool = report.get("tool") or {}
-    parts.append(f"<p class='small'>{t['inferences']} inferences in {t['wall_seconds']} s ({t['images_per_second']} images/s)"
+    clean = f" + {t['clean_inferences']} clean" if t.get("clean_inferences") else ""  # the clean pass, counted in the rate
+    parts.append(f"<p class='small'>{t['inferences']}{clean} inferences in {t['wall_seconds']} s ({t['images_per_second']} images/s)"
                  + (f" &middot; {_esc(tool.get('name'))} {_esc(tool.get('version'))}, Python {_esc(tool.get('python'))}"
                     if tool else "") + "</p>")
     parts.append("</body></html>")

@@ -17,6 +17,7 @@ from audit.artifact import AuditedModel
 from audit.campaign import records
 from audit.campaign.run import RunOptions, run_campaign
 from audit.cli import main
+from audit.config import parse_config
 from audit.io import is_temp
 from audit.data import ArraySource
 from audit.engines import load_engine
@@ -279,3 +280,39 @@ def test_sequential_rounds_over_split_shards_are_slices_of_the_full_run(tmp_path
     a = records.load_level(tmp_path / "rounds", "planted", 30.0, noise.level_key(30.0), 6, 20)
     b = records.load_level(tmp_path / "full", "planted", 30.0, noise.level_key(30.0), 6, 20)
     assert np.array_equal(a.labels, b.labels) and np.array_equal(a.scores, b.scores) and a.flipped.any()
+
+
+def test_records_equal_a_draw_by_draw_recomputation_on_numpy_and_the_clean_pass_is_counted(tmp_path, planted):
+    """The campaign on the engine's namespace (NumPy here) gives, for every (sample, k), the score of the model on
+    image + ``NoiseSpec.sample`` of that one key, bit for bit (batching, the in-place add and the producer change
+    nothing); its stats count the clean pass (N per model) beside the N x K noisy inferences."""
+    source = ArraySource(planted_images(10, spread_hu=5.0), (SPACING, SPACING))
+    noise = NoiseSpec(kind="nps", levels=(40.0,), draws=6, seed=9, sigma_ref=40.0, mas_ref=100.0)
+    model = _open(planted)
+    stats = run_campaign([model], source, noise, tmp_path / "out", RunOptions(batch_size=16, shard_samples=4, progress=False))
+    assert stats.namespace == "numpy" and stats.inferences == 60 and stats.clean_inferences == 10
+    assert stats.to_dict()["images_per_second"] == round(70 / stats.seconds, 2)
+    rec = records.load_level(tmp_path / "out", "planted", 40.0, noise.level_key(40.0), 10, 6)
+    for i, k in ((0, 0), (3, 5), (9, 2), (6, 4)):
+        hu = source.load([i])
+        drawn = noise.sample(noise.keys([i], 40.0, [k]), 40.0, hu, source.spacing)
+        dec = model.decide_input(model.prepare(hu + drawn))
+        assert rec.scores[i, k] == dec.scores[0] and rec.labels[i, k] == dec.labels[0]
+
+
+def test_thread_layout_follows_the_cores_and_the_noise_share_and_explicit_values_win(tmp_path):
+    def layout(cpus, share=None, device=False):
+        t = campaign_run.thread_layout(cpus, noise_share=share, device=device)
+        return t.engine, t.noise
+
+    assert layout(2, 0.65) == (1, 1)     # 2D slices on 2 cores: noise 1.4 against engine 0.75 CPU-ms per image
+    assert layout(2, 0.13) == (2, 1)     # 3D cubes: the producer needs a quarter core, the engine keeps both
+    assert layout(16, 0.65) == (6, 10) and layout(16, 0.02) == (16, 1)
+    assert layout(2) == (2, 1) and layout(16) == (12, 4) and layout(1, 0.9) == (1, 1)
+    assert layout(16, 0.5, device=True) == (1, 1)
+    assert RunOptions(noise_workers=3).workers() == 3
+    assert RunOptions().workers() == campaign_run.thread_layout().noise
+    raw = {"model": {"path": "m.onnx"}, "data": {"phantom": "nodules"}}
+    assert parse_config(raw, tmp_path).models[0].options["threads"] == campaign_run.thread_layout().engine
+    assert parse_config({"model": {"path": "m.onnx", "threads": 3}, "data": {"phantom": "nodules"}},
+                        tmp_path).models[0].options["threads"] == 3
