@@ -18,10 +18,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: on a terminal, off under CI)")
     p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
-                   help="spread sample blocks over Ray actors: 'auto' (default; joins RAY_ADDRESS or starts a local "
-                        "instance) or a cluster address; needs the ray extra")
-    p.add_argument("--ray-actors", type=int, default=None, help="number of actors (default: the cluster's CPUs)")
-    p.add_argument("--ray-gpus", type=float, default=0.0, help="GPUs per actor (1 = one GPU each)")
+                   help="spread sample blocks over the nodes of a Ray cluster: 'auto' (default; joins RAY_ADDRESS or "
+                        "starts a local instance) or a cluster address host:port; no shared filesystem needed; "
+                        "needs the ray extra")
+    p.add_argument("--ray-actors", type=int, default=None, help="most sample blocks in flight at once (default: the usable nodes' CPUs, plus one "
+                        "queued per node)")
+    p.add_argument("--ray-gpus", type=float, default=0.0, help="GPUs per block task (1 = one GPU each)")
     p.add_argument("--policy", type=Path, default=None,
                    help="gate policy (TOML): its verdict heads the report; exit 1 if a rule is violated")
     p.add_argument("--yes", action="store_true",
