@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import onnx
 
 from audit.artifact import AuditedModel, ModelEntry, open_artifact
 from audit.campaign import records
@@ -232,6 +233,25 @@ def preflight(ray: Any, shipped: Sequence[ShippedModel], head: Any, preprocess: 
     return usable, excluded
 
 
+#: Seconds the driver waits for a TCP connection to the cluster address before saying nothing listens there (Ray
+#: itself retries for minutes).
+CONNECT_SECONDS = 5.0
+
+
+def _reachable(address: str) -> None:
+    """One line, exit 2, when nothing accepts a connection at ``host:port`` (``auto`` and ``ray://`` addresses are
+    left to Ray)."""
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS):
+            pass
+    except (OSError, ValueError) as exc:
+        raise InputError(f"ray: nothing answers at {address} ({exc}); start the head with `ray start --head` "
+                         "(README, Scale-out on a Ray cluster) or fix --ray") from None
+
+
 def _ship_models(ray: Any, config: Any) -> list[ShippedModel]:
     """Every model file read once on the driver and put in the object store (no file: shipped as its entry only)."""
     shipped = []
@@ -240,6 +260,10 @@ def _ship_models(ray: Any, config: Any) -> list[ShippedModel]:
             shipped.append(ShippedModel(e, None, None))
             continue
         data = Path(e.path).read_bytes()
+        graph = onnx.load_model_from_string(data).graph if str(e.path).endswith(".onnx") else None
+        if graph is not None and any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer):
+            raise InputError(f"{e.path}: has ONNX external-data files beside it, which --ray does not ship; save it "
+                             "as one file (onnx.save_model(..., save_as_external_data=False)) for a cluster run")
         shipped.append(ShippedModel(e, hashlib.sha256(data).hexdigest(), ray.put(data)))
     return shipped
 
@@ -274,6 +298,7 @@ def run_on_ray(config: Any, out: Path, *, address: str = "auto", actors: int | N
         raise ConfigError("noise.mode 'reduce' is not supported with --ray (each scan's own noise is measured from the "
                           "whole source on one machine); run it without --ray")
     if not ray.is_initialized():
+        _reachable(address)
         try:
             ray.init(address=None if address == "auto" else address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False)

@@ -12,7 +12,7 @@ import pytest
 from audit.config import load_config
 from audit.pipelines.run import run_config
 from audit.campaign.ray import run_on_ray
-from audit.errors import ConfigError
+from audit.errors import ConfigError, InputError
 from tests.audit.conftest import REGION, planted_images, write_config, write_manifest
 from tests.audit.planted import region_means
 
@@ -118,3 +118,38 @@ def test_reduce_mode_is_refused_in_one_line(config):
     with pytest.raises(ConfigError, match="not supported with --ray"):
         run_on_ray(reduce, Path("never-written"))
     assert not Path("never-written").exists()
+
+
+def test_an_address_where_nothing_listens_is_one_line_at_once(config, tmp_path):
+    """Ray itself retries an unreachable head for minutes; the driver says so in one line within seconds."""
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(InputError, match=f"nothing answers at 127.0.0.1:{port}"):
+        run_on_ray(config, tmp_path / "out", address=f"127.0.0.1:{port}")
+    assert time.monotonic() - start < 30 and not (tmp_path / "out").exists()
+
+
+def test_a_model_with_external_data_is_refused_before_any_work(local_ray, config, tmp_path):
+    """Only the model file is shipped to the nodes: external-data files beside it would be missing there."""
+    import dataclasses
+
+    import onnx
+    import onnx.numpy_helper
+
+    model = onnx.load(config.models[0].path)
+    for i, t in enumerate(list(model.graph.initializer)):  # float weights as raw bytes: what external data holds
+        if t.data_type == onnx.TensorProto.FLOAT:  # (Slice's int64 bounds stay inline: shape inference reads them)
+            model.graph.initializer[i].CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t), t.name))
+    split = tmp_path / "split" / "model.onnx"
+    split.parent.mkdir()
+    onnx.save_model(model, split, save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin",
+                    size_threshold=0)
+    entry = dataclasses.replace(config.models[0], path=split)
+    with pytest.raises(InputError, match="external-data"):
+        run_on_ray(dataclasses.replace(config, models=(entry,)), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
