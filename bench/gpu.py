@@ -72,7 +72,11 @@ def engines_for(path: Path, calibration: np.ndarray, scratch: Path):
     from audit.engines import load_engine
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
-        yield "ort-cuda-fp32", load_engine(path, providers=["CUDAExecutionProvider"])
+        engine = load_engine(path, providers=["CUDAExecutionProvider"])
+        if engine.device.startswith("cuda"):
+            yield "ort-cuda-fp32", engine
+        else:  # listed but not loaded (CUDA/cuDNN libraries missing): ORT fell back to the CPU silently
+            print(f"onnxruntime: the CUDAExecutionProvider did not load (session providers {engine.providers}); skipped")
     else:
         print("onnxruntime: no CUDAExecutionProvider in this build (onnxruntime-gpu); skipped")
     try:

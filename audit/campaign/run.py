@@ -233,6 +233,9 @@ def fingerprint(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, o
             "noise": noise.to_dict(), "data": source.fingerprint(), "shard_samples": options.shard_samples}
     if options.draw_step(noise.draws) < noise.draws:
         desc["shard_draws"] = options.draw_step(noise.draws)
+    space = campaign_namespace(models)[0].__name__
+    if space != "numpy":  # device noise equals the host's only to float32 rounding (same uniforms, other log/FFT):
+        desc["noise_namespace"] = space  # records of one campaign come from one of them (host runs keep their hash)
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
 
 
@@ -500,6 +503,8 @@ def produce(put: Any, stopped: Any, work: Plan, models: Sequence[AuditedModel], 
                                  plan.noise(keys, workers=workers) if plan is not None else
                                  noise.sample(keys, level, images, source.spacing, workers=workers, model=dose_model, xp=xp))
                         inputs = noisy_inputs(models, images, drawn)
+                    if xp is not np:  # device work is queued, not done: wait, so the time is the noise's and the
+                        xp.cuda.get_current_stream().synchronize()  # engine's stream never reads a batch half made
                     put(("batch", level, rows, ks, inputs, time.perf_counter() - t0))
                 put(("shard_end", level, k0, k1))
 
@@ -548,7 +553,7 @@ class Consumer:
             dec = m.decide_input(inputs[(m.preprocess, len(m.engine.input_spec.shape))])
             self.stats.engine_seconds += time.perf_counter() - t0
             ref = self.clean[m.name].take(rows)
-            flipped, dice = m.head.flipped(ref, dec)
+            flipped, metrics = m.head.draw_metrics(ref, dec, self.source.spacing)
             a = self.acc[m.name]
             a["sample"].append(self.idx[rows].astype(np.int64))
             a["level"].append(np.full(rows.size, float(level)))
@@ -557,7 +562,9 @@ class Consumer:
             a["label"].append(dec.labels)
             a["score"].append(dec.scores)
             a["flipped"].append(flipped)
-            a["dice"].append(dice if dice is not None else np.full(rows.size, np.nan, np.float32))
+            a["dice"].append(metrics.pop("dice", np.full(rows.size, np.nan, np.float32)))
+            for c, v in metrics.items():  # segmentation contour metrics (records.CONTOUR_COLUMNS), when computed
+                a.setdefault(c, []).append(v)
         self.stats.inferences += rows.size * len(self.models)
         self.bar.update(rows.size)
 
@@ -637,17 +644,23 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
     bar = progress_bar(work.total, options.progress, "audit")
     consumer = Consumer(models, source, noise, out, options, work, stats, bar, sink)
     try:
-        while True:
-            item = q.get()
-            if item is _DONE:
-                break
-            kind, args = item[0], item[1:]
-            if kind == "error":
-                raise args[0]
-            getattr(consumer, kind)(*args)
+        with on_device(xp, device):  # CuPy's current device is per thread: the clean pass preprocesses here too
+            consume(q, consumer)
     finally:
         stop.set()
         bar.close()
         thread.join(timeout=10)
     stats.seconds = time.perf_counter() - start
     return stats
+
+
+def consume(q: "queue.Queue[Any]", consumer: Consumer) -> None:
+    """The main thread's loop: hand each item of the producer to the consumer until done; re-raise its errors."""
+    while True:
+        item = q.get()
+        if item is _DONE:
+            return
+        kind, args = item[0], item[1:]
+        if kind == "error":
+            raise args[0]
+        getattr(consumer, kind)(*args)

@@ -25,7 +25,7 @@ PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CP
 #: Providers that run a session on a CUDA device (IO binding with device pointers applies).
 CUDA_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8}
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
 
 
 def check_external_data(path: Path) -> None:
@@ -127,7 +127,11 @@ class OnnxRuntimeEngine(Engine):
             batch = cp.ascontiguousarray(batch)  # a copy only when strided
             cp.cuda.get_current_stream().synchronize()
             values = self.run_bound(batch.data.ptr, batch.shape, "cuda", ordinal)
-            return {name: _cupy_copy(cp, value, ordinal) for name, value in zip(self.output_names, values)}
+            outputs = {name: _cupy_copy(cp, value, ordinal) for name, value in zip(self.output_names, values)}
+            # The copies are queued on CuPy's stream; once ``values`` is released ONNX Runtime's arena may hand its
+            # memory to the next run on ORT's stream, which is not ordered after CuPy's: finish the copies first.
+            cp.cuda.get_current_stream().synchronize()
+            return outputs
 
     def run_bound(self, ptr: int, shape: Sequence[int], device_type: str = "cpu", ordinal: int = 0) -> list[Any]:
         """Run on an input already in memory at ``ptr`` (C-contiguous, the input's dtype) by IO binding; outputs

@@ -43,8 +43,9 @@ class TorchEngine(Engine):
         self.torch_device = torch.device(device)
         self.module = (module.eval() if eval_mode else module).to(self.torch_device)
         #: ``"cpu"`` or ``"cuda:N"`` (the Engine contract; ``torch_device`` is torch's own).
-        self.device = (cuda_device(self.torch_device.index or 0) if self.torch_device.type == "cuda"
-                       else self.torch_device.type)
+        # ``"cuda"`` without an index is torch's current device, not necessarily 0.
+        self.device = (cuda_device(torch.cuda.current_device() if self.torch_device.index is None else self.torch_device.index)
+                       if self.torch_device.type == "cuda" else self.torch_device.type)
         self.path: Path | None = None
 
     @classmethod

@@ -60,7 +60,8 @@ class TensorRTEngine(Engine):
         plan = plan_cache_dir() / f"{path.stem}-{key}.plan"
         if not plan.is_file():
             self._build(path, plan, precision, max_batch, opt_batch, workspace_gib)
-        runtime = trt.Runtime(self.logger)
+        # TensorRT: a factory (the runtime) must outlive the objects it creates (the engine); keep it.
+        self.runtime = runtime = trt.Runtime(self.logger)
         self.engine = runtime.deserialize_cuda_engine(plan.read_bytes())
         if self.engine is None:
             raise EngineError(f"{plan}: TensorRT could not deserialize the cached plan")
@@ -119,7 +120,8 @@ class TensorRTEngine(Engine):
             x = cp.ascontiguousarray(cp.asarray(batch))  # no copy for a contiguous CuPy batch on this device
             # The batch was written on the caller's stream; TensorRT reads it on ours.
             self.stream.wait_event(cp.cuda.get_current_stream().record())
-            self.context.set_input_shape(self.input_spec.name, tuple(x.shape))
+            if not self.context.set_input_shape(self.input_spec.name, tuple(x.shape)):
+                raise InputError(f"input '{self.input_spec.name}': shape {tuple(x.shape)} is outside the engine's profile")
             self.context.set_tensor_address(self.input_spec.name, x.data.ptr)
             outputs = {}
             for name in self.output_names:
