@@ -297,8 +297,8 @@ def run_on_ray(config: Any, out: Path, *, address: str = "auto", actors: int | N
     if noise.kind == "nps" and noise.mode == "reduce":
         raise ConfigError("noise.mode 'reduce' is not supported with --ray (each scan's own noise is measured from the "
                           "whole source on one machine); run it without --ray")
+    _reachable(address)
     if not ray.is_initialized():
-        _reachable(address)
         try:
             ray.init(address=None if address == "auto" else address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False)
