@@ -211,6 +211,11 @@ def head_section(t: Table) -> Mapping[str, Any]:
         "rating_edges": lambda k: t.numbers(k),
         "tolerance": lambda k: t.float(k, low=0),
         "min_dice": lambda k: t.float(k, low=0, high=1),
+        # segmentation flip thresholds beyond Dice (any failing one flips; see audit.metrics.segmentation_flips)
+        "hd95_max_mm": lambda k: t.float(k, low=0),
+        "contour_error_max_mm": lambda k: t.float(k, low=0),
+        "filled_dice_min": lambda k: t.float(k, low=0, high=1),
+        "contour_metrics": lambda k: t.bool(k),
     }
     for key, get in getters.items():
         if key in t:

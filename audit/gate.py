@@ -7,6 +7,8 @@ Rule kinds (``metric``):
   upper confidence bound instead of the estimate (stricter; the report's CI);
 - ``cmr_offdiag``: the largest off-diagonal CMR entry at ``level`` <= ``max``;
 - ``clean_auc`` (and ``clean_accuracy``, ``clean_macro_f1``): clean performance >= ``min``;
+- ``dice_q05`` (segmentation): the 5th percentile over all draws at ``level`` of the Dice between each
+  perturbed mask and the clean one >= ``min`` (95 % of the draws keep at least that overlap);
 - ``no_regression``: no significant worsening against ``--baseline`` (a report of the same samples):
   per level, and per class of the candidate's clean label (``test = "sar_class"``, default; ``"cmr"``
   is the same per column of the CMR, whose off-diagonal mass is SAR_c) or overall (``test = "sar"``),
@@ -36,7 +38,8 @@ from audit.io import atomic_path
 from audit.metrics import paired_noninferiority
 from audit.toml import read_toml
 
-METRICS = ("san_fraction", "sar", "sar_class", "cmr_offdiag", "clean_auc", "clean_accuracy", "clean_macro_f1", "no_regression")
+METRICS = ("san_fraction", "sar", "sar_class", "cmr_offdiag", "clean_auc", "clean_accuracy", "clean_macro_f1", "no_regression",
+           "dice_q05")
 RULE_KEYS = {"metric", "level", "max", "min", "class", "bound", "model", "name", "test", "alpha", "margin"}
 
 
@@ -122,6 +125,10 @@ def load_report(path: str | Path) -> dict[str, Any]:
                 per_class = get(b, "per_class", wb, table, "a table")
                 for key in ("SAR", "SAR_ci_high"):
                     get(per_class, key, f"{wb}.per_class", numbers(len(names)), f"{len(names)} numbers (one per class)")
+            seg = b.get("segmentation")
+            if seg is not None:
+                get(get(get(b, "segmentation", wb, table, "a table"), "dice", f"{wb}.segmentation", table, "a table"),
+                    "q05", f"{wb}.segmentation.dice", number, "a number (Dice in [0, 1])")
             if classification or "CMR" in b:
                 cmr = get(b, "CMR", wb, table, "a table")
                 get(cmr, "matrix", f"{wb}.CMR", lambda v: isinstance(v, list) and all(numbers(None)(r) for r in v),
@@ -174,8 +181,10 @@ def load_policy(path: str | Path) -> list[dict[str, Any]]:
         needs_max = metric in ("san_fraction", "sar", "sar_class", "cmr_offdiag")
         if needs_max and "max" not in rule:
             raise ConfigError(f"{path}: {label}: needs a numeric 'max'")
-        if metric.startswith("clean_") and "min" not in rule:
+        if (metric.startswith("clean_") or metric == "dice_q05") and "min" not in rule:
             raise ConfigError(f"{path}: {label}: needs a numeric 'min'")
+        if metric == "dice_q05" and "level" not in rule:
+            raise ConfigError(f"{path}: {label}: needs the 'level' (dose) it applies to")
         if needs_max and "level" not in rule:
             raise ConfigError(f"{path}: {label}: needs the 'level' (dose) it applies to")
         if metric == "sar_class" and "class" not in rule:
@@ -228,6 +237,15 @@ def evaluate(report: Mapping[str, Any], rules: list[dict[str, Any]], baseline: M
                 out.append(_regression(rule, model, baseline, report))
                 continue
             block = level_block(model, rule["level"], name)
+            if metric == "dice_q05":
+                dist = (block.get("segmentation") or {}).get("dice")
+                if dist is None:
+                    raise InputError(f"{name}: metric 'dice_q05' needs a segmentation model's Dice distribution; model "
+                                     f"'{mname}' has none ({model['head']['task']} task)")
+                value = dist["q05"]
+                out.append(Outcome(name, mname, value, f">= {rule['min']:g}", value >= rule["min"],
+                                   f"5th percentile of Dice over {dist['n']} draws"))
+                continue
             if metric == "san_fraction":
                 value = block["SAN_fraction"]
             elif metric == "sar":

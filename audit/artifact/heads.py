@@ -3,7 +3,9 @@
 A head knows its task. Classification heads (binary, multiclass, rating) give
 class labels and a flip is a changed label. Regression flips when the value
 moves more than a tolerance from the clean one; segmentation flips when the
-Dice between the perturbed and the clean mask falls below a set value (study 4).
+Dice between the perturbed and the clean mask falls below a set value (study 4), and
+optionally when a contour metric of ``audit.metrics.contours`` fails its threshold: HD95 or the contour
+error above a distance in mm, or the Dice of filled contours below a value (any failing one flips).
 Heads are built from the model's ONNX metadata (``audit.*`` keys written by
 ``models.export``) and a config section, the config winning.
 """
@@ -11,17 +13,23 @@ Heads are built from the model's ONNX metadata (``audit.*`` keys written by
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 
 from audit.engines.base import pick_output
-from audit.errors import ConfigError
-from audit.metrics import batch_dice
+from audit.errors import ConfigError, InputError
+from audit.metrics import batch_dice, segmentation_flips
+from audit.metrics.contours import CONTOUR_COLUMNS
 from kernels._xp import array_namespace
 
 TASKS = ("binary", "multiclass", "rating", "regression", "segmentation")
+#: Segmentation flip thresholds beyond Dice (``audit.metrics.segmentation_flips``): None = not a criterion.
+CONTOUR_THRESHOLDS = ("hd95_max_mm", "contour_error_max_mm", "filled_dice_min")
+HEAD_KEYS = ("class_names", "threshold", "activation", "output", "rating_edges", "tolerance", "min_dice",
+             *CONTOUR_THRESHOLDS, "contour_metrics")
 ACTIVATIONS = ("none", "sigmoid", "softmax", "beta")
 
 
@@ -49,6 +57,16 @@ class Head:
     rating_edges: tuple[float, ...] = (1.5, 2.5, 3.5, 4.5)
     tolerance: float = 0.0
     min_dice: float = 0.9
+    hd95_max_mm: float | None = None
+    contour_error_max_mm: float | None = None
+    filled_dice_min: float | None = None
+    contour_metrics: bool = False  # record HD95 / contour error / filled Dice even without a threshold on them
+
+    @property
+    def computes_contours(self) -> bool:
+        """Whether each draw gets HD95, the contour error and the filled-contour Dice (segmentation only)."""
+        return self.task == "segmentation" and (self.contour_metrics or any(
+            getattr(self, k) is not None for k in CONTOUR_THRESHOLDS))
 
     @property
     def n_classes(self) -> int:
@@ -98,19 +116,46 @@ class Head:
             return Decisions(np.digitize(value, self.rating_edges).astype(np.int64), value.astype(np.float32))
         return Decisions(np.full(b, -1, np.int64), value.astype(np.float32))  # regression
 
-    def flipped(self, clean: Decisions, noisy: Decisions) -> tuple[np.ndarray, np.ndarray | None]:
-        """(flip flags (B,), per-item Dice for segmentation else None)."""
+    def flipped(self, clean: Decisions, noisy: Decisions, spacing: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(flip flags (B,), per-item Dice for segmentation else None). ``spacing``: see ``draw_metrics``."""
+        flags, cols = self.draw_metrics(clean, noisy, spacing)
+        return flags, cols.get("dice")
+
+    def draw_metrics(self, clean: Decisions, noisy: Decisions, spacing: Any = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(flip flags (B,), per-item metric columns): segmentation gives ``dice`` (float32) and, when
+        ``computes_contours``, ``hd95_mm``, ``contour_error_mm`` (mm; +inf where exactly one mask is empty) and
+        ``filled_dice``; other tasks give none. ``spacing``: the images' voxel sizes in mm (the source's
+        ``spacing``; its last axes are the masks' axes: masks on the image grid), needed only for the contour
+        metrics (an attack calling ``flipped`` without it on such a head gets one ``InputError``)."""
         if self.task == "regression":
-            return np.abs(noisy.scores - clean.scores) > self.tolerance, None
-        if self.task == "segmentation":
-            d = batch_dice(clean.masks, noisy.masks).astype(np.float32)
-            return d < self.min_dice, d
-        return noisy.labels != clean.labels, None
+            return np.abs(noisy.scores - clean.scores) > self.tolerance, {}
+        if self.task != "segmentation":
+            return noisy.labels != clean.labels, {}
+        d = batch_dice(clean.masks, noisy.masks).astype(np.float32)
+        flags = d < self.min_dice
+        if not self.computes_contours:
+            return flags, {"dice": d}
+        spatial = clean.masks.ndim - 1
+        if spacing is None or len(tuple(spacing)) < spatial:
+            raise InputError(f"segmentation contour metrics need the voxel spacing in mm of the mask's {spatial} axes, "
+                             f"got {spacing!r}")
+        sp = tuple(float(v) for v in tuple(spacing)[-spatial:])
+        crit = {k: getattr(self, k) for k in CONTOUR_THRESHOLDS}
+        cols = {c: np.empty(d.size, np.float32) for c in CONTOUR_COLUMNS}
+        for i in range(d.size):  # one clean mask per row: the metrics' own per-draw definition, empty masks included
+            f = segmentation_flips(clean.masks[i], [noisy.masks[i]], sp, **crit)
+            flags[i] |= bool(f.flipped[0])
+            cols["hd95_mm"][i], cols["contour_error_mm"][i], cols["filled_dice"][i] = \
+                f.hd95_mm[0], f.contour_error_mm[0], f.filled_dice[0]
+        return flags, {"dice": d, **cols}
 
     def to_dict(self) -> dict[str, Any]:
         return {"task": self.task, "class_names": list(self.labels_names), "threshold": self.threshold,
                 "activation": self.activation, "output": self.output, "rating_edges": list(self.rating_edges),
-                "tolerance": self.tolerance, "min_dice": self.min_dice}
+                "tolerance": self.tolerance, "min_dice": self.min_dice,
+                # only when set: the fingerprint (and so --resume) of a Dice-only head stays as it was
+                **{k: getattr(self, k) for k in CONTOUR_THRESHOLDS if getattr(self, k) is not None},
+                **({"contour_metrics": True} if self.contour_metrics else {})}
 
 
 def _is_prob(x: np.ndarray) -> bool:
@@ -129,7 +174,8 @@ def _activate(x: np.ndarray, activation: str) -> np.ndarray:
 def head_from(metadata: Mapping[str, str], config: Mapping[str, Any] | None = None, source: str = "model") -> Head:
     """Build a head from ONNX metadata (``audit.task``, ``audit.class_names``, ``audit.threshold``,
     ``audit.rating_edges``, ``audit.output``) overridden by a config mapping with keys
-    task, class_names, threshold, activation, output, rating_edges, tolerance, min_dice."""
+    task, class_names, threshold, activation, output, rating_edges, tolerance, min_dice and, for segmentation,
+    hd95_max_mm, contour_error_max_mm (mm, >= 0), filled_dice_min (in [0, 1]) and contour_metrics (bool)."""
     config = dict(config or {})
     meta = {k.removeprefix("audit."): v for k, v in metadata.items() if k.startswith("audit.")}
     task = config.pop("task", None) or meta.get("task")
@@ -155,8 +201,18 @@ def head_from(metadata: Mapping[str, str], config: Mapping[str, Any] | None = No
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{source}: unreadable audit metadata ({exc})") from None
     for key, value in config.items():
-        if key not in {"class_names", "threshold", "activation", "output", "rating_edges", "tolerance", "min_dice"}:
+        if key not in HEAD_KEYS:
             raise ConfigError(f"head.{key}: unknown key")
+        if key in (*CONTOUR_THRESHOLDS, "contour_metrics") and task != "segmentation":
+            raise ConfigError(f"head.{key}: only for task 'segmentation' (this head's task is {task!r})")
+        if key in CONTOUR_THRESHOLDS:
+            high = 1.0 if key == "filled_dice_min" else math.inf
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and 0 <= value <= high):
+                raise ConfigError(f"head.{key}: expected a finite number in [0, {high:g}]"
+                                  f"{' (mm)' if key.endswith('_mm') else ''}, got {value!r}")
+            value = float(value)
+        if key == "contour_metrics" and not isinstance(value, bool):
+            raise ConfigError(f"head.contour_metrics: expected true or false, got {value!r}")
         kwargs[key] = tuple(value) if key in ("class_names", "rating_edges") else value
     if kwargs.get("activation", "none") not in ACTIVATIONS:
         raise ConfigError(f"head.activation: expected one of {ACTIVATIONS}, got {kwargs['activation']!r}")

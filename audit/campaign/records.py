@@ -2,7 +2,11 @@
 
 One record per perturbed inference: sample (index), level, k, clean label,
 perturbed label, score, flip flag and, for segmentation, the Dice to the clean
-mask. A shard is one block of samples at one level for one model; it exists
+mask; a segmentation head that computes contour metrics (a contour threshold or
+``contour_metrics = true``) adds ``CONTOUR_COLUMNS``: HD95 and the contour error
+in mm (+inf where exactly one mask is empty) and the filled-contour Dice. They
+are not written otherwise (contour distances cost two distance transforms per
+draw; the head's settings are in the fingerprint, so shards of one run agree). A shard is one block of samples at one level for one model; it exists
 complete or not at all (temporary file + rename), so a killed run loses at
 most the shards in flight and ``--resume`` redoes exactly those.
 
@@ -19,6 +23,7 @@ import numpy as np
 
 from audit.io import atomic_path
 from audit.errors import InputError
+from audit.metrics.contours import CONTOUR_COLUMNS  # optional per-draw columns: in every shard of a run or in none
 
 RECORD_COLUMNS = ("sample", "level", "k", "clean_label", "label", "score", "flipped", "dice")
 CLEAN_COLUMNS = ("sample", "true_label", "clean_label", "clean_score")
@@ -66,6 +71,9 @@ class LevelRecords:
     scores: np.ndarray
     flipped: np.ndarray
     dice: np.ndarray | None
+    hd95_mm: np.ndarray | None = None
+    contour_error_mm: np.ndarray | None = None
+    filled_dice: np.ndarray | None = None
 
 
 @dataclass
@@ -107,4 +115,5 @@ def load_level(root: Path, model: str, level: float, level_key: int, n: int, k: 
         return cols[name][order].reshape(n, k)
 
     dice = grid("dice") if not np.all(np.isnan(cols["dice"].astype(np.float64))) else None
-    return LevelRecords(level, grid("label"), grid("score"), grid("flipped").astype(bool), dice)
+    contours = {c: grid(c).astype(np.float64) for c in CONTOUR_COLUMNS if c in cols}
+    return LevelRecords(level, grid("label"), grid("score"), grid("flipped").astype(bool), dice, **contours)

@@ -39,6 +39,10 @@ from audit.metrics import _checks
 from audit.metrics.segmentation import dice
 
 
+#: Per-draw record columns of a segmentation campaign's contour metrics (mm, mm, Dice), in this order.
+CONTOUR_COLUMNS = ("hd95_mm", "contour_error_mm", "filled_dice")
+
+
 def _pair(mask_a, mask_b, spacing) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     a = _checks.binary("mask_a", mask_a)
     b = _checks.binary("mask_b", mask_b)
@@ -198,3 +202,29 @@ def segmentation_flips(clean_mask, noisy_masks: Sequence[Any], spacing, *, dice_
     if filled_dice_min is not None:
         flip |= f < float(filled_dice_min)
     return SegmentationFlips(d, h, e, f, flip, {k: None if v is None else float(v) for k, v in crit.items()})
+
+
+#: The quantiles a distribution of per-draw values is summarised by (report.json keys q05 ... q95).
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def distribution(values, unit: str) -> dict[str, Any]:
+    """Summary of per-draw values (Dice, or distances in mm): quantiles q05, q25, q50, q75, q95 (linear
+    interpolation), mean, n (finite or infinite values; NaN, a draw not measured, is left out) and ``n_infinite``
+    (+inf distances: exactly one mask empty). A quantile or mean that is infinite is None (JSON has no infinity;
+    ``n_infinite`` says why). ``unit`` is stored as given ("mm", or "1" for Dice)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[~np.isnan(v)]
+    out: dict[str, Any] = {"unit": unit, "n": int(v.size), "n_infinite": int(np.isinf(v).sum())}
+    if v.size == 0:
+        return {**out, **{_qkey(q): None for q in QUANTILES}, "mean": None}
+    with np.errstate(invalid="ignore"):
+        qs = np.quantile(v, QUANTILES)  # inf - inf between two infinite order statistics gives NaN: infinite
+    qs = np.where(np.isnan(qs), np.inf, qs)
+    mean = float(v.mean())
+    return {**out, **{_qkey(q): (float(x) if np.isfinite(x) else None) for q, x in zip(QUANTILES, qs)},
+            "mean": mean if np.isfinite(mean) else None}
+
+
+def _qkey(q: float) -> str:
+    return f"q{round(q * 100):02d}"

@@ -5,7 +5,9 @@ K, N, SAN, the SAN fraction, per-sample SAR, per-class SAR, the CMR with its
 class order, the exceedance curve and confidence intervals (from
 ``audit.metrics.robustness_summary``); plus clean performance, the worst
 cases with the keys that regenerate their noise, the spread over several
-models (study 2) and timing.
+models (study 2) and timing. A segmentation model's levels add ``segmentation``:
+the per-draw Dice (and, when recorded, HD95 and contour error in mm and the
+filled-contour Dice) as quantiles q05 ... q95 and mean, each with its unit.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from audit.metrics import (
     robustness_summary,
     two_proportion_z_test,
 )
+from audit.metrics.contours import distribution
 from audit.metrics.dose_response import fit_critical_dose
 from kernels import grid_variance
 
@@ -203,6 +206,8 @@ def level_block(model: Audited, clean: records.CleanRecords, rec: records.LevelR
             summary.pop(key, None)
         if rec.dice is not None:
             summary["dice_mean"] = float(np.nanmean(rec.dice))
+        if head.task == "segmentation":
+            summary["segmentation"] = segmentation_block(rec)
     summary["level"] = rec.level
     if head.n_classes:  # whose SAR_i is whose: the gate's paired per-class comparison needs it
         summary["per_sample"]["clean_label"] = clean.labels.tolist()
@@ -211,6 +216,19 @@ def level_block(model: Audited, clean: records.CleanRecords, rec: records.LevelR
         # Clean vs noisy AUC on the same cases (draw k = 0 of each sample), DeLong's test for correlated AUCs.
         summary["auc"] = _delong(clean.true_labels[known], clean.scores[known], rec.scores[known, 0], "clean", "noisy_draw0")
     return summary
+
+
+def segmentation_block(rec: records.LevelRecords) -> dict[str, Any]:
+    """Distributions over the level's N x K draws of each recorded segmentation metric against the clean mask
+    (``audit.metrics.contours.distribution``: q05 ... q95, mean, unit): ``dice`` always, ``hd95_mm``,
+    ``contour_error_mm`` (mm) and ``filled_dice`` when the head computed them (a contour threshold or
+    ``contour_metrics = true``)."""
+    out: dict[str, Any] = {}
+    for key, unit in (("dice", "1"), ("hd95_mm", "mm"), ("contour_error_mm", "mm"), ("filled_dice", "1")):
+        values = getattr(rec, key)
+        if values is not None:
+            out[key] = distribution(values, unit)
+    return out
 
 
 def worst_cases(rec_by_level: dict[float, records.LevelRecords], clean: records.CleanRecords, noise: NoiseSpec,
@@ -504,6 +522,10 @@ _LEVEL_SPEC = {
     "CMR": (False, {"matrix": (True, (_list_of(_list_of(_is_num, none=True)), "a matrix (list of rows of numbers)")),
                     "class_order": (True, (_list_of(lambda v: isinstance(v, str)), "a list of strings"))}),
     "auc": (False, _TABLE), "dice_mean": (False, _NUM),
+    # segmentation: per-draw metric distributions (see segmentation_block); a quantile may be null (infinite)
+    "segmentation": (False, {key: (False, {"unit": (True, _STR), "n": (True, _COUNT), "n_infinite": (True, _COUNT),
+                                           **{q: (False, _NUM) for q in ("q05", "q25", "q50", "q75", "q95", "mean")}})
+                             for key in ("dice", "hd95_mm", "contour_error_mm", "filled_dice")}),
 }
 _CASE_SPEC = {
     "sample": (True, _COUNT), "id": (True, _STR), "level": (True, _NUM), "k": (True, _COUNT), "SAR": (True, _NUM),

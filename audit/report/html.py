@@ -484,6 +484,38 @@ def _level_table(model: dict[str, Any], unit: str, sig: dict[float, Any]) -> str
     return "<h3>Robustness per level</h3>" + _table(header, rows)
 
 
+_SEG_METRICS = (("dice", "Dice"), ("hd95_mm", "HD95"), ("contour_error_mm", "contour error"),
+                ("filled_dice", "filled-contour Dice"))
+_SEG_CRITERIA = (("min_dice", "Dice < {:g}"), ("hd95_max_mm", "HD95 > {:g} mm"),
+                 ("contour_error_max_mm", "contour error > {:g} mm"), ("filled_dice_min", "filled-contour Dice < {:g}"))
+
+
+def _segmentation_table(model: dict[str, Any], unit: str) -> str:
+    """Per level, the distribution over all N x K draws of each segmentation metric against the clean mask."""
+    blocks = sorted(model["levels"], key=lambda b: b["level"])
+    if not any(b.get("segmentation") for b in blocks):
+        return ""
+    rows = []
+    for b in blocks:
+        for key, name in _SEG_METRICS:
+            d = (b.get("segmentation") or {}).get(key)
+            if not d:
+                continue
+            inf = "&infin;" if d.get("n_infinite") else "-"
+            cells = [Raw(inf) if d.get(q) is None else d.get(q) for q in ("q05", "q25", "q50", "q75", "q95", "mean")]
+            shown = "mm" if d.get("unit") == "mm" else "0 to 1"
+            rows.append([f"{b['level']:g}", f"{name} ({shown})", *cells, Raw(_of(d.get("n_infinite"), d.get("n")))])
+    head = model.get("head") or {}
+    crit = [text.format(head[k]) for k, text in _SEG_CRITERIA if isinstance(head.get(k), (int, float))]
+    note = ("<p class='small'>Each perturbed mask against the model's own clean mask; quantiles over all draws of the "
+            "level (linear interpolation). Distances in mm between voxel centres (HD95: symmetric 95th percentile "
+            "surface distance; contour error: mean symmetric surface distance); &infin;: exactly one of the two masks "
+            "is empty." + (" A draw flips when " + " or ".join(map(html.escape, crit)) + "." if crit else "") + "</p>")
+    return ("<h3>Segmentation agreement per level</h3>" + note +
+            _table([figures.level_label(unit), "metric (unit)", "5%", "25%", "median", "75%", "95%", "mean",
+                    "infinite / draws"], rows, left={1}))
+
+
 def _cmr_tables(model: dict[str, Any], unit: str) -> str:
     """The CMR counts (and fractions) as HTML tables, one per level: the numbers behind the heat maps."""
     out = []
@@ -579,7 +611,8 @@ def render_model(model: dict[str, Any], report: dict[str, Any], s: dict[str, Any
         lo, hi = model["preprocess"]["hu_window"]
         meta.append(f"input window [{lo:g}, {hi:g}] HU")
     parts = [f'<section class="model" id="model-{idx}"><h2>Model {_esc(model["name"])}</h2>',
-             f"<p class='meta'>{' &middot; '.join(meta)}</p>", _clean_table(model), _level_table(model, unit, sig)]
+             f"<p class='meta'>{' &middot; '.join(meta)}</p>", _clean_table(model), _level_table(model, unit, sig),
+             _segmentation_table(model, unit)]
     log_x = noise["kind"] == "nps"
     sar = figures.sar_vs_level(model, unit, log_x, critical=crit)
     san = figures.san_fraction_vs_level(model, unit, log_x)
