@@ -21,7 +21,10 @@ from models.phantoms import bodysite, disks, nodules
 
 #: How HU become model input: x = (clip(hu, lo, hi) - lo) / (hi - lo), in [0, 1].
 LUNG_WINDOW = (-1000.0, 400.0)
-BODY_WINDOW = (-1000.0, 1000.0)
+#: A narrow soft-tissue ("liver") window, W 150 L 75: the body-site evidence near class boundaries is a pair of organs
+#: 20-180 HU above soft tissue (``models.phantoms.bodysite``); in this window it is as salient to the net as the lung
+#: and fat outlines (which clip to 0), so a CPU-sized build learns it. Noise is judged in HU, not in window units.
+BODY_WINDOW = (0.0, 150.0)
 DISK_WINDOW = (-250.0, 350.0)
 
 
@@ -166,14 +169,21 @@ def _nodule(variant: str) -> Blueprint:
 
 # --- Study 2: BodySiteNet2D -------------------------------------------------
 
+#: Share of the build's slices drawn from the transition zones (on top of the ~30% the body's own mix has there), so the
+#: organ evidence is seen often enough; the build's test metrics are then measured on this harder mix (about 58% of
+#: slices in zones), the audit's phantoms keep the body's own mix.
+BODY_ZONE_SHARE = 0.4
+
+
 def _body_data(n: int, seed: int) -> Data:
-    s = bodysite.bodysite_slices(n, seed)
+    s = bodysite.bodysite_slices(n, seed, zone_share=BODY_ZONE_SHARE)
     return Data(preprocess(s.images, BODY_WINDOW), {"label": s.labels}, s.labels, s.images)
 
 
 def _body(variant: str) -> Blueprint:
     return Blueprint(
-        name="bodysite2d", variant=variant, make_net=lambda: nets.BodySiteNet2D(), make_data=_body_data,
+        name="bodysite2d", variant=variant, make_net=lambda: nets.BodySiteNet2D(hidden=128, dropout=0.0, batch_norm=True),
+        make_data=_body_data,
         task=tasks.MulticlassTask(bodysite.BODYSITE_CLASSES), class_names=bodysite.BODYSITE_CLASSES,
         output_kind="probabilities", output_names=("probabilities",), hu_window=BODY_WINDOW,
         spacing=bodysite.SPACING, input_shape=(256, 256), augment="slice", threshold=None,
@@ -226,7 +236,7 @@ REGISTRY: dict[str, ModelEntry] = {
         "bodysite2d", "BodySiteNet2D: 4-class body site, 256^2 axial slices at 1.5 mm (study 2)",
         ("default",), _body,
         default={"samples": 2400, "epochs": 10, "folds": 5},
-        quick={"samples": 480, "epochs": 6, "folds": 1},
+        quick={"samples": 1200, "epochs": 6, "folds": 1},
     ),
     "fpr3d": ModelEntry(
         "fpr3d", "FPRNet3D: nodule false-positive reduction, evidential (beta) output, 32^3 patches (study 3)",

@@ -4,7 +4,8 @@ import pytest
 from models.metrics import auc
 from models.phantoms import (PhantomScanner, bodysite_slices, disk_slices, fpr_candidates,
                              nodule_cubes)
-from models.phantoms.bodysite import PATIENT_OFFSET_SD, Patient, render
+from models.phantoms.bodysite import (MARKER_CONTRAST, MIN_CONTRAST, PATIENT_OFFSET_SD, TRANSITION, Patient,
+                                      landmark_share, render, transition)
 
 
 def test_nodule_cubes_deterministic_and_prefix_stable():
@@ -59,20 +60,56 @@ def test_bodysite_slices_deterministic_classes_and_spacing():
 
 
 def test_bodysite_transition_slices_are_ambiguous():
-    """Near a boundary the anatomy belongs to the neighbouring class for some patients; mid-class never."""
+    """The same table position is a different class in different patients (their anatomical offset); mid-class
+    never. And the two sides of a boundary look alike: across-boundary difference << between class centres."""
     rng = np.random.default_rng(0)
     people = [Patient(offset=rng.normal(0, PATIENT_OFFSET_SD)) for _ in range(200)]
-    near = [int(1.0 + 0.01 + p.offset) != 1 for p in people]  # labelled chest, 0.01 past the boundary
+    near = [int(1.0 + 0.01 + p.offset) != 1 for p in people]  # 0.01 past the boundary on the table
     mid = [int(1.5 + p.offset) != 1 for p in people]
     assert 0.15 < np.mean(near) < 0.5
     assert np.mean(mid) == 0.0
-    # And the two sides of a boundary look alike: across-boundary difference << between class centres.
     p = Patient()
     img = lambda u: render(u, p, np.random.default_rng(0), texture=False)  # noqa: E731
     for b in (1, 2, 3):
         across = np.mean(np.abs(img(b - 0.01) - img(b + 0.01)))
         centres = np.mean(np.abs(img(b - 0.5) - img(b + 0.5)))
-        assert across < 0.5 * centres, (b, across, centres)
+        assert across < 0.05 * centres, (b, across, centres)
+
+
+@pytest.mark.parametrize("boundary", [1, 2, 3])
+def test_bodysite_boundary_evidence_is_two_organs_at_soft_tissue_contrast(boundary):
+    """Within a transition zone the gross anatomy is the same on both sides of a boundary; the slices differ only
+    by a pair of organs (~20 mm radius) on the chest / leg & foot side, whose contrast is MIN_CONTRAST (20 HU) at
+    the boundary and rises with the square of the distance to it (about 52 HU halfway through the zone for the
+    average patient's 150 HU)."""
+    p = Patient()
+    organs_above = boundary % 2 == 1  # chest (1) and leg & foot (3) carry them; abdomen & pelvis (2) does not
+    for d, low, high in ((0.005, 0.9 * MIN_CONTRAST, 1.1 * MIN_CONTRAST), (0.1, 45.0, 60.0)):
+        below = render(boundary - d, p, np.random.default_rng(3), texture=False)
+        above = render(boundary + d, p, np.random.default_rng(3), texture=False)
+        diff = (above - below) * (1 if organs_above else -1)
+        changed = np.abs(diff) > 0.5
+        assert 0.002 < changed.mean() < 0.03, (d, changed.mean())  # two organs of ~20 mm radius: < 3% of the slice
+        assert diff.min() > -0.5 and low < diff.max() < high, (d, diff.min(), diff.max())
+    assert transition(boundary - 0.01)[1] < 0.5 < transition(boundary + 0.01)[1]
+    assert transition(boundary + 0.5) is None
+    for full in MARKER_CONTRAST:  # never below the floor, never above the patient's full contrast
+        shares = [landmark_share(boundary + d, full) for d in np.linspace(-TRANSITION, TRANSITION, 41)]
+        present = [x for x in shares if x > 0]
+        assert min(present) * full == pytest.approx(MIN_CONTRAST, rel=0.03) and max(present) <= 1.0
+        assert len(present) in (20, 21)  # one side of the boundary only
+    assert (landmark_share(boundary + 0.01) > 0) == organs_above == (landmark_share(boundary - 0.01) == 0)
+
+
+def test_bodysite_zones_hold_a_realistic_share_and_labels_follow_the_anatomy_shown():
+    s = bodysite_slices(160, seed=4)
+    np.testing.assert_array_equal(s.labels, np.floor(s.u).astype(int))
+    near = np.array([transition(u) is not None for u in s.u])
+    # Three inner boundaries, zones 2 x TRANSITION wide, u uniform on [0, 4): 30% of the slices.
+    assert 0.18 < near.mean() < 0.42
+    # The organs are in each slice exactly when its label is chest or leg & foot.
+    for u, y in zip(s.u, s.labels):
+        assert (landmark_share(u) > 0) == (y % 2 == 1)
 
 
 def test_scanner_noise_scales_with_dose_and_is_keyed():
