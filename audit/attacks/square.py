@@ -12,23 +12,35 @@ by default, eps in HU; or ``"input"``, model-input units as PGD's default), the
 perturbed image kept in the valid range (HU range or its preprocessed image,
 widened to include the clean pixel, as for every attack).
 
-- L-inf: start from vertical stripes of +-eps (random sign per column, i.e.
-  along the last axis); each iteration sets one random window (a square on 2D
-  images, a cube on volumes) to a vertex of the eps box (+-eps, one sign per
-  channel), a sign that changes the window (as the paper's code ensures).
+- L-inf: each iteration sets one window (a square on 2D images, a cube on volumes: the spacing is not used, the
+  reference volumes are isotropic) to a vertex of the eps box (+-eps, one sign per channel), a sign that changes
+  the window (as the paper's code ensures).
+- Where the windows go (``prior``, L-inf): ``"uniform"`` is the paper (uniformly random windows, a start of
+  stripes of +-eps, one random sign per position on the last axis). ``"probe"`` (default) spends
+  ``PROBE_BLOCKS``^d queries (64 on a volume, 16 on an image; only when they are at most ``PROBE_SHARE`` of the
+  budget) shifting each block of a coarse grid alone by +eps: the start is every block at the sign that lowered
+  the margin, and |margin change| per unit of L1 change is a sensitivity map on a ``PRIOR_CELLS``^d grid; window
+  centres are then drawn from the map (``PRIOR_MIX`` of draws, the rest uniform) and every query updates the
+  cells under its window with what it measured (``PRIOR_RATE``). Why: a CT classifier's sensitivity sits on the
+  lesion (on the shipped nodule3d half of |gradient| lies in the central 8^3 of 32^3 voxels, 1.6% of the
+  volume), so uniform windows spend most queries where nothing moves the score, and random stripes move it by
+  ~0 where the probe's start already moves it a third of the way the gradient sign would.
 - L2: start from a grid of pseudo-Gaussian bumps with random signs scaled to
   ||p|| = eps; each iteration moves the perturbation's mass of a second random
-  window into a first one, adding a new bump there (the paper's Algorithm 3).
-- Window side: sqrt(p N) pixels (N^(1/d) generalised to d spatial axes), the
-  fraction p halving on the paper's schedule (``p_selection``, rescaled to the
+  window into a first one, adding a new bump there (the paper's Algorithm 3). Uniform windows: its step
+  renormalises the whole perturbation, so a query does not measure its window and the map does not help.
+- Window side: (p N)^(1/d) pixels for d spatial axes, the
+  fraction p halving on the paper's schedule (``p_selection``, its 10,000 iterations rescaled to the
   budget) from ``p_init`` (0.05 L-inf, 0.1 L2, the paper's defaults).
 - A proposal is kept when it lowers the margin loss (``margin``: binary, the
   distance of the score to the threshold on the clean label's side, on the
-  logit where the head applies a sigmoid; multiclass, the clean class's
+  logit where the head applies a sigmoid (from a probability output: log(p / (1 - p)) - logit(threshold));
+  multiclass, the clean class's
   logit/probability minus the best other; rating, the distance to the clean
   bin's nearer edge; regression, tolerance - |change|; segmentation, Dice -
-  min_dice); a sample stops at its first flip (early stop) or when its
-  ``queries`` (5,000 by default, the clean query included) are spent.
+  min_dice); a sample stops at its first flip (early stop: no query is spent on a flipped sample) or when its
+  ``queries`` (5,000 by default, the clean query and the probe included) are spent. Every query is a batch of
+  the samples still running (the probe: many blocks per engine call).
 
 The queries each sample used are reported (``notes.mean_queries``, and per
 sample with the mean and median per success in ``extra_report``).
@@ -38,9 +50,15 @@ Measured on the fragile test net (48 samples, 2-core CPU): L-inf 8 HU, PGD
 56 queries per success); L2 120 HU, PGD 0.77, Square 0.46 / 0.63. A saturated
 output (probabilities exactly 0 or 1 in float32) leaves the margin nothing to
 follow: with gain 1e5 Square finds 0.15 where PGD through the twin's logit
-finds 0.48 and HopSkipJump (labels only) 0.44. On the shipped nodule3d (32^3 cubes, 8 samples, L-inf 0.04 in
-model-input units, ``bench/attacks_blackbox.py``) random search is much weaker than the gradient: PGD 0.50,
-Square 0.25 at 5,000 queries (424 per success), 0 at 300 (ART's SquareAttack also 0).
+finds 0.48 and HopSkipJump (labels only) 0.44 (these with the paper's uniform windows).
+
+On the shipped nodule3d (32^3 cubes, 32 samples, L-inf 0.02 in model-input units = 28 HU,
+``bench/attacks_blackbox.py --no-art --no-nps --uniform``, same samples and seed): PGD (20 steps, twin) 0.344;
+Square with the probe 0.219 at 5,000 queries (0.64 of PGD; 546 queries per success, median 209), the paper's
+uniform windows 0.188 (0.55; 1,462 per success). The samples PGD flips and Square does not need nearly the whole
+gradient-sign move (the clean gradient's sign moves their logit 0.63-0.72 where 0.69-0.78 is needed; PGD gets
+there by iterating): Square ends 0.00-0.2 logit short of them; run alone on them, 10,000 queries flip 2 of those
+4 (0.82 of PGD) and 20,000 a third (0.91).
 """
 
 from __future__ import annotations
@@ -65,6 +83,19 @@ from audit.errors import ConfigError, EngineError
 NORMS = ("linf", "l2")
 #: The paper's default initial window fraction per norm.
 P_INIT = {"linf": 0.05, "l2": 0.1}
+#: Where windows go: ``"probe"`` (a sensitivity map from a block probe, updated by every query) or ``"uniform"``
+#: (the paper's uniformly random windows).
+PRIORS = ("probe", "uniform")
+#: Cells per axis of the sensitivity map windows are drawn from.
+PRIOR_CELLS = 8
+#: Probe blocks per axis (4^d queries: 16 on 2D images, 64 on volumes), each shifted by +eps alone from the clean
+#: image; done only when they cost at most ``PROBE_SHARE`` of the budget (else the stripes start).
+PROBE_BLOCKS = 4
+PROBE_SHARE = 0.05
+#: Share of window draws that follow the map (the rest uniform: every region keeps being explored).
+PRIOR_MIX = 0.9
+#: How fast a cell's sensitivity follows what the queries of windows over it measure (exponential average).
+PRIOR_RATE = 0.3
 
 
 # --- the deployed engine as an oracle ------------------------------------------------------------------------
@@ -122,6 +153,7 @@ class EngineOracle:
         self.count = np.zeros(len(hu), np.int64)
         outs = self.model.engine.run(self.model.prepare(hu))
         self.clean = self.head.decide(outs, self.model.name)
+        self.clean_margin = margin(self.head, outs, self.clean, self.clean, self.model.name)
         self.count += 1
 
     def outputs(self, v: np.ndarray) -> dict[str, np.ndarray]:
@@ -202,6 +234,45 @@ def random_starts(rng: np.random.Generator, b: int, spatial: Sequence[int], side
     return np.stack([rng.integers(0, n - side + 1, b) for n in spatial], axis=1)
 
 
+def edges(n: int, k: int) -> np.ndarray:
+    """Edges of ``min(k, n)`` near-equal segments of an axis of ``n`` pixels."""
+    return np.linspace(0, n, min(k, n) + 1).round().astype(np.int64)
+
+
+def cell_sums(x: np.ndarray, cuts: Sequence[np.ndarray]) -> np.ndarray:
+    """(b, *spatial) -> (b, *cells): sums of ``x`` over the cells cut by ``cuts`` (one edge array per axis)."""
+    for a, e in enumerate(cuts):
+        x = np.add.reduceat(x, e[:-1], axis=a + 1)
+    return x
+
+
+def overlap(starts: np.ndarray, side: int, cuts: Sequence[np.ndarray]) -> np.ndarray:
+    """(b, *cells): the fraction of each cell a window of ``side`` pixels at ``starts`` (b, d) covers."""
+    out = None
+    for a, e in enumerate(cuts):
+        s = starts[:, a:a + 1]
+        ov = np.clip(np.minimum(s + side, e[None, 1:]) - np.maximum(s, e[None, :-1]), 0, None) / np.diff(e)[None]
+        out = ov if out is None else out[..., None] * ov.reshape(len(ov), *([1] * (out.ndim - 1)), -1)
+    return out
+
+
+def prior_starts(rng: np.random.Generator, sens: np.ndarray, cuts: Sequence[np.ndarray], spatial: Sequence[int],
+                 side: int) -> np.ndarray:
+    """Window starts (b, d): a cell drawn with probability ``PRIOR_MIX`` x its share of ``sens`` (b, *cells) +
+    (1 - ``PRIOR_MIX``) uniformly, the window centred at a uniform pixel of that cell (clipped inside the image)."""
+    b = len(sens)
+    flat = sens.reshape(b, -1)
+    prob = PRIOR_MIX * flat / np.maximum(flat.sum(axis=1, keepdims=True), 1e-300) + (1 - PRIOR_MIX) / flat.shape[1]
+    cdf = np.cumsum(prob, axis=1)
+    cell = np.minimum((cdf < rng.random((b, 1)) * cdf[:, -1:]).sum(axis=1), flat.shape[1] - 1)
+    multi = np.unravel_index(cell, sens.shape[1:])
+    starts = []
+    for a, (e, n) in enumerate(zip(cuts, spatial)):
+        centre = rng.integers(e[multi[a]], e[multi[a] + 1])
+        starts.append(np.clip(centre - side // 2, 0, n - side))
+    return np.stack(starts, axis=1)
+
+
 def p_selection(p_init: float, it: int, n_iters: int) -> float:
     """The paper's schedule of the window fraction, its 10,000 iterations rescaled to ``n_iters``."""
     i = int(it / max(n_iters, 1) * 10000)
@@ -245,16 +316,22 @@ def _norm(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
 
 class Square(Attack):
     """Square attack (module notes): ``eps`` (required; HU by default), ``norm`` linf|l2, ``queries`` per sample
-    (5,000, the clean query included), ``p_init`` (0.05 linf, 0.1 l2), ``space`` hu|input (hu)."""
+    (5,000, the clean query included), ``p_init`` (0.05 linf, 0.1 l2), ``prior`` probe|uniform (probe: L-inf
+    windows where a block probe and the queries found the margin sensitive; uniform: the paper's), ``space``
+    hu|input (hu)."""
 
     name = "square"
     needs_twin = False
 
     def __init__(self, target: Target, *, eps: float, norm: str = "linf", queries: int = 5000,
-                 p_init: float | None = None, space: str = "hu", hu_range: Sequence[float] = HU_RANGE) -> None:
+                 p_init: float | None = None, prior: str = "probe", space: str = "hu",
+                 hu_range: Sequence[float] = HU_RANGE) -> None:
         super().__init__(target, space=space, hu_range=hu_range)
         if norm not in NORMS:
             raise ConfigError(f"attack.norm: expected one of {NORMS}, got {norm!r}")
+        if prior not in PRIORS:
+            raise ConfigError(f"attack.prior: expected one of {PRIORS}, got {prior!r}")
+        self.prior = prior
         self.eps, self.norm = positive("eps", eps), norm
         self.queries = positive("queries", queries, integer=True)
         if self.queries < 3:
@@ -279,19 +356,35 @@ class Square(Attack):
         lo, hi = np.minimum(z0, lo_v), np.maximum(z0, hi_v)
         if self.norm == "linf":
             lo, hi = np.maximum(z0 - self.eps, lo), np.minimum(z0 + self.eps, hi)
-        best = self.initial(z0, lo, hi, rng, spatial)
         b = len(v0)
+        cuts = [edges(n, PRIOR_CELLS) for n in spatial]
+        sens = np.ones((b, *(len(e) - 1 for e in cuts)))
+        # L2's step renormalises the whole perturbation, so a query's margin change is not the window's: the map
+        # only guides L-inf (measured on the planted 3D test model: L2 with the map 0.19-0.25 vs uniform 0.19-0.31)
+        guided = self.prior == "probe" and self.norm == "linf"
+        if guided and min(PROBE_BLOCKS, min(spatial)) ** nd <= PROBE_SHARE * self.queries:
+            best, sens = self.probe(oracle, z0, lo, hi, rng, spatial, cuts, v0.shape)
+        else:
+            best = self.initial(z0, lo, hi, rng, spatial)
         idx = np.arange(b)
         _, best_margin, done = oracle.query(from_layout(best, v0.shape), idx)
-        n_iters = self.queries - 2
+        n_iters = self.queries - int(oracle.count.max())
+        step = self.linf_step if self.norm == "linf" else self.l2_step
         for it in range(n_iters):
             idx = np.nonzero(~done & (oracle.count < self.queries))[0]
             if len(idx) == 0:
                 break
             p = p_selection(self.p_init, it, n_iters)
-            new = (self.linf_step if self.norm == "linf" else self.l2_step)(z0[idx], best[idx], lo[idx], hi[idx], p,
-                                                                            rng, spatial)
+            side = self.side(p, spatial)
+            starts = (prior_starts(rng, sens[idx], cuts, spatial, side) if guided
+                      else random_starts(rng, len(idx), spatial, side))
+            new = step(z0[idx], best[idx], lo[idx], hi[idx], starts, side, rng, spatial)
             _, m, flipped = oracle.query(from_layout(new, (len(idx), *v0.shape[1:])), idx)
+            if guided:  # what this window's change did to the margin, per unit of L1 change
+                moved = np.abs(new - best[idx]).reshape(len(idx), -1).sum(axis=1)
+                rate = np.abs(m - best_margin[idx]) / np.maximum(moved, 1e-300)
+                w = PRIOR_RATE * overlap(starts, side, cuts)
+                sens[idx] += w * (rate.reshape(-1, *([1] * nd)) - sens[idx])
             take = flipped | (m < best_margin[idx])
             best[idx[take]] = new[take]
             best_margin[idx[take]] = m[take]
@@ -300,6 +393,48 @@ class Square(Attack):
         values = torch.from_numpy(from_layout(best.astype(np.float32), v0.shape))[:, None]
         twin_flips = done[:, None].copy() if self.target.twin is None else None
         return Candidates(values, self.space, {"mean_queries": float(oracle.count.mean())}, twin_flips=twin_flips)
+
+    def side(self, p: float, spatial: Sequence[int]) -> int:
+        """Window side for the pixel fraction ``p``: (p N)^(1/d) (odd and >= 3 for L2, whose bumps need a centre)."""
+        nd = len(spatial)
+        raw = round((p * float(np.prod(spatial))) ** (1.0 / nd))
+        if self.norm == "linf":
+            return int(min(max(raw, 1), min(spatial) - 1 or 1))
+        side = max(int(raw), 3)
+        side += 1 - side % 2
+        return min(side, min(spatial))
+
+    def probe(self, oracle: "EngineOracle", z0: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+              rng: np.random.Generator, spatial: Sequence[int], cuts: Sequence[np.ndarray],
+              shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The L-inf start and sensitivity map from ``PROBE_BLOCKS``^d queries per sample: block k shifted alone by
+        +eps changes the margin by m_k; the start sets each block to the sign that lowered it (-sign m_k; a random
+        sign where m_k = 0), and the map spreads |m_k| / (block's L1 change) over the cells."""
+        b, nd = z0.shape[0], len(spatial)
+        blocks = [edges(n, PROBE_BLOCKS) for n in spatial]
+        grid = [len(e) - 1 for e in blocks]
+        signs = np.zeros((b, *spatial))
+        rate = np.zeros((b, *spatial))
+        cells = list(np.ndindex(*grid))
+        chunk = max(1, 256 // max(b, 1))  # engine calls of about 256 volumes
+        for c0 in range(0, len(cells), chunk):
+            part = cells[c0:c0 + chunk]
+            boxes = [tuple(slice(e[i], e[i + 1]) for e, i in zip(blocks, cell)) for cell in part]
+            batch = np.repeat(z0[None], len(part), axis=0)  # (k, b, *spatial, C)
+            for j, box in enumerate(boxes):
+                batch[(j, slice(None), *box)] = np.minimum(z0[(slice(None), *box)] + self.eps, hi[(slice(None), *box)])
+            moved = np.abs(batch - z0[None]).reshape(len(part), b, -1).sum(axis=2)
+            idx = np.tile(np.arange(b), len(part))
+            _, m, _ = oracle.query(from_layout(batch.reshape(-1, *z0.shape[1:]), (len(idx), *shape[1:])), idx)
+            dm = (m - oracle.clean_margin[idx]).reshape(len(part), b)
+            for j, box in enumerate(boxes):
+                sign = -np.sign(dm[j])
+                sign[sign == 0] = rng.choice([-1.0, 1.0], size=int((sign == 0).sum()))
+                signs[(slice(None), *box)] = sign.reshape(b, *([1] * nd))
+                rate[(slice(None), *box)] = (np.abs(dm[j]) / np.maximum(moved[j], 1e-300)).reshape(b, *([1] * nd))
+        vol = np.prod(np.meshgrid(*[np.diff(e) for e in cuts], indexing="ij"), axis=0)
+        sens = cell_sums(rate, cuts) / vol[None]
+        return np.clip(z0 + self.eps * signs[..., None], lo, hi), sens
 
     def initial(self, z0: np.ndarray, lo: np.ndarray, hi: np.ndarray, rng: np.random.Generator,
                 spatial: Sequence[int]) -> np.ndarray:
@@ -319,12 +454,11 @@ class Square(Attack):
         delta *= self.eps / np.maximum(_norm(delta, tuple(range(1, delta.ndim))), 1e-12)
         return np.clip(z0 + delta, lo, hi)
 
-    def linf_step(self, z0: np.ndarray, best: np.ndarray, lo: np.ndarray, hi: np.ndarray, p: float,
-                  rng: np.random.Generator, spatial: Sequence[int]) -> np.ndarray:
-        """One window per sample set to a vertex of the eps box (one sign per channel) that changes the window."""
+    def linf_step(self, z0: np.ndarray, best: np.ndarray, lo: np.ndarray, hi: np.ndarray, starts: np.ndarray,
+                  side: int, rng: np.random.Generator, spatial: Sequence[int]) -> np.ndarray:
+        """The window at ``starts`` set to a vertex of the eps box (one sign per channel) that changes it."""
         b, c, nd = best.shape[0], best.shape[-1], len(spatial)
-        side = int(min(max(round((p * float(np.prod(spatial))) ** (1.0 / nd)), 1), min(spatial) - 1 or 1))
-        index = window_index(random_starts(rng, b, spatial, side), side)
+        index = window_index(starts, side)
         signs = rng.choice([-1.0, 1.0], size=(b, *([1] * nd), c))
         win0, cur = z0[index], best[index]
         lo_w, hi_w = lo[index], hi[index]
@@ -336,14 +470,12 @@ class Square(Attack):
         new[index] = np.clip(win0 + self.eps * signs, lo_w, hi_w)
         return new
 
-    def l2_step(self, z0: np.ndarray, best: np.ndarray, lo: np.ndarray, hi: np.ndarray, p: float,
-                rng: np.random.Generator, spatial: Sequence[int]) -> np.ndarray:
-        """The paper's L2 update: a new bump in window 1 carrying window 2's mass, then ||p|| = eps again."""
+    def l2_step(self, z0: np.ndarray, best: np.ndarray, lo: np.ndarray, hi: np.ndarray, starts: np.ndarray,
+                side: int, rng: np.random.Generator, spatial: Sequence[int]) -> np.ndarray:
+        """The paper's L2 update: a new bump in window 1 (at ``starts``) carrying the mass of a second, random
+        window, then ||p|| = eps again."""
         b, c, nd = best.shape[0], best.shape[-1], len(spatial)
-        side = max(int(round((p * float(np.prod(spatial))) ** (1.0 / nd))), 3)
-        side += 1 - side % 2  # odd
-        side = min(side, min(spatial))
-        first = window_index(random_starts(rng, b, spatial, side), side)
+        first = window_index(starts, side)
         second = window_index(random_starts(rng, b, spatial, side), side)
         delta = best - z0
         all_axes = tuple(range(1, delta.ndim))
@@ -370,4 +502,4 @@ class Square(Attack):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "eps": self.eps, "norm": self.norm, "queries": self.queries,
-                "p_init": self.p_init, "black_box": True}
+                "p_init": self.p_init, "prior": self.prior, "black_box": True}
