@@ -174,7 +174,8 @@ def main() -> None:
                 "square_max_linf": sq_res.summary()["max_linf"],
                 "pgd_only": np.nonzero(pgd_won & ~sq_won)[0].tolist(),
                 "square_only": np.nonzero(sq_won & ~pgd_won)[0].tolist()})
-    if args.uniform:  # the paper's uniformly random windows and stripes start, on the same samples and seed
+    if args.uniform or not args.no_art:  # the paper's uniform windows and stripes start, same samples and seed:
+        # the algorithm ART implements, so the ART comparison is about the implementation, not the probe
         paper = Square(Target.deployed(model), eps=args.eps, queries=args.queries, space="input", prior="uniform")
         u_res = run_attack(paper, model, hu, seed=args.seed, batch_size=args.n, progress=False)
         u = u_res.summary()["deployed_success_rate"]
@@ -188,12 +189,14 @@ def main() -> None:
     if not args.no_art:
         x = model.prepare(hu)
         a_s, a_t, a_q, a_linf = art_square(model, x, args.eps, args.queries, square.p_init, args.seed)
+        u_extra = paper.extra_report(u_res)
         out.update({"art_success": a_s, "art_s": round(a_t, 2), "art_inferences_per_sample": round(a_q, 1),
-                    "art_max_linf": a_linf, "ours_minus_art_points": round(100 * (s - a_s), 1),
-                    "ours_inferences_per_sample": round(sq_extra["mean_queries"] + 1, 1),  # + the deployed re-run
-                    "speed_ratio_art_over_ours": round(a_t / sq_res.seconds, 3)})
-        print(f"ART SquareAttack: {a_s:.3f} in {a_t:.2f} s ({a_q:.0f} engine inferences per sample); ours "
-              f"{s:.3f} in {sq_res.seconds:.2f} s", flush=True)
+                    "art_max_linf": a_linf, "ours_minus_art_points": round(100 * (u - a_s), 1),
+                    "ours_inferences_per_sample": round(u_extra["mean_queries"] + 1, 1),  # + the deployed re-run
+                    "speed_ratio_art_over_ours": round(a_t / u_res.seconds, 3),
+                    "probe_minus_art_points": round(100 * (s - a_s), 1)})
+        print(f"ART SquareAttack: {a_s:.3f} in {a_t:.2f} s ({a_q:.0f} engine inferences per sample); ours (uniform, "
+              f"the same algorithm) {u:.3f} in {u_res.seconds:.2f} s; ours with the probe {s:.3f}", flush=True)
 
     if not args.no_nps:
         out.update(nps_vs_random(model, hu, spacing, args.dose, args.nps_queries, args.seed))
