@@ -7,7 +7,8 @@ because its OpenMP workers spin and wait on each other while one of them is
 descheduled. The rule, from the CPUs this process may use (``cpus``):
 
 - ``AUDIT_TORCH_THREADS`` set: that many (an explicit choice wins);
-- ``cpus <= 2``: 1 thread (the measured collapse);
+- ``cpus <= 2`` with a noise producer sharing them: 1 thread (the measured
+  collapse); alone (an attack's autograd, nothing else running): every CPU;
 - otherwise ``cpus - 1`` when a noise producer (or other busy thread) shares
   the cores, else ``cpus``; at most 16 (past that torch's CPU kernels gain
   little on these models).
@@ -57,7 +58,7 @@ def torch_threads(cpus: int | None = None, *, shared: bool = True) -> int:
         return value
     cpus = usable_cpus() if cpus is None else max(1, int(cpus))
     if cpus <= 2:
-        return 1
+        return 1 if shared else cpus
     return max(1, min(MAX_THREADS, cpus - (1 if shared else 0)))
 
 

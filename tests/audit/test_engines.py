@@ -123,6 +123,7 @@ def test_cupy_batches_stay_on_the_device(planted):
 def test_torch_threads_follow_the_machine(monkeypatch):
     monkeypatch.delenv(threads.ENV, raising=False)
     assert threads.torch_threads(1) == 1 and threads.torch_threads(2) == 1  # the measured collapse at 2
+    assert threads.torch_threads(2, shared=False) == 2  # nothing to contend with: torch keeps both cores
     assert threads.torch_threads(8) == 7 and threads.torch_threads(8, shared=False) == 8
     assert threads.torch_threads(64) == threads.MAX_THREADS
     monkeypatch.setenv(threads.ENV, "3")
