@@ -31,22 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+from kernels._xp import cuda_unavailable
+
 MODELS = {"nodule3d": "nodules", "bodysite2d": "bodysite"}
 LEVEL = 50.0
-
-
-def gpu_reason() -> str | None:
-    """Why this bench cannot run here, or None."""
-    try:
-        import cupy
-    except ImportError:
-        return "CuPy is not installed (pip install 'ct-robustness-audit[gpu]')"
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            return "no CUDA device"
-    except Exception as exc:  # noqa: BLE001 - any CUDA failure means no usable GPU
-        return f"no usable CUDA device ({exc.__class__.__name__}: {exc})"
-    return None
 
 
 def model_paths() -> dict[str, Path]:
@@ -184,7 +172,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64, help="phantom images per model (campaign)")
     parser.add_argument("--draws", type=int, default=32, help="draws per image in the campaign")
     args = parser.parse_args()
-    reason = gpu_reason()
+    reason = cuda_unavailable()
     if reason is not None:
         print(f"no GPU here: {reason}; nothing measured")
         print(json.dumps({"gpu": False, "reason": reason}))

@@ -76,3 +76,17 @@ def fft_module(xp: ModuleType) -> ModuleType:
 
         return scipy.fft
     return optional_import("cupyx.scipy.fft")
+
+
+def cuda_unavailable() -> str | None:
+    """Why CuPy cannot run on a GPU here (one line for a skip or a bench), or None when it can."""
+    try:
+        cupy = importlib.import_module("cupy")
+    except ImportError:
+        return "CuPy is not installed (pip install 'ct-robustness-audit[gpu]')"
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return "no CUDA device"
+    except Exception as exc:  # noqa: BLE001 - any CUDA failure means no usable GPU
+        return f"no usable CUDA device ({exc.__class__.__name__}: {exc})"
+    return None

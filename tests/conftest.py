@@ -7,25 +7,13 @@ import importlib
 import numpy as np
 import pytest
 
+from kernels._xp import cuda_unavailable
+
 pytest_plugins = ["pytester"]  # tests of our own pytest plugin run pytest in a scratch project
 
 
-def _cupy_reason() -> str | None:
-    """Why CuPy tests cannot run here, or None if they can."""
-    try:
-        cupy = importlib.import_module("cupy")
-    except ImportError:
-        return "CuPy is not installed (pip install 'ct-robustness-audit[gpu]')"
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            return "no CUDA device"
-    except Exception as exc:  # noqa: BLE001 - any CUDA failure means no usable GPU
-        return f"no usable CUDA device ({exc})"
-    return None
-
-
 def pytest_collection_modifyitems(config, items):
-    reason = _cupy_reason()
+    reason = cuda_unavailable()
     if reason is None:
         return
     skip = pytest.mark.skip(reason=f"GPU test: {reason}")
