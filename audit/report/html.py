@@ -864,8 +864,23 @@ def render_html(report: dict[str, Any], folder: str | Path) -> str:
     parts.append(f"<p class='small'>{t['inferences']}{clean} inferences in {t['wall_seconds']} s ({t['images_per_second']} images/s)"
                  + (f" &middot; {_esc(tool.get('name'))} {_esc(tool.get('version'))}, Python {_esc(tool.get('python'))}"
                     if tool else "") + "</p>")
+    parts.append(render_cluster(t))
     parts.append("</body></html>")
     return "\n".join(p for p in parts if p)
+
+
+def render_cluster(t: dict[str, Any]) -> str:
+    """Where a Ray run ran: its nodes, those left out and why, and every sample block redone after a lost worker or
+    node (from report.json ``timing``); empty for a run on one machine."""
+    if not (t.get("ray_nodes") or t.get("ray_excluded") or t.get("ray_retries")):
+        return ""
+    nodes = ", ".join(_esc(n.get("address", "?")) for n in t.get("ray_nodes") or [])
+    lines = [f"Ray cluster: {len(t.get('ray_nodes') or [])} node(s) ran the campaign ({nodes})"]
+    lines += [f"left out: {_esc(x.get('address', '?'))} ({_esc(x.get('reason', ''))})" for x in t.get("ray_excluded") or []]
+    lines += [f"sample block {int(r['block'])} redone (attempt {int(r['attempt'])}): {_esc(r.get('error', ''))} on "
+              f"{_esc(r.get('lost_on', '?'))}, finished on {_esc(r.get('finished_on', '?'))}"
+              for r in t.get("ray_retries") or []]
+    return "<p class='small'>" + "<br>".join(lines) + "</p>"
 
 
 def render_report(folder: str | Path) -> Path:

@@ -229,6 +229,8 @@ def test_sigkill_of_a_whole_worker_node_mid_run_finishes_on_the_others(cluster, 
     retries = report["timing"]["ray_retries"]
     assert retries and all(r["lost_on"].startswith("127.0.0.3") and r["finished_on"].startswith("127.0.0.2")
                            for r in retries)
+    page = (out / "report.html").read_text()  # the reviewer's page says it too
+    assert "Ray cluster: " in page and page.count("redone (attempt") == len(retries)
     rows = _records(out)
     assert rows == _records(folder / "single-heavy")
     keys = [r[1:4] for r in rows if "/level-" in r[0]]
