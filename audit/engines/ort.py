@@ -94,7 +94,7 @@ class OnnxRuntimeEngine(Engine):
         if len(inputs) != 1:
             raise EngineError(f"{path}: expected a model with one input, found {[i.name for i in inputs]}")
         inp = inputs[0]
-        if inp.type not in _ORT_TYPES:
+        if inp.type not in _ORT_TYPES or inp.type == "tensor(bool)":  # bool: an output type only (a mask head)
             raise EngineError(f"{path}: input '{inp.name}' has unsupported type {inp.type}")
         meta = dict(session.get_modelmeta().custom_metadata_map)
         super().__init__(InputSpec(inp.name, dims(inp.shape), np.dtype(_ORT_TYPES[inp.type])),
