@@ -24,7 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from audit.artifact import ACTIVATIONS, TASKS, ModelEntry
+from audit.artifact import ACTIVATIONS, BLENDS, DETECTION_FORMATS, TASKS, ModelEntry
 from audit.attacks import ATTACKS, check_attack_params
 from audit.campaign.noise import BANK_FIELDS, KINDS, MODES, NoiseSpec, read_kernel_table, read_nps_table
 from audit.campaign.reduction import SCAN_NOISE, SPATIAL
@@ -199,6 +199,15 @@ def model_entries(raw: Any, base: Path) -> tuple[ModelEntry, ...]:
     return tuple(entries)
 
 
+def _voxels(t: Table, key: str) -> tuple[int, int, int]:
+    """An integer >= 0 (voxels, every axis) or three of them (z, y, x)."""
+    v = t.raw_value(key)
+    v = [v] * 3 if isinstance(v, int) and not isinstance(v, bool) else v
+    if not isinstance(v, list) or len(v) != 3 or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in v):
+        raise ConfigError(f"{t.key(key)}: expected an integer >= 0 (voxels) or a list of three (z, y, x), got {v!r}")
+    return tuple(v)  # type: ignore[return-value]
+
+
 def head_section(t: Table) -> Mapping[str, Any]:
     """``[head]``: checked overrides of the artifact's head metadata (see ``audit.artifact.head_from``)."""
     out: dict[str, Any] = {}
@@ -216,6 +225,18 @@ def head_section(t: Table) -> Mapping[str, Any]:
         "contour_error_max_mm": lambda k: t.float(k, low=0),
         "filled_dice_min": lambda k: t.float(k, low=0, high=1),
         "contour_metrics": lambda k: t.bool(k),
+        # detection (audit.artifact.heads: formats, operating point, matching and new-FP radii), any task's OOD
+        # score, and the sliding window of detection / segmentation volumes larger than the model input
+        "detection_format": lambda k: t.str(k, choices=DETECTION_FORMATS),
+        "centres_output": lambda k: t.str(k),
+        "peak_threshold": lambda k: t.float(k),
+        "nms_radius_mm": lambda k: t.float(k, low=0),
+        "min_radius_mm": lambda k: t.float(k, low=0),
+        "fp_radius_mm": lambda k: t.float(k, low=0),
+        "ood_output": lambda k: t.str(k),
+        "window_overlap": lambda k: _voxels(t, k),
+        "window_margin": lambda k: _voxels(t, k),
+        "window_blend": lambda k: t.str(k, choices=BLENDS),
     }
     for key, get in getters.items():
         if key in t:

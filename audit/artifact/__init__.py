@@ -3,6 +3,15 @@
 ``AuditedModel`` is what every consumer (campaign, attacks, scan arm, retrain)
 holds; ``open_artifact`` is the only place an engine, a head and a
 preprocessing are put together from a config entry and the artifact's metadata.
+
+Whole volumes larger than a model's fixed spatial input (detection and
+segmentation of 3D volumes, ``Head.windowed``) run by sliding window
+(``audit.artifact.window``): tiles of the model's input size with the head's
+``window_overlap`` / ``window_margin`` / ``window_blend``; dense outputs are
+blended into the volume's grid, candidate lists are shifted to it and merged
+across tiles by NMS within the head's ``nms_radius_mm``. Classification and
+regression heads, 2D data and data smaller than the input on any axis keep
+being refused (``check_input``).
 """
 
 from __future__ import annotations
@@ -13,9 +22,16 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from audit.artifact.heads import ACTIVATIONS, TASKS, Decisions, Head, Preprocess, head_from, preprocess_from
+from audit.artifact.heads import (ACTIVATIONS, BLENDS, DETECTION_FORMATS, OOD_UNCERTAINTY, TASKS,
+                                  WINDOW_OVERLAP_FRACTION, Decisions, Head, Preprocess, head_from, preprocess_from)
+from audit.artifact.window import sliding_window_candidates, sliding_window_dense
 from audit.engines import Engine, load_engine
 from audit.errors import InputError
+from kernels._xp import to_numpy
+
+#: Tiles per engine call in a sliding-window run (an engine with a fixed batch size gets its own): a few tiles
+#: keep the working memory small and still amortise a call's overhead.
+WINDOW_BATCH = 4
 
 
 @dataclass(frozen=True)
@@ -41,26 +57,82 @@ class AuditedModel:
         return {"name": self.name, "engine": self.engine.describe(), "head": self.head.to_dict(),
                 "preprocess": {"hu_window": list(self.preprocess.window), "clip": self.preprocess.clip}}
 
-    def decide(self, hu: np.ndarray) -> Decisions:
-        return self.decide_input(self.prepare(hu))
+    def decide(self, hu: np.ndarray, spacing: Any = None) -> Decisions:
+        return self.decide_input(self.prepare(hu), spacing)
 
     def prepare(self, hu: np.ndarray) -> np.ndarray:
         """HU batch -> the engine's input (window, channel axis, float32)."""
         return self.preprocess(hu, len(self.engine.input_spec.shape))
 
-    def decide_input(self, x: np.ndarray) -> Decisions:
-        return self.head.decide(self.engine.run(x), self.name)
+    def decide_input(self, x: np.ndarray, spacing: Any = None) -> Decisions:
+        """Decisions of a prepared batch; ``spacing`` (mm per spatial axis) for heads that need it (heat-map
+        detection) and for sliding-window runs, taken where the data exceed the model's input (module notes)."""
+        tile = self.window_tile(tuple(x.shape[2:]))
+        if tile is None:
+            return self.head.decide(self.engine.run(x), self.name, spacing)
+        return self._decide_windowed(to_numpy(x), tile, spacing)
 
-    def decide_batched(self, hu: np.ndarray, batch: int) -> Decisions:
+    def decide_batched(self, hu: np.ndarray, batch: int, spacing: Any = None) -> Decisions:
         """Decisions for a whole array of HU images, ``batch`` at a time."""
-        parts = [self.decide(hu[i : i + batch]) for i in range(0, hu.shape[0], batch)]
-        masks = None if parts[0].masks is None else np.concatenate([p.masks for p in parts])
-        return Decisions(np.concatenate([p.labels for p in parts]), np.concatenate([p.scores for p in parts]), masks)
+        return Decisions.concat([self.decide(hu[i : i + batch], spacing) for i in range(0, hu.shape[0], batch)])
+
+    def window_tile(self, data_shape: tuple[int, ...]) -> tuple[int, int, int] | None:
+        """The tile of a sliding-window run over volumes of spatial shape ``data_shape``, or None where the model
+        takes them whole (or cannot run them: not a windowed head, not 3D, smaller than the input on some axis)."""
+        spec = self.engine.input_spec.shape
+        if not self.head.windowed() or len(spec) != 5 or len(data_shape) != 3:
+            return None
+        tile = tuple(want if isinstance(want, int) else got for want, got in zip(spec[2:], data_shape))
+        if tile == tuple(data_shape) or any(got < want for want, got in zip(tile, data_shape)):
+            return None
+        return tile  # type: ignore[return-value]
+
+    def _run_tiles(self, x: np.ndarray) -> Mapping[str, np.ndarray]:
+        """The engine on a batch of tiles; a fixed-batch engine gets its batch size (last tile repeated, cut after)."""
+        fixed = self.engine.input_spec.shape[0]
+        if isinstance(fixed, int) and x.shape[0] < fixed:
+            out = self.engine.run(np.concatenate([x, np.repeat(x[-1:], fixed - x.shape[0], axis=0)]))
+            return {k: v[: x.shape[0]] for k, v in out.items()}
+        return self.engine.run(x)
+
+    def _decide_windowed(self, x: np.ndarray, tile: tuple[int, int, int], spacing: Any) -> Decisions:
+        head = self.head
+        if head.ood_output is not None:
+            raise InputError(f"{self.name}: ood_output '{head.ood_output}' cannot be read over a sliding window "
+                             f"(volumes {tuple(x.shape[2:])}, model input {tile})")
+        if spacing is None or len(tuple(spacing)) != 3:
+            raise InputError(f"{self.name}: a sliding-window run needs the volumes' voxel spacing in mm (z, y, x), "
+                             f"got {spacing!r}")
+        overlap = head.window_overlap or tuple(int(round(WINDOW_OVERLAP_FRACTION * t)) for t in tile)
+        margin = head.window_margin or tuple(o // 2 for o in overlap)
+        fixed = self.engine.input_spec.shape[0]
+        kw = {"tile": tile, "overlap": overlap, "margin": margin,
+              "batch": fixed if isinstance(fixed, int) else WINDOW_BATCH}
+        try:
+            if head.task == "detection" and head.detection_format != "heatmap":
+                return head.from_candidates([sliding_window_candidates(
+                    x[b, 0], self._run_tiles, lambda one: head.item_candidates(one, self.name, spacing),
+                    spacing=spacing, nms_radius_mm=head.nms_radius_mm, **kw) for b in range(x.shape[0])])
+            name = head.output or self.engine.output_names[0]
+            dense = np.stack([sliding_window_dense(x[b, 0], self._run_tiles, output=name, blend=head.window_blend, **kw)
+                              for b in range(x.shape[0])])
+        except InputError as exc:
+            raise InputError(f"{self.name}: sliding window: {exc}") from None
+        return head.decide({name: dense}, self.name, spacing)
 
     def check_input(self, source: Any) -> None:
-        """Data rank and shape must fit the engine's input (after the channel axis the preprocessing adds)."""
+        """Data rank and shape must fit the engine's input (after the channel axis the preprocessing adds), or
+        be 3D volumes a detection or segmentation model runs by sliding window (module notes)."""
         spec = self.engine.input_spec
         data_shape = tuple(source.shape)
+        if self.head.task == "detection" and len(data_shape) != 3:
+            raise InputError(f"{self.name}: detection audits take 3D volumes (z, y, x); the data have shape "
+                             f"{data_shape}")
+        if self.window_tile(data_shape) is not None:
+            if self.head.ood_output is not None:
+                raise InputError(f"{self.name}: ood_output '{self.head.ood_output}' cannot be read over a sliding "
+                                 f"window (the data {data_shape} exceed input '{spec.name}' {spec.describe_shape()})")
+            return
         spatial = spec.shape[-len(data_shape):] if len(spec.shape) >= len(data_shape) else ()
         fits = len(spec.shape) in (len(data_shape) + 1, len(data_shape) + 2) and all(
             want is None or want == got for want, got in zip(spatial, data_shape))
@@ -85,5 +157,5 @@ def open_path(path: str | Path, name: str | None = None, **options: Any) -> Audi
     return open_artifact(ModelEntry(path, name or path.stem, "onnxruntime", options))
 
 
-__all__ = ["ACTIVATIONS", "TASKS", "AuditedModel", "Decisions", "Head", "ModelEntry", "Preprocess", "head_from",
-           "open_artifact", "open_path", "preprocess_from"]
+__all__ = ["ACTIVATIONS", "BLENDS", "DETECTION_FORMATS", "OOD_UNCERTAINTY", "TASKS", "AuditedModel", "Decisions", "Head",
+           "ModelEntry", "Preprocess", "head_from", "open_artifact", "open_path", "preprocess_from"]

@@ -27,6 +27,11 @@ engine in that namespace and only decisions and scores come back to the host.
 Models on different namespaces or devices get their noise on the host (each
 engine then copies its batch in): one noise stream, drawn once, replayable.
 
+Detection models (``audit.artifact.heads``: what a detection flip is) need the data's reference lesions
+(``audit.data.lesions_of``); their shards carry the candidates, roles and lesion flips of every draw
+(``records.DETECTION_COLUMNS``). A model whose data exceed its fixed input runs by sliding window
+(``AuditedModel.window_tile``), inside ``decide_input``.
+
 Threads (``thread_layout``): the producer's noise workers and the engine's
 intra-op threads share the machine's cores; explicit ``[run] noise_workers``
 and ``[[model]] threads`` always win.
@@ -50,6 +55,7 @@ import numpy as np
 from audit.artifact import AuditedModel, Decisions
 from audit.campaign import records
 from audit.campaign.noise import NoiseBank, NoiseSpec
+from audit.data import lesions_of
 from audit.engines.threads import usable_cpus
 from audit.errors import ConfigError, InputError
 from audit.io import atomic_path, is_temp, progress_bar, remove_stale_temps
@@ -317,7 +323,8 @@ def start_store(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, o
         sample = source.load([0])
         for m in models:  # the head reads the engine's outputs (names, count, classes) before any shard exists
             fixed = m.engine.input_spec.shape[0]
-            m.decide_batched(np.repeat(sample, fixed if isinstance(fixed, int) else 1, axis=0), options.batch_size)
+            m.decide_batched(np.repeat(sample, fixed if isinstance(fixed, int) else 1, axis=0), options.batch_size,
+                             source.spacing)
     if check_size is not None:
         check_size(RunSize(len(source), len(noise.levels), noise.draws, len(models),
                            _probe_seconds(models, source, noise, options, dose_model) if len(source) else None))
@@ -340,7 +347,7 @@ def _probe_seconds(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec
     for m in models:  # a model with a fixed batch size gets batches of that size, as in the head probe
         fixed = m.engine.input_spec.shape[0]
         m.decide_batched(noisy if not isinstance(fixed, int) else np.resize(noisy, (fixed, *noisy.shape[1:])),
-                         fixed if isinstance(fixed, int) else b)
+                         fixed if isinstance(fixed, int) else b, source.spacing)
     per_image = (time.perf_counter() - t0) / b
     return per_image * len(source) * len(noise.levels) * (noise.draws + 1)
 
@@ -518,6 +525,7 @@ class Consumer:
         self.work, self.stats, self.bar = work, stats, bar
         self.sink = sink
         self.clean: dict[str, Decisions] = {}
+        self.lesions = lesions_of(source)  # detection heads' reference lesions, one per sample (None: none)
         self.acc: dict[str, dict[str, list]] = {}
         self.idx = np.empty(0, np.int64)
         self.first = 0
@@ -529,11 +537,17 @@ class Consumer:
         else:
             self.sink(path.relative_to(self.out), columns)
 
+    def _lesions(self, m: AuditedModel, idx: np.ndarray) -> list | None:
+        """The reference lesions of samples ``idx`` for a detection model (None for other tasks)."""
+        if m.head.task != "detection" or self.lesions is None:
+            return None
+        return [self.lesions[int(i)] for i in idx]
+
     def block(self, first: int, idx: np.ndarray, hu: np.ndarray) -> None:
         self.first, self.idx = first, idx
         for m in self.models:
             t0 = time.perf_counter()  # the clean pass is engine work too: counted in the stats and the throughput
-            self.clean[m.name] = m.decide_batched(hu, self.options.batch_size)
+            clean = self.clean[m.name] = m.decide_batched(hu, self.options.batch_size, self.source.spacing)
             dt = time.perf_counter() - t0
             self.stats.clean_seconds += dt
             self.stats.engine_seconds += dt
@@ -542,18 +556,22 @@ class Consumer:
             if not records.shard_done(path, idx.size):
                 labels = self.source.labels
                 true = labels[idx] if labels is not None else np.full(idx.size, -1)
-                self._write(path, {"sample": idx.astype(np.int64), "true_label": np.asarray(true, np.int64),
-                                   "clean_label": self.clean[m.name].labels, "clean_score": self.clean[m.name].scores})
+                cols = {"sample": idx.astype(np.int64), "true_label": np.asarray(true, np.int64),
+                        "clean_label": clean.labels, "clean_score": clean.scores,
+                        **m.head.clean_columns(clean, self.source.spacing, self._lesions(m, idx))}
+                if clean.ood is not None:
+                    cols[records.CLEAN_OOD_COLUMN] = clean.ood
+                self._write(path, cols)
         self.acc = {m.name: {c: [] for c in records.RECORD_COLUMNS} for m in self.models}
 
     def batch(self, level: float, rows: np.ndarray, ks: np.ndarray, inputs: dict, noise_s: float) -> None:
         self.stats.noise_seconds += noise_s
         for m in self.models:
             t0 = time.perf_counter()
-            dec = m.decide_input(inputs[(m.preprocess, len(m.engine.input_spec.shape))])
+            dec = m.decide_input(inputs[(m.preprocess, len(m.engine.input_spec.shape))], self.source.spacing)
             self.stats.engine_seconds += time.perf_counter() - t0
             ref = self.clean[m.name].take(rows)
-            flipped, metrics = m.head.draw_metrics(ref, dec, self.source.spacing)
+            flipped, metrics = m.head.draw_metrics(ref, dec, self.source.spacing, self._lesions(m, self.idx[rows]))
             a = self.acc[m.name]
             a["sample"].append(self.idx[rows].astype(np.int64))
             a["level"].append(np.full(rows.size, float(level)))
@@ -563,8 +581,10 @@ class Consumer:
             a["score"].append(dec.scores)
             a["flipped"].append(flipped)
             a["dice"].append(metrics.pop("dice", np.full(rows.size, np.nan, np.float32)))
-            for c, v in metrics.items():  # segmentation contour metrics (records.CONTOUR_COLUMNS), when computed
+            for c, v in metrics.items():  # contour metrics (records.CONTOUR_COLUMNS) when computed; detection columns
                 a.setdefault(c, []).append(v)
+            if dec.ood is not None:
+                a.setdefault(records.OOD_COLUMN, []).append(dec.ood)
         self.stats.inferences += rows.size * len(self.models)
         self.bar.update(rows.size)
 
@@ -572,9 +592,22 @@ class Consumer:
         for m in self.models:
             path = self.work.shard(self.out, m.name, self.noise.level_key(level), self.first, (k0, k1))
             if not records.shard_done(path, self.idx.size * (k1 - k0)):
-                self._write(path, {c: np.concatenate(v) for c, v in self.acc[m.name].items()})
+                self._write(path, {c: _joined(v) for c, v in self.acc[m.name].items()})
             self.acc[m.name] = {c: [] for c in records.RECORD_COLUMNS}
         self.stats.shards_run += 1
+
+
+def _joined(parts: list) -> Any:
+    """One shard column from its batches: arrays concatenated, list columns (one array per record) chained."""
+    return [x for part in parts for x in part] if isinstance(parts[0], list) else np.concatenate(parts)
+
+
+def check_lesions(models: Sequence[AuditedModel], source: Any) -> None:
+    """A detection model needs the data's reference lesions (lesion-free scans are samples with L = 0)."""
+    for m in models:
+        if m.head.task == "detection" and lesions_of(source) is None:
+            raise InputError(f"{source.name}: model '{m.name}' is a detection model but the data hold no reference "
+                             "lesions (ArraySource(lesions=...), or .npz manifest rows with a 'lesions' array)")
 
 
 def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, out: Path, options: RunOptions = RunOptions(),
@@ -602,6 +635,7 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
         raise ConfigError(f"noise.draws: at most {MAX_DRAWS:,} draws per sample and level, got {noise.draws:,}")
     for m in models:
         m.check_input(source)
+    check_lesions(models, source)
     noise = noise.resolved(source)  # add or reduce, decided by the data; recorded in campaign.json
     # reduce: acquired doses read and every level checked, before any output (``noise_model``: the caller's, built once
     # by ``noise.noise_model(source)`` for the campaign and its reports)

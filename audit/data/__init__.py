@@ -5,6 +5,10 @@ the number of samples. ``ArraySource`` wraps arrays in memory; ``ManifestSource`
 reads a CSV manifest (arrays, DICOM folders, PACS series); the phantom sets of
 ``models.phantoms`` come as ``ArraySource``. ``DataSection`` is the validated
 ``[data]`` table and ``open_source`` the one way to turn it into a source.
+
+Detection audits also need reference lesions: a source may have ``lesions``, one
+``audit.metrics.detection.Lesions`` per sample in its voxel grid, or None where
+it holds no lesion information (``lesions_of``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 
 from audit.data.arrays import ArraySource
 from audit.data.manifest import ManifestSource
+from audit.metrics.detection import Lesions
 from models.phantoms.bodysite import bodysite_slices
 from models.phantoms.nodules import nodule_cubes
 
@@ -59,6 +64,12 @@ class DataSection:
     target_spacing: float = 1.0
 
 
+def lesions_of(source: Any) -> list[Lesions] | None:
+    """The source's reference lesions (one ``Lesions`` per sample), or None where it holds none (a source without
+    the attribute, an ``ArraySource`` built without ``lesions``, a manifest whose rows hold none)."""
+    return getattr(source, "lesions", None)
+
+
 def phantom_source(kind: str, n: int, seed: int) -> ArraySource:
     """``n`` phantom nodule cubes or body-site slices drawn with ``seed``."""
     if kind == "nodules":
@@ -78,4 +89,5 @@ def open_source(data: DataSection, pacs: Any = None) -> Source:
     return phantom_source(str(data.phantom), data.n, data.seed)
 
 
-__all__ = ["PHANTOMS", "ArraySource", "DataSection", "ManifestSource", "Source", "open_source", "phantom_source"]
+__all__ = ["PHANTOMS", "ArraySource", "DataSection", "ManifestSource", "Source", "lesions_of", "open_source",
+           "phantom_source"]

@@ -1,4 +1,4 @@
-"""``ArraySource``: HU images already in memory (phantom sets, retrain folds, tests)."""
+"""``ArraySource``: HU images already in memory (phantom sets, retrain folds, tests), with optional reference lesions."""
 
 from __future__ import annotations
 
@@ -9,11 +9,17 @@ from typing import Sequence
 import numpy as np
 
 from audit.errors import InputError
+from audit.metrics.detection import Lesions
 
 
 @dataclass
 class ArraySource:
-    """Images ``(N, *shape)`` in HU with spacing (mm per axis) and optional labels (N,) (-1 = unknown)."""
+    """Images ``(N, *shape)`` in HU with spacing (mm per axis) and optional labels (N,) (-1 = unknown).
+
+    ``lesions``: the reference lesions of each sample (one ``audit.metrics.detection.Lesions`` per sample, centres
+    in voxels of the image, (z, y, x)); detection audits need them (a lesion-free scan has L = 0), other tasks
+    ignore them. None: no lesion information (a detection head then refuses the source).
+    """
 
     images: np.ndarray
     spacing: tuple[float, ...]
@@ -21,6 +27,7 @@ class ArraySource:
     ids: list[str] = field(default_factory=list)
     name: str = "arrays"
     class_names: tuple[str, ...] = ()
+    lesions: list[Lesions] | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim not in (3, 4):
@@ -32,6 +39,15 @@ class ArraySource:
         bad = ~np.isfinite(self.images.reshape(len(self), -1)).all(axis=1)
         if bad.any():
             raise InputError(f"{self.ids[int(np.argmax(bad))]}: image contains NaN or inf")
+        if self.lesions is not None:
+            self.lesions = list(self.lesions)
+            if len(self.lesions) != len(self):
+                raise InputError(f"{self.name}: lesions: expected one Lesions per sample ({len(self)}), "
+                                 f"got {len(self.lesions)}")
+            for i, les in enumerate(self.lesions):
+                if not isinstance(les, Lesions):
+                    raise InputError(f"{self.ids[i]}: lesions: expected audit.metrics.detection.Lesions, got "
+                                     f"{type(les).__name__}")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -54,4 +70,7 @@ class ArraySource:
         h = hashlib.sha256()
         h.update(np.ascontiguousarray(self.images, dtype=np.float32).tobytes())
         h.update(repr((self.spacing, None if self.labels is None else self.labels.tolist())).encode())
+        for les in self.lesions or ():  # only with lesions: sources without them keep their fingerprint
+            for a in (les.centres, les.radii_mm, les.excluded):
+                h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes() + b"|")
         return h.hexdigest()

@@ -1,6 +1,7 @@
 """``ManifestSource``: a CSV of ``path,label`` rows pointing at .npy or .npz files, DICOM
 series folders, NIfTI or MetaImage volumes (paths relative to the CSV), or at series on a PACS
-(``pacs:<SeriesUID>``, DICOMweb or DIMSE, read through ``audit.pacs``)."""
+(``pacs:<SeriesUID>``, DICOMweb or DIMSE, read through ``audit.pacs``), with reference lesions for detection
+audits in .npz rows (``ManifestSource.lesions``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from audit.data.volumes import VolumeFile, is_volume_file, read_volume_file
 from audit.dicom import crop_cube, scan_series
 from audit.errors import InputError
 from audit.io import read_user_text
+from audit.metrics.detection import Lesions
 from audit.pacs import connect, parse_row
 
 _MM_COLUMNS = ("x", "y", "z")
@@ -40,12 +42,19 @@ class ManifestSource:
     names a series on the PACS ``pacs`` (an ``audit.pacs.PacsServer`` or
     client); it is retrieved, complete, into the server's bounded cache and
     then read like a DICOM folder.
+
+    Reference lesions (detection audits): an .npz row may hold ``lesions`` (L, 4) = (z, y, x voxel indices of the
+    image, diameter in mm) and optionally ``lesions_excluded`` (L,) bool (LUNA16's irrelevant findings); a row
+    without them has no lesions (L = 0); such a file names its image ``hu`` or ``image``. ``lesions`` is then one
+    ``Lesions`` per row (read and checked on first use, before a campaign writes anything), or None when no row
+    holds any (a detection head refuses such data).
     """
 
     def __init__(self, manifest: str | Path, spacing: Sequence[float] | None = None, class_names: Sequence[str] = (),
                  *, cube: int = 32, target_spacing: float = 1.0, pacs=None) -> None:
         self.manifest = Path(manifest)
         self.name = str(self.manifest)
+        self._lesions: list[Lesions] | None | bool = False  # False: not read yet
         self.class_names = tuple(class_names)
         if int(cube) < 1 or not float(target_spacing) > 0:
             raise InputError(f"{self.manifest}: cube must be >= 1 voxel and target_spacing > 0 mm, got {cube}, {target_spacing}")
@@ -179,6 +188,41 @@ class ManifestSource:
                 self._check(i, img, sp)
             except InputError as exc:
                 raise self._at_row(i, exc) from None
+        _ = self.lesions  # every row's lesions read and checked too
+
+    @property
+    def lesions(self) -> list[Lesions] | None:
+        """One ``Lesions`` per row from the .npz rows' ``lesions`` (class notes), or None when no row holds any."""
+        if self._lesions is False:
+            found = [self._row_lesions(i) for i in range(len(self))]
+            self._lesions = None if all(f is None for f in found) else [
+                f if f is not None else Lesions.of(np.zeros((0, 3)), 1.0) for f in found]
+        return self._lesions  # type: ignore[return-value]
+
+    def _row_lesions(self, i: int) -> Lesions | None:
+        """Row ``i``'s lesions, None where its file holds none (only .npz rows can)."""
+        path = self.paths[i]
+        if self._has_geometry(i) or path.suffix != ".npz":
+            return None
+        where = f"{self.manifest}: row {i + 2}: {path}"
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if "lesions" not in data.files:
+                    return None
+                raw = np.asarray(data["lesions"])
+                excluded = np.asarray(data["lesions_excluded"]) if "lesions_excluded" in data.files else None
+        except Exception as exc:  # noqa: BLE001 - a truncated zip, pickled objects: the file is unusable
+            raise InputError(f"{where}: cannot read the lesions ({type(exc).__name__}: {exc})") from None
+        if raw.size == 0 and raw.ndim <= 2:
+            raw = raw.reshape(0, 4)
+        if (raw.dtype.kind not in "iuf" or raw.ndim != 2 or raw.shape[1] != 4 or not np.all(np.isfinite(raw))
+                or np.any(raw[:, 3] <= 0)):
+            raise InputError(f"{where}: lesions: expected a finite (L, 4) array of (z, y, x voxel, diameter mm > 0), "
+                             f"got {raw.dtype} {raw.shape}")
+        if excluded is not None and (excluded.dtype != bool or excluded.shape != (raw.shape[0],)):
+            raise InputError(f"{where}: lesions_excluded: expected ({raw.shape[0]},) bool, got {excluded.dtype} "
+                             f"{excluded.shape}")
+        return Lesions.of(raw[:, :3], raw[:, 3] / 2.0, excluded)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -386,6 +430,9 @@ class ManifestSource:
                     h.update(f"{data}|{st.st_size}|{st.st_mtime_ns}".encode())
                 h.update(f"|{c}".encode())
         h.update(repr(self.spacing).encode())
+        for les in self.lesions or ():  # only with lesions: manifests without them keep their fingerprint
+            for a in (les.centres, les.radii_mm, les.excluded):
+                h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes() + b"|")
         if dicom:
             h.update(repr((self.cube, self.target_spacing)).encode())
         return h.hexdigest()
