@@ -9,6 +9,13 @@ Rule kinds (``metric``):
 - ``clean_auc`` (and ``clean_accuracy``, ``clean_macro_f1``): clean performance >= ``min``;
 - ``dice_q05`` (segmentation): the 5th percentile over all draws at ``level`` of the Dice between each
   perturbed mask and the clean one >= ``min`` (95 % of the draws keep at least that overlap);
+- ``cpm`` (detection): the CPM (mean FROC sensitivity at 1/8 ... 8 FPs per scan) at ``level`` >= ``min``,
+  from the report's ``detection`` block (FROC over the level's N x K scan replicates);
+- ``froc_sensitivity`` (detection): the FROC sensitivity at ``fp_rate`` false positives per scan (default 1;
+  one of the report's CPM rates 0.125 ... 8) at ``level`` >= ``min``.
+  Both take ``bound = "lower"`` to check the lower end of the report's 95 % CI (cluster bootstrap over
+  samples) instead of the estimate (stricter); a model without a detection block is refused with one line;
+  a level without included lesions (no sensitivity) fails;
 - ``no_regression``: no significant worsening against ``--baseline`` (a report of the same samples):
   per level, and per class of the candidate's clean label (``test = "sar_class"``, default; ``"cmr"``
   is the same per column of the CMR, whose off-diagonal mass is SAR_c) or overall (``test = "sar"``),
@@ -39,8 +46,12 @@ from audit.metrics import paired_noninferiority
 from audit.toml import read_toml
 
 METRICS = ("san_fraction", "sar", "sar_class", "cmr_offdiag", "clean_auc", "clean_accuracy", "clean_macro_f1", "no_regression",
-           "dice_q05")
-RULE_KEYS = {"metric", "level", "max", "min", "class", "bound", "model", "name", "test", "alpha", "margin"}
+           "dice_q05", "cpm", "froc_sensitivity")
+RULE_KEYS = {"metric", "level", "max", "min", "class", "bound", "model", "name", "test", "alpha", "margin", "fp_rate"}
+#: metrics with a lower limit at one level (``min`` and ``level`` required)
+_MIN_AT_LEVEL = ("dice_q05", "cpm", "froc_sensitivity")
+#: default FP rate (false positives per scan) of ``froc_sensitivity``
+DEFAULT_FP_RATE = 1.0
 
 
 @dataclass(frozen=True)
@@ -129,6 +140,16 @@ def load_report(path: str | Path) -> dict[str, Any]:
             if seg is not None:
                 get(get(get(b, "segmentation", wb, table, "a table"), "dice", f"{wb}.segmentation", table, "a table"),
                     "q05", f"{wb}.segmentation.dice", number, "a number (Dice in [0, 1])")
+            if b.get("detection") is not None:
+                det = get(b, "detection", wb, table, "a table")
+                wd = f"{wb}.detection"
+                rates = get(det, "fp_rates_per_scan", wd, lambda v: numbers(None, none=False)(v) and bool(v),
+                            "a non-empty list of FP rates (per scan)")
+                for key in ("sensitivity_at", "sensitivity_ci_low"):
+                    get(det, key, wd, numbers(len(rates)), f"{len(rates)} numbers (one per FP rate)")
+                if det.get("cpm") is not None:
+                    get(det, "cpm", wd, number, "a number (CPM in [0, 1])")
+                get(det, "cpm_ci", wd, numbers(2), "[low, high] numbers")
             if classification or "CMR" in b:
                 cmr = get(b, "CMR", wb, table, "a table")
                 get(cmr, "matrix", f"{wb}.CMR", lambda v: isinstance(v, list) and all(numbers(None)(r) for r in v),
@@ -178,18 +199,24 @@ def load_policy(path: str | Path) -> list[dict[str, Any]]:
         check(label, rule, "test", lambda v: v in ("sar_class", "cmr", "sar"), "'sar_class', 'cmr' or 'sar'")
         check(label, rule, "alpha", lambda v: number(v) and 0 < v < 1, "a number in (0, 1)")
         check(label, rule, "margin", lambda v: number(v) and 0 <= v < 1, "a SAR difference in [0, 1)")
+        check(label, rule, "fp_rate", lambda v: number(v) and v > 0, "a rate > 0 (false positives per scan)")
+        if "fp_rate" in rule and metric != "froc_sensitivity":
+            raise ConfigError(f"{path}: {label}: fp_rate applies to metric 'froc_sensitivity' only")
         needs_max = metric in ("san_fraction", "sar", "sar_class", "cmr_offdiag")
         if needs_max and "max" not in rule:
             raise ConfigError(f"{path}: {label}: needs a numeric 'max'")
-        if (metric.startswith("clean_") or metric == "dice_q05") and "min" not in rule:
+        if (metric.startswith("clean_") or metric in _MIN_AT_LEVEL) and "min" not in rule:
             raise ConfigError(f"{path}: {label}: needs a numeric 'min'")
-        if metric == "dice_q05" and "level" not in rule:
+        if metric in _MIN_AT_LEVEL and "level" not in rule:
             raise ConfigError(f"{path}: {label}: needs the 'level' (dose) it applies to")
         if needs_max and "level" not in rule:
             raise ConfigError(f"{path}: {label}: needs the 'level' (dose) it applies to")
         if metric == "sar_class" and "class" not in rule:
             raise ConfigError(f"{path}: {label}: needs the 'class' it applies to")
-        if rule.get("bound", "estimate") not in ("estimate", "upper"):
+        if metric in ("cpm", "froc_sensitivity"):
+            if rule.get("bound", "estimate") not in ("estimate", "lower"):
+                raise ConfigError(f"{path}: {label}: bound must be 'estimate' or 'lower' (a minimum's stricter check)")
+        elif rule.get("bound", "estimate") not in ("estimate", "upper"):
             raise ConfigError(f"{path}: {label}: bound must be 'estimate' or 'upper'")
         rule["name"] = label
     return rules
@@ -246,6 +273,9 @@ def evaluate(report: Mapping[str, Any], rules: list[dict[str, Any]], baseline: M
                 out.append(Outcome(name, mname, value, f">= {rule['min']:g}", value >= rule["min"],
                                    f"5th percentile of Dice over {dist['n']} draws"))
                 continue
+            if metric in ("cpm", "froc_sensitivity"):
+                out.append(_detection_rule(rule, model, block))
+                continue
             if metric == "san_fraction":
                 value = block["SAN_fraction"]
             elif metric == "sar":
@@ -267,6 +297,33 @@ def evaluate(report: Mapping[str, Any], rules: list[dict[str, Any]], baseline: M
                 value = max((v for i, row in enumerate(mat) for j, v in enumerate(row) if i != j and v is not None), default=0.0)
             out.append(Outcome(name, mname, value, f"<= {rule['max']:g}", value <= rule["max"]))
     return out
+
+
+def _detection_rule(rule: Mapping[str, Any], model: Mapping[str, Any], block: Mapping[str, Any]) -> Outcome:
+    """``cpm`` or ``froc_sensitivity`` at one level from the report's detection block (module notes)."""
+    name, metric, mname = rule["name"], rule["metric"], model["name"]
+    det = block.get("detection")
+    if not det:
+        raise InputError(f"{name}: metric '{metric}' needs a detection model's FROC; model '{mname}' has no detection "
+                         f"block ({model['head']['task']} task)")
+    lower = rule.get("bound") == "lower"
+    limit = f">= {rule['min']:g}" + (" (95% CI lower end)" if lower else "")
+    if metric == "cpm":
+        value = det["cpm_ci"][0] if lower else det.get("cpm")
+        what = "CPM (mean sensitivity at 1/8 to 8 FPs per scan)"
+    else:
+        rate = float(rule.get("fp_rate", DEFAULT_FP_RATE))
+        rates = [float(r) for r in det["fp_rates_per_scan"]]
+        at = next((i for i, r in enumerate(rates) if math.isclose(r, rate, rel_tol=1e-9)), None)
+        if at is None:
+            raise InputError(f"{name}: fp_rate {rate:g} is not among the report's FP rates per scan "
+                             f"({', '.join(f'{r:g}' for r in rates)})")
+        value = (det["sensitivity_ci_low"] if lower else det["sensitivity_at"])[at]
+        what = f"FROC sensitivity at {rate:g} FPs per scan"
+    detail = f"{what} over {det.get('scan_replicates', det.get('scans', '?'))} scan replicates"
+    if value is None:
+        return Outcome(name, mname, None, limit, False, f"{what}: undefined (no included lesion at this level)")
+    return Outcome(name, mname, value, limit, value >= rule["min"], detail)
 
 
 def noise_bank(report: Mapping[str, Any] | None) -> int:

@@ -38,6 +38,13 @@ the last point. CPM (competition performance metric) = mean sensitivity at
 the grid point at or just below each rate: the same up to the curve's slope
 times 8e-4 FPs). Missed lesions lower the sensitivity at every rate, as in
 LUNA16. One FROC per dose level: pass that level's scans.
+
+Noisy draws as scans: at a dose, each (sample, draw) is one *scan replicate*, so the FROC pools the N x K
+replicates (FPs per scan = FPs / (N K), sensitivity over the N K lesion instances). The K draws of a sample share
+its image and lesions, so the replicates are clustered: ``froc_bootstrap(..., clusters=sample ids)`` resamples
+samples with all their draws (a cluster bootstrap); ``froc_paired_difference`` compares the clean FROC with a
+dose's on the same resampled samples (paired); ``lesion_sar`` gives the lesion-level flip rate with a
+design-effect interval whose cluster is the sample.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, special, stats
 
 from audit.errors import InputError
 from audit.metrics import _checks
@@ -332,7 +339,7 @@ def _curve(scores: np.ndarray, pos: np.ndarray, weight: np.ndarray, n_lesions: f
     tp = np.cumsum(w * pos[order], axis=-1)[..., last]
     fp = np.cumsum(w * ~pos[order], axis=-1)[..., last]
     zero = np.zeros(w.shape[:-1] + (1,))
-    fps = np.concatenate([zero, fp], axis=-1) / n_scans
+    fps = np.concatenate([zero, fp], axis=-1) / np.asarray(n_scans, dtype=np.float64)[..., None]
     with np.errstate(invalid="ignore", divide="ignore"):
         sens = np.concatenate([zero, tp], axis=-1) / np.asarray(n_lesions)[..., None]
     return fps, sens, np.r_[np.inf, s[last]]
@@ -351,9 +358,10 @@ def froc(matches: Sequence[ScanMatch], rates=FP_RATES) -> Froc:
 
 @dataclass(frozen=True)
 class FrocInterval:
-    """Percentile bootstrap intervals over scans: CPM and the sensitivity at each rate.
+    """Percentile bootstrap intervals over scans (or clusters of scans): CPM and the sensitivity at each rate.
 
-    ``n_valid``: resamples with at least one lesion (the others have no sensitivity and are left out).
+    ``n_valid``: resamples with at least one lesion (the others have no sensitivity and are left out);
+    ``n_clusters``: the resampled units (scans, or samples holding their K draws).
     """
 
     cpm: float
@@ -366,50 +374,250 @@ class FrocInterval:
     n_boot: int
     n_valid: int
     seed: int | None
+    n_clusters: int | None = None
+    clustered: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"cpm": self.cpm, "cpm_ci": [self.cpm_low, self.cpm_high], "rates": list(self.rates),
                 "sensitivity_ci": [self.sensitivity_low.tolist(), self.sensitivity_high.tolist()],
                 "confidence": self.confidence, "n_boot": self.n_boot, "n_valid": self.n_valid, "seed": self.seed,
-                "method": "bootstrap over scans (LUNA16)"}
+                "n_clusters": self.n_clusters,
+                "method": ("cluster bootstrap over samples (each with all its scan replicates)" if self.clustered
+                           else "bootstrap over scans (LUNA16)")}
+
+
+def _n_boot(n_boot) -> int:
+    if isinstance(n_boot, (bool, np.bool_)) or not isinstance(n_boot, (int, np.integer)) or n_boot < 10:
+        raise InputError(f"n_boot: expected an integer >= 10 (number of bootstrap resamples), got {n_boot!r}")
+    return int(n_boot)
+
+
+def _cluster_index(clusters, n: int, name: str = "clusters") -> tuple[np.ndarray, int]:
+    """Cluster index 0..C-1 of each of ``n`` scans (ids in order of first sorted value); None: each scan its own."""
+    if clusters is None:
+        return np.arange(n), n
+    c = np.asarray(clusters).reshape(-1)
+    if c.shape != (n,):
+        raise InputError(f"{name}: expected one cluster id per scan ({n}), got shape {np.shape(clusters)}")
+    ids, inv = np.unique(c, return_inverse=True)
+    return inv.reshape(-1).astype(np.int64), int(ids.size)
+
+
+class _Pool:
+    """One set of matched scans prepared for resampling: entries, their scan's cluster, lesions and scans per cluster."""
+
+    def __init__(self, matches: Sequence[ScanMatch], cluster: np.ndarray, n_clusters: int):
+        self.scores, self.pos, scan, lesions = _pooled(matches)
+        self.entry_cluster = cluster[scan]
+        self.lesions = np.bincount(cluster, weights=lesions, minlength=n_clusters)
+        self.scans = np.bincount(cluster, minlength=n_clusters).astype(np.float64)
+        self.size = self.scores.size
+
+    def sensitivity_at(self, mult: np.ndarray, rates: tuple[float, ...]) -> np.ndarray:
+        """(B, R) sensitivities at ``rates`` of B resamples given cluster multiplicities ``mult`` (B, C); NaN rows
+        for resamples without a lesion."""
+        n_les = mult @ self.lesions
+        n_scans = mult @ self.scans
+        fps, sens, _ = _curve(self.scores, self.pos, mult[:, self.entry_cluster].astype(np.float64), n_les, n_scans)
+        out = np.full((mult.shape[0], len(rates)), np.nan)
+        for b in range(mult.shape[0]):
+            if n_les[b] > 0:
+                out[b] = interpolate_sensitivity(fps[b], sens[b], rates)
+        return out
+
+
+def _resample(rng: np.random.Generator, n_clusters: int, count: int) -> np.ndarray:
+    """``count`` rows of multiplicities: each row draws ``n_clusters`` clusters with replacement."""
+    return np.stack([np.bincount(rng.integers(0, n_clusters, n_clusters), minlength=n_clusters) for _ in range(count)])
+
+
+def _bounds(values: np.ndarray, conf: float) -> tuple[np.ndarray, np.ndarray]:
+    alpha = 1.0 - conf
+    if values.shape[0] == 0:
+        nan = np.full(values.shape[1:], np.nan)
+        return nan, nan
+    lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2], axis=0)
+    return lo, hi
 
 
 def froc_bootstrap(matches: Sequence[ScanMatch], rates=FP_RATES, confidence: float = 0.95, *,
-                   n_boot: int = LUNA16_BOOTSTRAPS, seed: int | np.random.Generator = 0) -> FrocInterval:
-    """CPM with percentile bootstrap intervals, resampling whole scans with replacement (as LUNA16 does).
+                   n_boot: int = LUNA16_BOOTSTRAPS, seed: int | np.random.Generator = 0,
+                   clusters=None) -> FrocInterval:
+    """CPM with percentile bootstrap intervals, resampling whole scans (or clusters of scans) with replacement.
 
-    Each resample draws N of the N scans (their lesions and false positives together: a scan is the unit that
-    varies) and recomputes the FROC with N scans. ``n_boot`` 1000 as in LUNA16; ``seed`` an int or a Generator,
-    so an interval is reproducible. The bounds are ``np.quantile``'s (linear) at (1 -/+ confidence) / 2; LUNA16
-    takes order statistics at floor(P n), which differs by at most one resample's value.
+    Default (``clusters`` None): as LUNA16, each resample draws N of the N scans (their lesions and false positives
+    together: a scan is the unit that varies) and recomputes the FROC with N scans. ``clusters``: one id per scan;
+    each resample draws as many clusters as there are, with replacement, and takes every scan of a drawn cluster
+    with it (the K noisy draws of a sample are one cluster: they share the image); FPs per scan then divide by the
+    resample's scan count. ``n_boot`` 1000 as in LUNA16; ``seed`` an int or a Generator, so an interval is
+    reproducible. The bounds are ``np.quantile``'s (linear) at (1 -/+ confidence) / 2; LUNA16 takes order
+    statistics at floor(P n), which differs by at most one resample's value.
     """
     r = _rates(rates)
     conf = _checks.confidence(confidence)
-    if isinstance(n_boot, (bool, np.bool_)) or not isinstance(n_boot, (int, np.integer)) or n_boot < 10:
-        raise InputError(f"n_boot: expected an integer >= 10 (number of bootstrap resamples), got {n_boot!r}")
+    nb = _n_boot(n_boot)
     point = froc(matches, r)
-    scores, pos, scan, lesions = _pooled(matches)
-    n = len(matches)
+    cluster, n_c = _cluster_index(clusters, len(matches))
+    pool = _Pool(matches, cluster, n_c)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    at = np.empty((int(n_boot), len(r)))
-    chunk = max(1, (1 << 21) // max(1, scores.size + n))
-    for start in range(0, int(n_boot), chunk):
-        stop = min(int(n_boot), start + chunk)
-        mult = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(stop - start)])
-        n_les = mult @ lesions
-        fps, sens, _ = _curve(scores, pos, mult[:, scan].astype(np.float64), n_les, n)
-        for b in range(stop - start):
-            at[start + b] = interpolate_sensitivity(fps[b], sens[b], r) if n_les[b] > 0 else np.nan
+    at = np.empty((nb, len(r)))
+    chunk = max(1, (1 << 21) // max(1, pool.size + n_c))
+    for start in range(0, nb, chunk):
+        stop = min(nb, start + chunk)
+        at[start:stop] = pool.sensitivity_at(_resample(rng, n_c, stop - start), r)
     valid = ~np.isnan(at[:, 0])
-    alpha = 1.0 - conf
-    if valid.any():
-        lo, hi = np.quantile(at[valid], [alpha / 2, 1 - alpha / 2], axis=0)
-        clo, chi = np.quantile(at[valid].mean(axis=1), [alpha / 2, 1 - alpha / 2])
+    lo, hi = _bounds(at[valid], conf)
+    clo, chi = _bounds(at[valid].mean(axis=1), conf)
+    return FrocInterval(point.cpm, float(clo), float(chi), r, lo, hi, conf, nb, int(valid.sum()),
+                        int(seed) if isinstance(seed, (int, np.integer)) else None, n_c, clusters is not None)
+
+
+@dataclass(frozen=True)
+class FrocDifference:
+    """Paired bootstrap of a FROC difference, reference (clean) minus other (a dose): CPM and sensitivity per rate.
+
+    ``cpm_drop`` = CPM(reference) - CPM(other); intervals are percentile intervals over resamples of the shared
+    samples (one resample serves both FROCs: the pairing); ``n_valid``: resamples where both have a lesion.
+    """
+
+    cpm_reference: float
+    cpm_other: float
+    cpm_drop: float
+    cpm_drop_low: float
+    cpm_drop_high: float
+    rates: tuple[float, ...]
+    sensitivity_drop: np.ndarray
+    sensitivity_drop_low: np.ndarray
+    sensitivity_drop_high: np.ndarray
+    confidence: float
+    n_boot: int
+    n_valid: int
+    n_samples: int
+    seed: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cpm_drop": self.cpm_drop, "cpm_drop_ci": [self.cpm_drop_low, self.cpm_drop_high],
+                "cpm_reference": self.cpm_reference, "cpm_other": self.cpm_other, "rates": list(self.rates),
+                "sensitivity_drop": self.sensitivity_drop.tolist(),
+                "sensitivity_drop_ci": [self.sensitivity_drop_low.tolist(), self.sensitivity_drop_high.tolist()],
+                "confidence": self.confidence, "n_boot": self.n_boot, "n_valid": self.n_valid,
+                "n_samples": self.n_samples, "seed": self.seed,
+                "method": "paired cluster bootstrap over samples (one resample of samples for both FROCs)"}
+
+
+def froc_paired_difference(reference: Sequence[ScanMatch], other: Sequence[ScanMatch], other_samples, rates=FP_RATES,
+                           confidence: float = 0.95, *, n_boot: int = LUNA16_BOOTSTRAPS,
+                           seed: int | np.random.Generator = 0) -> FrocDifference:
+    """CPM(reference) - CPM(other) with a paired cluster-bootstrap interval (module notes).
+
+    ``reference``: N scans, one per sample (the clean outputs); ``other``: scan replicates of the same samples
+    (a dose's N x K draws), ``other_samples`` the sample index 0..N-1 of each. Each resample draws N samples with
+    replacement and weights both FROCs by the same multiplicities, so the variation the two share (which samples,
+    which lesions) cancels in the difference.
+    """
+    r = _rates(rates)
+    conf = _checks.confidence(confidence)
+    nb = _n_boot(n_boot)
+    n = len(reference)
+    samples = np.asarray(other_samples).reshape(-1)
+    if samples.shape != (len(other),) or not np.issubdtype(samples.dtype, np.integer) or \
+            (samples.size and (samples.min() < 0 or samples.max() >= n)):
+        raise InputError(f"other_samples: expected one sample index in 0..{n - 1} per scan of other ({len(other)})")
+    ref, oth = froc(reference, r), froc(other, r)
+    p_ref, p_oth = _Pool(reference, np.arange(n), n), _Pool(other, samples.astype(np.int64), n)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    diff = np.empty((nb, len(r)))
+    chunk = max(1, (1 << 21) // max(1, p_ref.size + p_oth.size + n))
+    for start in range(0, nb, chunk):
+        stop = min(nb, start + chunk)
+        mult = _resample(rng, n, stop - start)
+        diff[start:stop] = p_ref.sensitivity_at(mult, r) - p_oth.sensitivity_at(mult, r)
+    valid = ~np.isnan(diff).any(axis=1)
+    lo, hi = _bounds(diff[valid], conf)
+    clo, chi = _bounds(diff[valid].mean(axis=1), conf)
+    return FrocDifference(ref.cpm, oth.cpm, ref.cpm - oth.cpm, float(clo), float(chi), r,
+                          ref.sensitivity_at - oth.sensitivity_at, lo, hi, conf, nb, int(valid.sum()), n,
+                          int(seed) if isinstance(seed, (int, np.integer)) else None)
+
+
+@dataclass(frozen=True)
+class LesionSar:
+    """Lesion-level SAR over the included lesions of N samples, K draws each, with a cluster-aware interval.
+
+    ``sar`` = sum over lesions of #{draws whose found status changed} / (K x included lesions); ``deff``: design
+    effect with the sample (scan) as cluster; ``n_eff``: the effective number of independent lesion-draws behind
+    the interval.
+    """
+
+    sar: float
+    low: float
+    high: float
+    confidence: float
+    n_samples: int
+    n_lesions: int
+    draws: int
+    changed: int
+    deff: float
+    n_eff: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sar": self.sar, "ci": [self.low, self.high], "confidence": self.confidence,
+                "n_samples": self.n_samples, "n_lesions": self.n_lesions, "draws": self.draws, "changed": self.changed,
+                "deff": self.deff, "n_eff": self.n_eff,
+                "method": "design-effect Wilson, cluster = sample (its lesions and draws together)"}
+
+
+def lesion_sar(lesion_changed: Sequence[np.ndarray], lesion_excluded: Sequence[np.ndarray],
+               confidence: float = 0.95) -> LesionSar:
+    """Lesion-level SAR (mean over included lesions of the fraction of K draws whose found status changed) and its
+    design-effect Wilson interval, the sample as cluster.
+
+    ``lesion_changed``: N arrays (K, L_i) bool; ``lesion_excluded``: N arrays (L_i,) bool. Samples with an included
+    lesion are the clusters: x_i changed lesion-draws out of m_i = K L_i. The pooled rate p = sum x / sum m is a
+    ratio estimator; its variance across clusters (linearisation, N / (N - 1) sum (x_i - p m_i)^2 / M^2) over the
+    binomial one p (1 - p) / M is the design effect, clipped to [1, max m_i]; p = 0 or 1 gives 1 and N = 1 gives
+    m_1 (one cluster: one trial). Wilson's interval on n_eff = M / deff, times (z / t_{N-1})^2 for N >= 2
+    (Korn & Graubard), the same as ``audit.metrics.intervals.cluster_wilson_interval``, to which it reduces when
+    every sample has the same number of lesions. NaN without an included lesion.
+    """
+    conf = _checks.confidence(confidence)
+    if len(lesion_changed) != len(lesion_excluded):
+        raise InputError(f"lesion_changed, lesion_excluded: expected one array per sample in both, got "
+                         f"{len(lesion_changed)} and {len(lesion_excluded)}")
+    x, m, k = [], [], None
+    for i, (ch, ex) in enumerate(zip(lesion_changed, lesion_excluded)):
+        c = np.asarray(ch, dtype=bool)
+        e = np.asarray(ex, dtype=bool).reshape(-1)
+        if c.ndim != 2 or c.shape[1] != e.size or (k is not None and c.shape[0] != k):
+            raise InputError(f"lesion_changed[{i}]: expected shape (K, {e.size}) with the same K for every sample, "
+                             f"got {c.shape}")
+        k = c.shape[0]
+        if np.count_nonzero(~e):
+            x.append(int(np.count_nonzero(c[:, ~e])))
+            m.append(k * int(np.count_nonzero(~e)))
+    k = int(k or 0)
+    xs, ms = np.array(x, np.float64), np.array(m, np.float64)
+    n, total = xs.size, float(ms.sum())
+    if n == 0:
+        return LesionSar(np.nan, np.nan, np.nan, conf, 0, 0, k, 0, np.nan, np.nan)
+    p = float(xs.sum() / total)
+    if p in (0.0, 1.0):
+        deff = 1.0
+    elif n == 1:
+        deff = float(ms[0])
     else:
-        lo = hi = np.full(len(r), np.nan)
-        clo = chi = np.nan
-    return FrocInterval(point.cpm, float(clo), float(chi), r, lo, hi, conf, int(n_boot), int(valid.sum()),
-                        int(seed) if isinstance(seed, (int, np.integer)) else None)
+        var_cluster = n / (n - 1) * float(np.sum((xs - p * ms) ** 2)) / total ** 2
+        deff = float(np.clip(var_cluster / (p * (1.0 - p) / total), 1.0, ms.max()))
+    z = float(special.ndtri(0.5 + conf / 2.0))
+    n_eff = total / deff
+    if n >= 2:
+        n_eff *= (z / float(stats.t.ppf(0.5 + conf / 2.0, n - 1))) ** 2
+    denom = 1.0 + z * z / n_eff
+    centre = (p + z * z / (2.0 * n_eff)) / denom
+    half = z / denom * np.sqrt(p * (1.0 - p) / n_eff + z * z / (4.0 * n_eff * n_eff))
+    lo = 0.0 if p == 0.0 else float(np.clip(centre - half, 0.0, 1.0))
+    hi = 1.0 if p == 1.0 else float(np.clip(centre + half, 0.0, 1.0))
+    return LesionSar(p, lo, hi, conf, n, int(total // k) if k else 0, k, int(xs.sum()), deff, float(n_eff))
 
 
 # --- lesion-level flips ------------------------------------------------------------------------------

@@ -8,6 +8,34 @@ cases with the keys that regenerate their noise, the spread over several
 models (study 2) and timing. A segmentation model's levels add ``segmentation``:
 the per-draw Dice (and, when recorded, HD95 and contour error in mm and the
 filled-contour Dice) as quantiles q05 ... q95 and mean, each with its unit.
+
+Detection models (``head.task == "detection"``, study 3) add ``detection`` to the
+clean block and to every level (``detection_block``). Definitions, exactly:
+
+- a *scan* is one model input volume with its reference lesions; at a level, each
+  (sample i, draw k) is one *scan replicate*: the level's FROC pools the N x K
+  replicates (LUNA16 matching, ``audit.metrics.detection``), sensitivity over the
+  N K lesion instances, FPs per scan = false positives / (N K); clean pools N scans;
+- intervals are clustered by sample: a bootstrap resample draws N samples with
+  replacement and takes all K replicates of each (``froc_bootstrap(clusters=)``);
+  clean's resamples scans (one per sample, LUNA16); 1000 resamples, seed 0;
+- ``cpm_drop`` = clean CPM - level CPM, paired: one resample of samples weights
+  both FROCs (``froc_paired_difference``);
+- ``lesion_sar`` = mean over included lesions of the fraction of the K draws whose
+  found-at-threshold status differs from clean (the records' ``lesion_changed``);
+  interval: design-effect Wilson with the sample as cluster (``lesion_sar``);
+- ``missed_per_draw`` / ``gained_per_draw`` / ``new_fp_per_draw``: means over the
+  N K draws of lesions lost / gained and new false positives at the operating
+  threshold, per draw (units: lesions or false positives per scan replicate);
+- ``confidence_histogram``: counts per 0.1 score bin of the best mark on each
+  detected lesion (hits) and of the false positives, all scores (only when every
+  score lies in [0, 1]). Classification heads get no score histogram: their
+  score is not always a probability, and SAR already describes their flips.
+
+Any model whose records carry an OOD score (head key ``ood_output``) adds ``ood``
+per level: the AUROC of clean (in-distribution, N scores) against the level's
+perturbed scores (N K), with ``audit.metrics.ood.ood_auroc``'s cluster bootstrap
+(cluster = sample: its clean score and its K draws together; 2000 resamples, seed 0).
 """
 
 from __future__ import annotations
@@ -41,7 +69,18 @@ from audit.metrics import (
     two_proportion_z_test,
 )
 from audit.metrics.contours import distribution
+from audit.metrics.detection import (
+    FP_RATES,
+    ScanMatch,
+    confidence_histograms,
+    froc,
+    froc_bootstrap,
+    froc_paired_difference,
+    interpolate_sensitivity,
+    lesion_sar,
+)
 from audit.metrics.dose_response import fit_critical_dose
+from audit.metrics.ood import ood_auroc
 from kernels import grid_variance
 
 SCHEMA = "audit-report/1"
@@ -168,12 +207,17 @@ def _relocate_text(v: Any, paths: PathStyle) -> Any:
     return paths.text(v) if isinstance(v, str) else v
 
 
-def clean_performance(model: Audited, clean: records.CleanRecords) -> dict[str, Any]:
+def clean_performance(model: Audited, clean: records.CleanRecords, *, confidence: float = 0.95) -> dict[str, Any]:
     known = clean.true_labels >= 0
     out: dict[str, Any] = {"N_labelled": int(known.sum()), "class_counts_predicted": np.bincount(
         clean.labels[clean.labels >= 0], minlength=max(model.head.n_classes, 1)).tolist()}
+    found = getattr(clean, "detection", None)
+    if model.head.task == "detection":  # a detection label counts the marks shown: not a class
+        out.pop("class_counts_predicted")
+        if found is not None:
+            out["detection"] = plain(detection_clean_block(model, found, confidence=confidence))
     if not known.any():
-        return out
+        return plain(out)
     y, pred, score = clean.true_labels[known], clean.labels[known], clean.scores[known]
     task = model.head.task
     try:
@@ -208,6 +252,11 @@ def level_block(model: Audited, clean: records.CleanRecords, rec: records.LevelR
             summary["dice_mean"] = float(np.nanmean(rec.dice))
         if head.task == "segmentation":
             summary["segmentation"] = segmentation_block(rec)
+    if head.task == "detection" and getattr(rec, "detection", None) is not None:
+        summary["detection"] = detection_block(model, clean, rec, confidence=confidence)
+    ood = ood_block(clean, rec, confidence=confidence)
+    if ood is not None:
+        summary["ood"] = ood
     summary["level"] = rec.level
     if head.n_classes:  # whose SAR_i is whose: the gate's paired per-class comparison needs it
         summary["per_sample"]["clean_label"] = clean.labels.tolist()
@@ -229,6 +278,108 @@ def segmentation_block(rec: records.LevelRecords) -> dict[str, Any]:
         if values is not None:
             out[key] = distribution(values, unit)
     return out
+
+
+#: FP rates (per scan) at which report.json samples each FROC curve: 1/8 to 8, four points per octave (LUNA16's
+#: range; the seven CPM rates are among them). Sensitivity between the curve's points: LUNA16's interpolation.
+FROC_GRID = tuple(2.0 ** (e / 4.0) for e in range(-12, 13))
+#: Bootstrap resamples and seed of the FROC intervals (LUNA16's count) and of the OOD AUROC interval.
+FROC_BOOT, OOD_BOOT, BOOT_SEED = 1000, 2000, 0
+DETECTION_UNITS = {"fp_rates_per_scan": "false positives per scan", "sensitivity": "fraction of included lesions",
+                   "cpm": "mean sensitivity at the seven FP rates", "lesion_sar": "fraction of lesion-draws",
+                   "missed_per_draw": "lesions per scan replicate", "gained_per_draw": "lesions per scan replicate",
+                   "new_fp_per_draw": "false positives per scan replicate", "threshold": "model score"}
+
+
+def _froc_fields(matches: Sequence[ScanMatch], clusters: np.ndarray | None, confidence: float) -> dict[str, Any]:
+    """CPM, sensitivity at each CPM rate and at 1 FP/scan with bootstrap CIs, the curve on ``FROC_GRID``, counts."""
+    f = froc(matches, FP_RATES)
+    ci = froc_bootstrap(matches, FP_RATES, confidence, n_boot=FROC_BOOT, seed=BOOT_SEED, clusters=clusters)
+    one = FP_RATES.index(1.0)
+    grid = interpolate_sensitivity(f.fps, f.sensitivity, FROC_GRID) if f.n_lesions else np.full(len(FROC_GRID), np.nan)
+    return {"fp_rates_per_scan": list(FP_RATES), "cpm": f.cpm, "cpm_ci": [ci.cpm_low, ci.cpm_high],
+            "sensitivity_at": f.sensitivity_at, "sensitivity_ci_low": ci.sensitivity_low,
+            "sensitivity_ci_high": ci.sensitivity_high, "sensitivity_at_1fp": f.sensitivity_at[one],
+            "sensitivity_at_1fp_ci": [ci.sensitivity_low[one], ci.sensitivity_high[one]],
+            "froc": {"fps_per_scan": list(FROC_GRID), "sensitivity": grid},
+            "lesion_draws": f.n_lesions, "detected_lesion_draws": f.n_detected, "false_positives": f.n_false_positives,
+            "false_positives_per_scan": f.n_false_positives / f.n_scans,
+            "interval": {"method": ci.to_dict()["method"], "confidence": ci.confidence, "n_boot": ci.n_boot,
+                         "n_valid": ci.n_valid, "seed": ci.seed, "clusters": ci.n_clusters}}
+
+
+def _operating_point(matches: Sequence[ScanMatch], threshold: float | None) -> dict[str, Any] | None:
+    """Sensitivity and FPs per scan of the marks a reader is shown: scores >= the head's threshold."""
+    if threshold is None:
+        return None
+    lesions = sum(m.n_lesions for m in matches)
+    hits = sum(int(np.count_nonzero(m.hit_scores >= threshold)) for m in matches)
+    fps = sum(int(np.count_nonzero(m.fp_scores >= threshold)) for m in matches)
+    return {"threshold": float(threshold), "sensitivity": hits / lesions if lesions else None,
+            "fps_per_scan": fps / len(matches)}
+
+
+def _score_histogram(matches: Sequence[ScanMatch]) -> dict[str, Any] | None:
+    """Counts per 0.1 bin of hit scores (best mark per detected lesion) and false-positive scores; None when a score
+    lies outside [0, 1] (a logit, not a confidence)."""
+    hits = np.concatenate([m.hit_scores for m in matches] or [np.zeros(0)])
+    fps = np.concatenate([m.fp_scores for m in matches] or [np.zeros(0)])
+    both = np.r_[hits, fps]
+    if both.size and (both.min() < 0 or both.max() > 1):
+        return None
+    h = confidence_histograms({"hits": hits, "false_positives": fps}, bins=10)
+    return {"edges": h.edges, "hits": h.counts["hits"], "false_positives": h.counts["false_positives"]}
+
+
+def detection_clean_block(model: Audited, det: Any, *, confidence: float = 0.95) -> dict[str, Any]:
+    """The clean FROC of a detection model: N scans, one per sample, scan bootstrap (module notes)."""
+    out = {"scans": len(det.matches), "draws": 1, "lesions": int(sum(m.n_lesions for m in det.matches)),
+           **_froc_fields(det.matches, None, confidence), "units": DETECTION_UNITS}
+    out["operating_point"] = _operating_point(det.matches, getattr(model.head, "threshold", None))
+    out["confidence_histogram"] = _score_histogram(det.matches)
+    return out
+
+
+def detection_block(model: Audited, clean: records.CleanRecords, rec: records.LevelRecords, *,
+                    confidence: float = 0.95) -> dict[str, Any]:
+    """A detection model at one level: FROC over the N x K scan replicates with sample-clustered CIs, the paired CPM
+    drop from clean, lesion-level SAR, flips per draw, score histograms (definitions: module notes)."""
+    d = rec.detection
+    n = len(d.matches)
+    k = len(d.matches[0]) if n else 0
+    flat = [m for draws in d.matches for m in draws]
+    samples = np.repeat(np.arange(n), k)
+    out: dict[str, Any] = {"scans": n, "draws": k, "scan_replicates": n * k,
+                           "lesions": int(sum(int(np.count_nonzero(~e)) for e in d.lesion_excluded)),
+                           **_froc_fields(flat, samples, confidence), "units": DETECTION_UNITS}
+    out["operating_point"] = _operating_point(flat, getattr(model.head, "threshold", None))
+    sar = lesion_sar(d.lesion_changed, d.lesion_excluded, confidence)
+    out.update(lesion_sar=sar.sar, lesion_sar_ci=[sar.low, sar.high],
+               lesion_sar_detail={"changed": sar.changed, "lesion_draws": sar.n_lesions * sar.draws, "deff": sar.deff,
+                                  "n_eff": sar.n_eff, "method": sar.to_dict()["method"]})
+    for key in ("missed", "gained", "new_fp"):
+        out[f"{key}_per_draw"] = float(np.mean(getattr(d, key))) if n * k else None
+    cd = getattr(clean, "detection", None)
+    if cd is not None:
+        diff = froc_paired_difference(cd.matches, flat, samples, FP_RATES, confidence, n_boot=FROC_BOOT, seed=BOOT_SEED)
+        out.update(cpm_clean=diff.cpm_reference, cpm_drop=diff.cpm_drop,
+                   cpm_drop_ci=[diff.cpm_drop_low, diff.cpm_drop_high], cpm_drop_method=diff.to_dict()["method"])
+    out["confidence_histogram"] = _score_histogram(flat)
+    return plain(out)
+
+
+def ood_block(clean: records.CleanRecords, rec: records.LevelRecords, *, confidence: float = 0.95) -> dict[str, Any] | None:
+    """AUROC of the OOD score, clean (in-distribution) against this level's draws (OOD), cluster bootstrap over
+    samples; None when the records carry no OOD score."""
+    s_in, s_ood = getattr(clean, "ood_score", None), getattr(rec, "ood_score", None)
+    if s_in is None or s_ood is None:
+        return None
+    s_in, s_ood = np.asarray(s_in, np.float64).reshape(-1), np.asarray(s_ood, np.float64)
+    n, k = s_ood.shape
+    a = ood_auroc(s_in, s_ood.reshape(-1), np.arange(n), np.repeat(np.arange(n), k), confidence, n_boot=OOD_BOOT,
+                  seed=BOOT_SEED)
+    return plain({**a.to_dict(), "in_distribution": "clean scans (one score per sample)",
+                  "ood": "perturbed draws at this level (K per sample)", "positive": "perturbed (higher score = OOD)"})
 
 
 def worst_cases(rec_by_level: dict[float, records.LevelRecords], clean: records.CleanRecords, noise: NoiseSpec,
@@ -444,6 +595,9 @@ def summary(model_blocks: list[dict[str, Any]], loaded: list, source: Any, noise
                            "SAN_fraction_ci": b["SAN_fraction_ci"], "SAR": b["SAR_overall"], "SAR_ci": b["SAR_overall_ci"]}
                           for b in block["levels"]],
             "critical_dose": None}
+        for e, b in zip(entry["per_level"], block["levels"]):  # a detection model's headline: its CPM at the dose
+            if b.get("detection"):
+                e.update(cpm=b["detection"]["cpm"], cpm_ci=b["detection"]["cpm_ci"])
         if noise.kind == "nps" and len(noise.levels) >= 3:
             counts = np.stack([by_level[lv].flipped.sum(axis=1) for lv in noise.levels])
             fits = fit_critical_dose(np.asarray(noise.levels, float), counts, noise.draws, targets=CRITICAL_SAR)
@@ -472,8 +626,17 @@ def attach_dicom(report: dict[str, Any], links: dict[tuple[str, int], dict[str, 
 
 
 def check_report(report: dict[str, Any], atol: float = 1e-9) -> None:
-    """Invariants every report must hold (CMR columns sum to 1, 1 - diag = SAR_c); AssertionError names the breach."""
+    """Invariants every report must hold (CMR columns sum to 1, 1 - diag = SAR_c; a detection block's CPM is the mean
+    of its sensitivities and its CPM drop is clean CPM - CPM); AssertionError names the breach."""
     for model in report["models"]:
+        for block in [model["clean"], *model["levels"]]:
+            det = block.get("detection")
+            where = f"{model['name']} {'clean' if block is model['clean'] else 'level ' + str(block['level'])}"
+            if det and det.get("cpm") is not None and abs(det["cpm"] - float(np.mean(det["sensitivity_at"]))) > atol:
+                raise AssertionError(f"{where}: CPM is not the mean sensitivity at the FP rates")
+            if det and None not in (det.get("cpm_drop"), det.get("cpm_clean"), det.get("cpm")) and \
+                    abs(det["cpm_clean"] - det["cpm"] - det["cpm_drop"]) > atol:
+                raise AssertionError(f"{where}: CPM drop != clean CPM - CPM")
         for block in model["levels"]:
             if "CMR" not in block:
                 continue
@@ -509,6 +672,29 @@ _TABLE = (lambda v: isinstance(v, dict), "a table")
 _TABLES = (_list_of(lambda v: isinstance(v, dict)), "a list of tables")
 _CI = (_list_of(_is_num, none=True, size=2), "[low, high] numbers")
 _NUMS = (_list_of(_is_num, none=True), "a list of numbers")
+_SOME_NUMS = (_list_of(_is_num, none=True, nonempty=True), "a non-empty list of numbers")
+_FP_RATES = (_list_of(lambda v: _is_num(v) and v > 0, nonempty=True), "a non-empty list of FP rates > 0 (per scan)")
+#: the detection block of clean and of a level (detection_block): every key the page and the gate read
+_DETECTION_CLEAN = {
+    "scans": (True, _COUNT), "draws": (True, _COUNT), "lesions": (True, _COUNT),
+    "fp_rates_per_scan": (True, _FP_RATES),
+    "cpm": (False, _NUM), "cpm_ci": (True, _CI), "sensitivity_at": (True, _SOME_NUMS),
+    "sensitivity_ci_low": (True, _SOME_NUMS), "sensitivity_ci_high": (True, _SOME_NUMS),
+    "sensitivity_at_1fp": (False, _NUM), "sensitivity_at_1fp_ci": (False, _CI),
+    "froc": (True, {"fps_per_scan": (True, _FP_RATES), "sensitivity": (True, _SOME_NUMS)}),
+    "lesion_draws": (False, _COUNT), "detected_lesion_draws": (False, _COUNT), "false_positives": (False, _COUNT),
+    "false_positives_per_scan": (False, _NUM), "interval": (False, _TABLE), "units": (False, _TABLE),
+    "operating_point": (False, {"threshold": (True, _NUM), "sensitivity": (False, _NUM), "fps_per_scan": (False, _NUM)}),
+    "confidence_histogram": (False, {"edges": (True, (_list_of(_is_num, size=11), "11 bin edges (numbers)")),
+                                     "hits": (True, (_list_of(_is_count), "a list of counts")),
+                                     "false_positives": (True, (_list_of(_is_count), "a list of counts"))}),
+}
+_DETECTION_LEVEL = {
+    **_DETECTION_CLEAN, "scan_replicates": (True, _COUNT),
+    "lesion_sar": (False, _NUM), "lesion_sar_ci": (True, _CI), "lesion_sar_detail": (False, _TABLE),
+    "missed_per_draw": (False, _NUM), "gained_per_draw": (False, _NUM), "new_fp_per_draw": (False, _NUM),
+    "cpm_clean": (False, _NUM), "cpm_drop": (False, _NUM), "cpm_drop_ci": (False, _CI), "cpm_drop_method": (False, _STR),
+}
 #: key -> (required, check): a check is (predicate, what it expects), a nested dict (a table of these keys) or a
 #: list [dict] (a list of such tables; [dict, "non-empty"]: at least one); an optional key may be absent or null.
 _LEVEL_SPEC = {
@@ -522,6 +708,10 @@ _LEVEL_SPEC = {
     "CMR": (False, {"matrix": (True, (_list_of(_list_of(_is_num, none=True)), "a matrix (list of rows of numbers)")),
                     "class_order": (True, (_list_of(lambda v: isinstance(v, str)), "a list of strings"))}),
     "auc": (False, _TABLE), "dice_mean": (False, _NUM),
+    # detection: FROC over the level's scan replicates, lesion flips (see detection_block); OOD AUROC (ood_block)
+    "detection": (False, _DETECTION_LEVEL),
+    "ood": (False, {"auroc": (True, _NUM), "ci": (True, _CI), "n_in": (True, _COUNT), "n_ood": (True, _COUNT),
+                    "n_clusters": (False, _COUNT), "confidence": (False, _NUM), "method": (False, _STR)}),
     # segmentation: per-draw metric distributions (see segmentation_block); a quantile may be null (infinite)
     "segmentation": (False, {key: (False, {"unit": (True, _STR), "n": (True, _COUNT), "n_infinite": (True, _COUNT),
                                            **{q: (False, _NUM) for q in ("q05", "q25", "q50", "q75", "q95", "mean")}})
@@ -542,7 +732,8 @@ _MODEL_SPEC = {
                     "class_names": (False, _STRS)}),
     "engine": (True, {"backend": (False, _STR), "sha256": (False, _STR), "path": (False, _STR), "source": (False, _STR),
                       "providers": (False, _STRS)}),
-    "clean": (True, {"class_counts_predicted": (False, (_list_of(_is_count), "a list of counts")),
+    "clean": (True, {"detection": (False, _DETECTION_CLEAN),
+                     "class_counts_predicted": (False, (_list_of(_is_count), "a list of counts")),
                      "per_class": (False, (lambda v: isinstance(v, dict) and all(isinstance(x, dict) for x in v.values()),
                                            "a table of tables (one per class)"))}),
     "preprocess": (False, {"hu_window": (False, _CI)}),
@@ -569,7 +760,8 @@ REPORT_SPEC = {
                                             "per_level": (True, [{"level": (True, _NUM), "N": (True, _COUNT),
                                                                   "K": (True, _COUNT), "SAN": (True, _COUNT),
                                                                   "SAN_fraction": (True, _NUM), "SAR": (True, _NUM),
-                                                                  "SAN_fraction_ci": (False, _CI), "SAR_ci": (False, _CI)},
+                                                                  "SAN_fraction_ci": (False, _CI), "SAR_ci": (False, _CI),
+                                                                  "cpm": (False, _NUM), "cpm_ci": (False, _CI)},
                                                                  "non-empty"])}])}),
     "spread": (False, _TABLE), "comparisons": (False, _TABLES), "attacks": (False, _TABLES), "scan_arm": (False, _TABLES),
 }
@@ -618,11 +810,28 @@ def check_report_keys(report: Any, path: Path | str) -> None:
 
     if not isinstance(report, dict) or report.get("schema") != SCHEMA:
         raise InputError(f"{path}: expected an audit report with \"schema\": \"{SCHEMA}\"")
+    def detection_shapes(d: dict[str, Any] | None, w: str) -> None:
+        if d is None:
+            return
+        r = len(d["fp_rates_per_scan"])
+        for key in ("sensitivity_at", "sensitivity_ci_low", "sensitivity_ci_high"):
+            if len(d[key]) != r:
+                fail(f"{w}.{key}", f"expected {r} values (one per FP rate)", d[key])
+        if len(d["froc"]["sensitivity"]) != len(d["froc"]["fps_per_scan"]):
+            fail(f"{w}.froc.sensitivity", f"expected {len(d['froc']['fps_per_scan'])} values (one per FP rate)",
+                 d["froc"]["sensitivity"])
+        h = d.get("confidence_histogram")
+        for key in ("hits", "false_positives") if h else ():
+            if len(h[key]) != len(h["edges"]) - 1:
+                fail(f"{w}.confidence_histogram.{key}", f"expected {len(h['edges']) - 1} counts (one per bin)", h[key])
+
     check(report, REPORT_SPEC, "")
     for i, model in enumerate(report["models"]):  # shapes that must agree: the page and its figures index by them
         first = model["levels"][0]
+        detection_shapes(model["clean"].get("detection"), f"models[{i}].clean.detection")
         for j, b in enumerate(model["levels"]):
             w = f"models[{i}].levels[{j}]"
+            detection_shapes(b.get("detection"), f"{w}.detection")
             names = b.get("class_names") or []
             if b["SAN"] > b["N"]:
                 fail(f"{w}.SAN", f"expected at most N = {b['N']}", b["SAN"])

@@ -1,6 +1,7 @@
 """Figures shared by the CLI and the reports (matplotlib, headless Agg backend).
 
-The report's figures (``sar_vs_level`` ... ``attack_sweep``) draw from
+The report's figures (``sar_vs_level`` ... ``attack_sweep``, ``froc_curves``, ``detection_score_histograms``,
+``segmentation_quantiles``) draw from
 report.json's blocks and return a ``Drawn``: the PNG and a caption that says
 how the axes are scaled (a log axis that holds zeros is a symmetric log, linear
 near 0, and the caption says where), so a page never shows a scale it does not
@@ -490,6 +491,159 @@ def retrain_rounds(report: dict) -> Drawn:
                "artifact, train and test split, with exact (Clopper-Pearson) 95% intervals"
                + ("; right, the noise audit's pooled SAR per dose on the test split with the campaign report's "
                   "cluster-aware exact 95% intervals (points offset slightly per dose). " + scale if levels else "."))
+    return Drawn(png_bytes(fig), caption)
+
+
+# ---------------------------------------------------------------------------
+# detection (study 3) and segmentation distributions
+
+
+def _rate_ticks(ax, rates: Sequence[float]) -> None:
+    """Log x over FP rates per scan, ticks at ``rates`` written as fractions (1/8 ... 8)."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(min(rates) / 1.15, max(rates) * 1.15)
+    ax.xaxis.set_major_locator(FixedLocator(list(rates)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"1/{round(1 / r)}" if r < 1 and abs(1 / r - round(1 / r)) < 1e-9 else f"{r:g}" for r in rates],
+                       fontsize=8)
+
+
+def _detection_series(model: dict, unit: str) -> list[tuple[str, dict, str]]:
+    """(label, detection block, colour): clean first (black), then the levels from the highest dose down."""
+    import matplotlib
+
+    blocks = [b for b in sorted(model["levels"], key=lambda b: -b["level"]) if b.get("detection")]
+    cmap = matplotlib.colormaps["plasma"]
+    out = []
+    clean = (model.get("clean") or {}).get("detection")
+    if clean:
+        out.append(("clean", clean, "black"))
+    for i, b in enumerate(blocks):
+        out.append((f"{b['level']:g} {unit}", b["detection"], cmap(0.1 + 0.75 * i / max(len(blocks) - 1, 1))))
+    return out
+
+
+def froc_curves(model: dict, unit: str) -> Drawn:
+    """FROC per level and clean: sensitivity against FPs per scan (log x, 1/8 to 8), 95% CI band at the CPM rates."""
+    plt = _pyplot()
+    series = _detection_series(model, unit)
+    fig, ax = plt.subplots(figsize=(6.6, 4.3))
+    rates: list[float] = []
+    for label, d, colour in series:
+        rates = [float(r) for r in d["fp_rates_per_scan"]]
+        x = np.array(d["froc"]["fps_per_scan"], float)
+        top = 5 if label == "clean" else 2  # clean drawn dashed over the levels: visible where a level equals it
+        ax.plot(x, _none_to_nan(d["froc"]["sensitivity"]), "--" if label == "clean" else "-", color=colour,
+                lw=1.5 if label == "clean" else 1.3, zorder=top, label=f"{label}: CPM {_num_text(d.get('cpm'))}")
+        ax.plot(rates, _none_to_nan(d["sensitivity_at"]), "o", color=colour, ms=3.5, zorder=top)
+        ax.fill_between(rates, _none_to_nan(d["sensitivity_ci_low"]), _none_to_nan(d["sensitivity_ci_high"]),
+                        color=colour, alpha=0.12, lw=0)
+    _rate_ticks(ax, rates or [0.125, 8.0])
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("false positives per scan (log scale)")
+    ax.set_ylabel("sensitivity (fraction of lesions found)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, title="dose: CPM" if unit == "mAs" else "level: CPM", title_fontsize=7)
+    ax.set_title(f"{model['name']}: FROC per {level_label(unit).split(' (')[0]}", fontsize=10)
+    caption = (f"FROC curves: sensitivity (fraction of included lesions found) against false positives per scan, log x "
+               f"from 1/8 to 8 (LUNA16's range); one curve per {level_label(unit)} and the clean images. A "
+               "level's curve pools its N x K scan replicates (each sample under each draw; FPs per scan = FPs / (N K)). "
+               "Markers: the seven CPM rates; bands: 95% bootstrap intervals there (resampling samples with all their "
+               "draws; linear between the rates). CPM = mean sensitivity at the seven rates. Clean: black dashed.")
+    return Drawn(png_bytes(fig), caption)
+
+
+def _num_text(v) -> str:
+    return "-" if v is None or not np.isfinite(v) else f"{v:.3f}"
+
+
+def detection_score_histograms(model: dict, unit: str) -> Drawn | None:
+    """Score histograms of hits (best mark per found lesion) and false positives, per level and clean, as marks per
+    scan in each 0.1 bin; None when no block has one (scores outside [0, 1])."""
+    series = [(label, d, c) for label, d, c in _detection_series(model, unit) if d.get("confidence_histogram")]
+    if not series:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 1, figsize=(6.4, 5.8), sharex=True)
+    for ax, key, what in ((axes[0], "hits", "hits (best mark on each found lesion)"),
+                          (axes[1], "false_positives", "false positives")):
+        for label, d, colour in series:
+            h = d["confidence_histogram"]
+            edges = np.array(h["edges"], float)
+            scans = max(int(d.get("scan_replicates") or d.get("scans") or 1), 1)
+            per_scan = np.array(h[key], float) / scans
+            ax.stairs(per_scan, edges, color=colour, lw=1.5 if label == "clean" else 1.2,
+                      ls="--" if label == "clean" else "-", zorder=5 if label == "clean" else 2,
+                      label=f"{label} ({int(sum(h[key]))} marks)")
+        ax.set_xlim(0, 1)
+        ax.set_ylabel("marks per scan, per 0.1 bin", fontsize=8)
+        ax.set_title(what, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[1].set_xlabel("model score")
+    fig.suptitle(f"{model['name']}: score histograms", fontsize=10)
+    fig.tight_layout()
+    caption = ("Scores of the marks per level and clean (black dashed), all scores (not only above the operating threshold): "
+               "top the best mark on each detected lesion, bottom the false positives; y: marks per scan replicate in "
+               "each 0.1-wide score bin (so levels with K draws per sample compare with clean); legend: marks counted.")
+    return Drawn(png_bytes(fig), caption)
+
+
+_SEG_PANELS = (("dice", "Dice to the clean mask", "Dice (0 to 1)"), ("hd95_mm", "HD95", "HD95 (mm)"),
+               ("contour_error_mm", "contour error", "contour error (mm)"),
+               ("filled_dice", "filled-contour Dice", "filled-contour Dice (0 to 1)"))
+
+
+def segmentation_quantiles(model: dict, unit: str) -> Drawn | None:
+    """Per level, box plots of each segmentation metric's per-draw distribution from the report's quantiles: box q25 to
+    q75, line the median, whiskers q05 to q95, diamond the mean; None without a segmentation block."""
+    blocks = [b for b in sorted(model["levels"], key=lambda b: b["level"]) if b.get("segmentation")]
+    panels = [p for p in _SEG_PANELS if any((b["segmentation"] or {}).get(p[0]) for b in blocks)]
+    if not panels:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.6, 3.8), squeeze=False)
+    notes = []
+    for ax, (key, title, ylabel) in zip(axes[0], panels):
+        dists = [(b["level"], b["segmentation"].get(key)) for b in blocks if b["segmentation"].get(key)]
+        qs = ("q05", "q25", "q50", "q75", "q95")
+        finite = [v for _, d in dists for v in (d.get(q) for q in (*qs, "mean")) if v is not None]
+        unit_mm = any(d.get("unit") == "mm" for _, d in dists)
+        top = (max(finite) * 1.15 if finite else 1.0) if unit_mm else 1.0
+        for x, (level, d) in enumerate(dists):
+            v = {q: d.get(q) for q in qs}
+            shown = {q: (top if v[q] is None else v[q]) for q in qs}  # None: an infinite quantile (one mask empty)
+            ax.add_patch(plt.Rectangle((x - 0.28, shown["q25"]), 0.56, shown["q75"] - shown["q25"], facecolor="tab:blue",
+                                       alpha=0.25, edgecolor="tab:blue"))
+            ax.plot([x - 0.28, x + 0.28], [shown["q50"]] * 2, color="tab:blue", lw=2)
+            for a, b in (("q05", "q25"), ("q75", "q95")):  # whiskers; dashed where a quantile is infinite
+                ax.plot([x, x], [shown[a], shown[b]], color="tab:blue", lw=1,
+                        ls="--" if v[a] is None or v[b] is None else "-")
+            for q in ("q05", "q95"):
+                if v[q] is not None:
+                    ax.plot([x - 0.12, x + 0.12], [shown[q]] * 2, color="tab:blue", lw=1)
+            if d.get("mean") is not None:
+                ax.plot(x, d["mean"], "D", color="tab:red", ms=4)
+            if any(v[q] is None for q in qs):
+                ax.text(x, top, "\u221e", ha="center", va="bottom", fontsize=11, color="tab:red")
+                notes.append(f"{title} at {level:g} {unit}")
+        ax.set_xticks(range(len(dists)), [f"{lv:g}" for lv, _ in dists], fontsize=8)
+        ax.set_xlim(-0.6, len(dists) - 0.4)
+        ax.set_ylim(0, top * (1.08 if unit_mm else 1.02))
+        ax.set_xlabel(level_label(unit))
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"{model['name']}: segmentation agreement per level (all draws)", fontsize=10)
+    fig.tight_layout()
+    caption = ("Distribution over each level's N x K draws of the perturbed mask against the model's own clean mask: box "
+               "from the 25th to the 75th percentile, line the median, whiskers the 5th and 95th percentiles, red "
+               "diamond the mean; distances in mm, Dice from 0 to 1 (y starts at 0)."
+               + (" Dashed whisker to \u221e at the top: an infinite quantile (one of the two masks empty) at "
+                  + ", ".join(notes) + "."
+                  if notes else ""))
     return Drawn(png_bytes(fig), caption)
 
 

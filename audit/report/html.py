@@ -8,7 +8,10 @@ noise generator.
 It opens with the verdict and the headline (``report["summary"]``; rebuilt
 from the per-model level blocks for reports written before that key existed),
 then the definitions of every metric it shows, then one section per model and
-the studies' other views (comparisons, scan arm, attacks, spread). It fits the
+the studies' other views (comparisons, scan arm, attacks, spread). A model's
+section adds, where report.json has them: segmentation quantiles (table and box
+figure, mm), detection (CPM, sensitivity at 1 FP/scan, paired CPM drop, lesion
+SAR per dose; FROC curves with CI bands; score histograms) and the OOD AUROC. It fits the
 page width and prints to a clean PDF (one model per page, figures never cut).
 """
 
@@ -374,10 +377,13 @@ def render_summary(report: dict[str, Any]) -> str:
             lead = [m["name"]] if several else []
             rows.append([*lead, f"{e['level']:g}", _num(sig.get(float(e["level"])), 3), Raw(_of(e["SAN"], e["N"])),
                          Raw(f"{_num(e['SAN_fraction'], 3)}{_ci(e.get('SAN_fraction_ci'))}"),
-                         Raw(f"{_num(e['SAR'], 3)}{_ci(e.get('SAR_ci'))}"), e["K"]])
+                         Raw(f"{_num(e['SAR'], 3)}{_ci(e.get('SAR_ci'))}"),
+                         Raw(f"{_num(e.get('cpm'), 3)}{_ci(e.get('cpm_ci'))}"), e["K"]])
     header = [*(["model"] if several else []), figures.level_label(unit), "noise sigma (HU)", "SAN: flipped samples / N",
-              "SAN fraction [95% CI]", "SAR pooled [95% CI]", "K draws"]
+              "SAN fraction [95% CI]", "SAR pooled [95% CI]", "CPM (detection) [95% CI]", "K draws"]
     header, rows = _without(header, rows, "noise sigma (HU)", any(v is not None for v in sig.values()))
+    header, rows = _without(header, rows, "CPM (detection) [95% CI]",
+                            any(e.get("cpm_ci") is not None for m in s["models"] for e in m["per_level"]))
     parts.append("<h3>Headline per level</h3>" + _table(header, rows, left=int(several)))
     crit = [r for m in s["models"] for r in _critical_html(m.get("critical_dose"), m["name"])]
     if crit:
@@ -418,6 +424,14 @@ DEFINITIONS = (
     ("paired test", "sign-flip permutation test of per-sample SAR_i differences between two models on the same keyed "
                     "draws (samples are the unit).", ""),
     ("DeLong", "test for the difference of two correlated ROC AUCs on the same cases.", "study 5"),
+    ("FROC, CPM (detection)", "sensitivity (fraction of included lesions found) against false positives per scan over "
+     "all score thresholds, LUNA16 matching (a mark within a lesion's radius, in mm); at a level each sample under each "
+     "draw is one scan replicate, FPs per scan = FPs / (N K). CPM: mean sensitivity at 1/8, 1/4, 1/2, 1, 2, 4, 8 FPs "
+     "per scan; CI: bootstrap over samples with all their draws.", "study 3; LUNA16"),
+    ("lesion SAR (detection)", "mean over included lesions of the fraction of K draws whose found status at the "
+     "operating threshold differs from clean: study 1's SAR with 'found' as the label.", "study 1, 3"),
+    ("OOD AUROC", "P(OOD score of a perturbed draw > that of a clean input); CI: cluster bootstrap over samples.",
+     "study 4"),
 )
 
 
@@ -516,6 +530,76 @@ def _segmentation_table(model: dict[str, Any], unit: str) -> str:
                     "infinite / draws"], rows, left={1}))
 
 
+def _segmentation_figure(model: dict[str, Any], unit: str) -> str:
+    fig = figures.segmentation_quantiles(model, unit)
+    return "" if fig is None else _figure(fig.png, "segmentation metrics per level", fig.caption)
+
+
+def _det_cell(value: Any, ci: Any) -> Raw:
+    return Raw(f"{_num(value, 3)}{_ci(ci)}")
+
+
+def _detection_section(model: dict[str, Any], unit: str) -> str:
+    """A detection model's FROC per level (figure and table: CPM, sensitivity at 1 FP/scan, paired CPM drop, lesion
+    SAR, flips per draw) and its score histograms."""
+    clean = (model.get("clean") or {}).get("detection")
+    blocks = [b for b in sorted(model["levels"], key=lambda b: b["level"]) if b.get("detection")]
+    if not blocks and not clean:
+        return ""
+    rows = []
+    if clean:
+        op = clean.get("operating_point") or {}
+        rows.append(["clean", _det_cell(clean.get("cpm"), clean["cpm_ci"]),
+                     _det_cell(clean.get("sensitivity_at_1fp"), clean.get("sensitivity_at_1fp_ci")), "-", "-",
+                     _num(op.get("sensitivity"), 3), _num(op.get("fps_per_scan"), 3), "-", "-",
+                     Raw(f"{clean['scans']}&nbsp;x&nbsp;1"), clean["lesions"]])
+    for b in blocks:
+        d = b["detection"]
+        op = d.get("operating_point") or {}
+        rows.append([f"{b['level']:g}", _det_cell(d.get("cpm"), d["cpm_ci"]),
+                     _det_cell(d.get("sensitivity_at_1fp"), d.get("sensitivity_at_1fp_ci")),
+                     _det_cell(d.get("cpm_drop"), d.get("cpm_drop_ci")),
+                     _det_cell(d.get("lesion_sar"), d.get("lesion_sar_ci")),
+                     _num(op.get("sensitivity"), 3), _num(op.get("fps_per_scan"), 3),
+                     _num(d.get("missed_per_draw"), 3), _num(d.get("new_fp_per_draw"), 3),
+                     Raw(f"{d['scans']}&nbsp;x&nbsp;{d['draws']}"), d["lesions"]])
+    thr = next((d.get("operating_point") or {} for d in [clean, *[b["detection"] for b in blocks]] if d), {})
+    at = f" (score &ge; {_num(thr.get('threshold'), 3)})" if thr.get("threshold") is not None else ""
+    header = [figures.level_label(unit), "CPM [95% CI]", "sensitivity at 1 FP/scan [95% CI]",
+              "CPM drop from clean [95% CI]", "lesion SAR [95% CI]", "sensitivity at the threshold",
+              "FPs per scan at the threshold", "lesions missed per draw", "new FPs per draw", "samples x draws",
+              "lesions (included)"]
+    note = ("<p class='small'>FROC as in LUNA16 (a mark hits a lesion within its radius, in mm); a level pools its N x K "
+            "scan replicates, FPs per scan = FPs / (N K). CIs: bootstrap over samples, each with all its draws "
+            "(the draws of one image are clustered); the CPM drop is paired (clean and the level on the same "
+            "resampled samples). Lesion SAR: mean over included lesions of the fraction of draws whose found status at "
+            "the operating threshold" + at + " differs from clean; CI: design-effect Wilson, cluster = sample. Missed, "
+            "new FPs: at the threshold, per scan replicate.</p>")
+    out = ["<h3>Detection: FROC and lesion flips per level</h3>", note, _table(header, rows, left=1)]
+    froc = figures.froc_curves(model, unit)
+    figs = [_figure(froc.png, "FROC per level", froc.caption)]
+    hist = figures.detection_score_histograms(model, unit)
+    if hist is not None:
+        figs.append(_figure(hist.png, "score histograms per level", hist.caption))
+    out.append('<div class="grid">' + "".join(figs) + "</div>")
+    return "\n".join(out)
+
+
+def _ood_table(model: dict[str, Any], unit: str) -> str:
+    """Per level, the AUROC of the OOD score separating clean inputs from the level's perturbed draws."""
+    blocks = [b for b in sorted(model["levels"], key=lambda b: b["level"]) if b.get("ood")]
+    if not blocks:
+        return ""
+    rows = [[f"{b['level']:g}", _det_cell(b["ood"]["auroc"], b["ood"]["ci"]), b["ood"]["n_in"], b["ood"]["n_ood"],
+             b["ood"].get("n_clusters")] for b in blocks]
+    note = ("<p class='small'>AUROC = P(score of a perturbed draw &gt; score of a clean input), ties 1/2: 0.5 means the "
+            "detector cannot tell this level's noise from clean images, 1 that it flags every draw. 95% CI: cluster "
+            "bootstrap over samples (a sample's clean score and its K draws resampled together).</p>")
+    return ("<h3>Out-of-distribution score: clean vs perturbed</h3>" + note +
+            _table([figures.level_label(unit), "AUROC [95% CI]", "clean scores", "perturbed scores", "samples (clusters)"],
+                   rows, left=1))
+
+
 def _cmr_tables(model: dict[str, Any], unit: str) -> str:
     """The CMR counts (and fractions) as HTML tables, one per level: the numbers behind the heat maps."""
     out = []
@@ -605,14 +689,15 @@ def render_model(model: dict[str, Any], report: dict[str, Any], s: dict[str, Any
             f"task {_esc(head.get('task'))}"]
     if head.get("class_names"):
         meta.append("classes " + _esc(", ".join(head["class_names"])))
-    if head.get("task") == "binary" and head.get("threshold") is not None:
+    if head.get("task") in ("binary", "detection") and head.get("threshold") is not None:
         meta.append(f"threshold {head['threshold']:g}")
     if model.get("preprocess", {}).get("hu_window"):
         lo, hi = model["preprocess"]["hu_window"]
         meta.append(f"input window [{lo:g}, {hi:g}] HU")
     parts = [f'<section class="model" id="model-{idx}"><h2>Model {_esc(model["name"])}</h2>',
              f"<p class='meta'>{' &middot; '.join(meta)}</p>", _clean_table(model), _level_table(model, unit, sig),
-             _segmentation_table(model, unit)]
+             _segmentation_table(model, unit), _segmentation_figure(model, unit), _detection_section(model, unit),
+             _ood_table(model, unit)]
     log_x = noise["kind"] == "nps"
     sar = figures.sar_vs_level(model, unit, log_x, critical=crit)
     san = figures.san_fraction_vs_level(model, unit, log_x)

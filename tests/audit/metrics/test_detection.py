@@ -1,5 +1,6 @@
 """Detection metrics: LUNA16 matching, FROC and CPM (hand-computed and against an independent LUNA16-style
-computation), scan bootstrap, lesion-level flips, output conventions, confidence histograms."""
+computation), scan bootstrap, the cluster bootstrap over samples of noisy draws and its paired difference,
+lesion-level flips and their SAR interval, output conventions, confidence histograms."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from audit.errors import InputError
+from audit.metrics.intervals import cluster_wilson_interval
 from audit.metrics.detection import (
     DUPLICATE,
     FALSE_POSITIVE,
@@ -20,8 +22,10 @@ from audit.metrics.detection import (
     confidence_histograms,
     froc,
     froc_bootstrap,
+    froc_paired_difference,
     heatmap_peaks,
     lesion_flips,
+    lesion_sar,
     match_candidates,
     nms,
 )
@@ -207,3 +211,94 @@ def test_edge_cases():
         froc([])
     with pytest.raises(InputError, match="noisy"):
         lesion_flips(none, [], les, SPACING, threshold=0.5)
+
+
+def noisy_campaign(seed: int, n: int = 6, k: int = 4):
+    """N random scans (lesions, a detector's marks) and K noisy draws of each: the marks jitter by a sample's own
+    amount (clustered draws) and their scores move; returns (clean matches, N x K draw matches, sample of each)."""
+    rng = np.random.default_rng(seed)
+    clean, draws, samples = [], [], []
+    for i in range(n):
+        les = Lesions.of(rng.uniform(5, 60, (rng.integers(1, 4), 3)), 3.0)
+        marks = np.c_[les.centres + rng.normal(0, 0.5, les.centres.shape), rng.uniform(0.2, 1, len(les.centres))]
+        f = rng.uniform(0, 70, (rng.integers(0, 6), 3))
+        fp = np.c_[f, rng.uniform(0, 1, len(f))]
+        rows = np.concatenate([marks, fp])
+        clean.append(match_candidates(cands(rows), les, (1.0, 1.0, 1.0)))
+        shift = rng.normal(0, 0.3)  # this sample's draws all lean one way: they are clustered
+        for _ in range(k):
+            moved = rows.copy()
+            moved[:, 3] = np.clip(moved[:, 3] + shift + rng.normal(0, 0.05, len(rows)), 0, 1)
+            draws.append(match_candidates(cands(moved), les, (1.0, 1.0, 1.0)))
+            samples.append(i)
+    return clean, draws, np.array(samples)
+
+
+def test_cluster_bootstrap_of_k_identical_draws_is_the_scan_bootstrap_of_one():
+    m = matched()
+    k = 5
+    copies = [s for s in m for _ in range(k)]  # each scan's K draws all identical
+    one = froc_bootstrap(m, n_boot=300, seed=3)
+    clustered = froc_bootstrap(copies, n_boot=300, seed=3, clusters=np.repeat(np.arange(len(m)), k))
+    assert clustered.cpm == pytest.approx(one.cpm, abs=1e-12)
+    assert (clustered.cpm_low, clustered.cpm_high) == pytest.approx((one.cpm_low, one.cpm_high), abs=1e-12)
+    np.testing.assert_allclose(clustered.sensitivity_low, one.sensitivity_low, atol=1e-12)
+    np.testing.assert_allclose(clustered.sensitivity_high, one.sensitivity_high, atol=1e-12)
+    assert clustered.n_clusters == len(m) and clustered.to_dict()["method"].startswith("cluster bootstrap")
+    # treating the 5 copies as 5 independent scans makes the interval far too narrow
+    naive = froc_bootstrap(copies, n_boot=300, seed=3)
+    assert naive.cpm_high - naive.cpm_low < 0.7 * (clustered.cpm_high - clustered.cpm_low)
+
+
+def test_cluster_bootstrap_equals_a_brute_force_resampling_of_samples():
+    clean, draws, samples = noisy_campaign(11)
+    n = len(clean)
+    got = froc_bootstrap(draws, n_boot=120, seed=5, clusters=samples)
+    rng = np.random.default_rng(5)
+    cpms = []
+    for _ in range(120):
+        picked = rng.integers(0, n, n)
+        cpms.append(froc([draws[j] for i in picked for j in np.flatnonzero(samples == i)]).cpm)
+    assert (got.cpm_low, got.cpm_high) == pytest.approx(tuple(np.quantile(cpms, [0.025, 0.975])), abs=1e-12)
+    assert got.cpm == froc(draws).cpm  # the point: all N x K replicates pooled, FPs per scan over N K
+    assert froc(draws).n_scans == len(draws)
+
+
+def test_paired_difference_resamples_samples_once_for_both_frocs():
+    clean, draws, samples = noisy_campaign(12)
+    n = len(clean)
+    d = froc_paired_difference(clean, draws, samples, n_boot=120, seed=9)
+    assert d.cpm_drop == pytest.approx(froc(clean).cpm - froc(draws).cpm, abs=1e-15)
+    rng = np.random.default_rng(9)
+    diffs = []
+    for _ in range(120):
+        picked = rng.integers(0, n, n)
+        diffs.append(froc([clean[i] for i in picked]).cpm -
+                     froc([draws[j] for i in picked for j in np.flatnonzero(samples == i)]).cpm)
+    assert (d.cpm_drop_low, d.cpm_drop_high) == pytest.approx(tuple(np.quantile(diffs, [0.025, 0.975])), abs=1e-12)
+    # a dose identical to clean (K copies of the clean scan): every resample's difference is exactly 0
+    same = froc_paired_difference(clean, [c for c in clean for _ in range(3)], np.repeat(np.arange(n), 3), n_boot=50)
+    assert same.cpm_drop == same.cpm_drop_low == same.cpm_drop_high == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(InputError, match="other_samples"):
+        froc_paired_difference(clean, draws, samples[:-1])
+
+
+def test_lesion_sar_and_its_cluster_interval():
+    # 3 samples, K = 4 draws, 2 lesions each (equal sizes: the interval is the project's cluster Wilson on
+    # n_i = changed lesion-draws of K L = 8 trials)
+    changed = [np.array([[1, 0], [1, 0], [1, 1], [1, 0]], bool), np.zeros((4, 2), bool),
+               np.array([[0, 1], [0, 0], [0, 0], [0, 0]], bool)]
+    excluded = [np.zeros(2, bool)] * 3
+    s = lesion_sar(changed, excluded)
+    assert s.sar == pytest.approx(6 / 24) and (s.n_samples, s.n_lesions, s.draws, s.changed) == (3, 6, 4, 6)
+    assert (s.low, s.high) == pytest.approx(cluster_wilson_interval([5, 0, 1], 8), abs=1e-12)
+    # an excluded lesion leaves the count; a sample with no included lesion is no cluster
+    ex = lesion_sar(changed + [np.ones((4, 1), bool)], excluded + [np.ones(1, bool)])
+    assert (ex.sar, ex.low, ex.high, ex.n_samples) == pytest.approx((s.sar, s.low, s.high, 3))
+    # every draw of one sample flips, none of the others: far wider than 24 independent lesion-draws would give
+    lumped = lesion_sar([np.ones((4, 2), bool), np.zeros((4, 2), bool), np.zeros((4, 2), bool)], excluded)
+    assert lumped.deff == pytest.approx(8.0) and lumped.high - lumped.low > 0.5
+    assert lesion_sar([np.zeros((4, 2), bool)] * 3, excluded).low == 0.0
+    assert np.isnan(lesion_sar([np.zeros((4, 1), bool)], [np.ones(1, bool)]).sar)
+    with pytest.raises(InputError, match="lesion_changed"):
+        lesion_sar([np.zeros((4, 2), bool), np.zeros((3, 2), bool)], excluded[:2])
