@@ -16,7 +16,7 @@ widened to include the clean pixel, as for every attack).
   reference volumes are isotropic) to a vertex of the eps box (+-eps, one sign per channel), a sign that changes
   the window (as the paper's code ensures).
 - Where the windows go (``prior``, L-inf): ``"uniform"`` is the paper (uniformly random windows, a start of
-  stripes of +-eps, one random sign per position on the last axis). ``"probe"`` (default) spends
+  stripes of +-eps, one random sign per position on the last axis). ``"probe"`` spends
   ``PROBE_BLOCKS``^d queries (64 on a volume, 16 on an image; only when they are at most ``PROBE_SHARE`` of the
   budget) shifting each block of a coarse grid alone by +eps: the start is every block at the sign that lowered
   the margin, and |margin change| per unit of L1 change is a sensitivity map on a ``PRIOR_CELLS``^d grid; window
@@ -25,6 +25,19 @@ widened to include the clean pixel, as for every attack).
   lesion (on the shipped nodule3d half of |gradient| lies in the central 8^3 of 32^3 voxels, 1.6% of the
   volume), so uniform windows spend most queries where nothing moves the score, and random stripes move it by
   ~0 where the probe's start already moves it a third of the way the gradient sign would.
+- ``"search"`` (default): the probe, then ``SEARCH_SHARE`` (0.8) of the remaining queries on an octree search of
+  the signs (a best-first form of SignHunter's hierarchical sign flips, Al-Dujaili & O'Reilly 2020): every query
+  flips one block of the current vertex (each of its pixels to the other end of its eps interval, so a window
+  update of +-eps whose place and size the search picks instead of the dice) and keeps it when the margin drops;
+  the block whose test moved the margin most, kept or not, is split next into its 2^d halves (down to
+  ``SEARCH_MIN_VOXELS``; the probe's blocks are the roots, re-tested when nothing is left to split), so the
+  budget goes down to single voxels where the margin is sensitive and stays coarse elsewhere. The windows of
+  ``"probe"`` then spend the rest, drawn from the map the search's tests refined, on the paper's schedule from
+  where the search stopped (small windows). Below the probe's budget both are the stripes start and windows
+  from a map their own queries learn. Why: the samples PGD flips on nodule3d and the probe's windows do not
+  need nearly the whole gradient-sign move in the sensitive region (the clean gradient's sign moves their logit
+  0.63-0.72 where 0.69-0.78 is needed); one random window rarely improves a vertex already near that optimum,
+  a systematic sign search at shrinking block sizes does.
 - L2: start from a grid of pseudo-Gaussian bumps with random signs scaled to
   ||p|| = eps; each iteration moves the perturbation's mass of a second random
   window into a first one, adding a new bump there (the paper's Algorithm 3). Uniform windows: its step
@@ -53,16 +66,24 @@ follow: with gain 1e5 Square finds 0.15 where PGD through the twin's logit
 finds 0.48 and HopSkipJump (labels only) 0.44 (these with the paper's uniform windows).
 
 On the shipped nodule3d (32^3 cubes, 32 samples, L-inf 0.02 in model-input units = 28 HU,
-``bench/attacks_blackbox.py --no-art --no-nps --uniform``, same samples and seed): PGD (20 steps, twin) 0.344;
-Square with the probe 0.219 at 5,000 queries (0.64 of PGD; 546 queries per success, median 209), the paper's
-uniform windows 0.188 (0.55; 1,462 per success). The samples PGD flips and Square does not need nearly the whole
-gradient-sign move (the clean gradient's sign moves their logit 0.63-0.72 where 0.69-0.78 is needed; PGD gets
-there by iterating): Square ends 0.00-0.2 logit short of them; run alone on them, 10,000 queries flip 2 of those
-4 (0.82 of PGD) and 20,000 a third (0.91).
+``bench/attacks_blackbox.py --no-art --no-nps [--prior probe] [--uniform]``, same samples and seed 0): PGD (20
+steps, twin) 0.344 (11/32); at 5,000 queries Square with the search (default) 0.281 (9/32, 0.82 of PGD; 971
+queries per success, median 414; the 9 are among PGD's 11, every one flipped within the search's share), with the
+probe's windows alone 0.219 (7/32, 0.64; 546 per success, median 209), the paper's uniform windows 0.188 (0.55;
+1,462 per success). On PGD's 11 alone the search with ``SEARCH_SHARE`` 1.0 (no windows) flips the same 9, 0.5 of
+the budget 8. The 2 PGD flips it misses end 0.05 and 0.01 logit short of the threshold (the search alone) and
+stay unflipped at 7,500 queries; the probe's windows needed 10,000-20,000 queries for 2-3 of the 4 they missed.
+Heap keys normalised by block size (|change| / voxels^0.5 or ^1, deeper first) did worse on those 4 (1 and 0 of
+4 against 2 of 4), as did blocks no smaller than 8 voxels (0 of 2, and further from the threshold).
+At seed 1 PGD's random start flips 12/32 (sample 1 too) and the search the same 9: 0.75 of PGD, so the 0.8 holds
+at seed 0 but not at every PGD seed; probe blocks of 2^3 or 8^3 instead of 4^3 (the octree's roots) flip none
+of the 3 missed samples either.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 from typing import Any, Sequence
 
@@ -83,9 +104,10 @@ from audit.errors import ConfigError, EngineError
 NORMS = ("linf", "l2")
 #: The paper's default initial window fraction per norm.
 P_INIT = {"linf": 0.05, "l2": 0.1}
-#: Where windows go: ``"probe"`` (a sensitivity map from a block probe, updated by every query) or ``"uniform"``
-#: (the paper's uniformly random windows).
-PRIORS = ("probe", "uniform")
+#: Where windows go (L-inf): ``"search"`` (the block probe, then a best-first octree search of the blocks' signs for
+#: ``SEARCH_SHARE`` of the budget, then windows drawn from the sensitivity map), ``"probe"`` (the block probe, then
+#: map-guided windows) or ``"uniform"`` (the paper's stripes start and uniformly random windows).
+PRIORS = ("search", "probe", "uniform")
 #: Cells per axis of the sensitivity map windows are drawn from.
 PRIOR_CELLS = 8
 #: Probe blocks per axis (4^d queries: 16 on 2D images, 64 on volumes), each shifted by +eps alone from the clean
@@ -96,6 +118,11 @@ PROBE_SHARE = 0.05
 PRIOR_MIX = 0.9
 #: How fast a cell's sensitivity follows what the queries of windows over it measure (exponential average).
 PRIOR_RATE = 0.3
+#: Share of the queries left after the probe and the start that the octree search (``prior = "search"``) spends
+#: before the map-guided windows; the windows then continue the paper's schedule from that point (small windows).
+SEARCH_SHARE = 0.8
+#: The octree search splits a block only while it has more voxels (pixels) than this (1: down to single voxels).
+SEARCH_MIN_VOXELS = 1
 
 
 # --- the deployed engine as an oracle ------------------------------------------------------------------------
@@ -283,6 +310,56 @@ def p_selection(p_init: float, it: int, n_iters: int) -> float:
     return p_init / 512
 
 
+Box = tuple[tuple[int, int], ...]
+
+
+def split_box(box: Box) -> list[Box]:
+    """The children of a block ``box`` (one (start, stop) per axis): every axis longer than one pixel halved, so up
+    to 2^d children (an octree on volumes, a quadtree on images)."""
+    parts = []
+    for a0, a1 in box:
+        mid = (a0 + a1) // 2
+        parts.append([(a0, mid), (mid, a1)] if a1 - a0 > 1 else [(a0, a1)])
+    return [tuple(c) for c in itertools.product(*parts)]
+
+
+def box_size(box: Box) -> int:
+    return int(np.prod([a1 - a0 for a0, a1 in box]))
+
+
+def box_index(box: Box) -> tuple[slice, ...]:
+    return tuple(slice(a0, a1) for a0, a1 in box)
+
+
+class BlockSearch:
+    """Per sample, the blocks the octree search tests next: a max-heap of tested blocks keyed by |margin change|
+    their last test measured (the block whose flip moved the margin most is split first), and a queue of the
+    children of the block split last. When a sample's heap is empty the root blocks are tested again."""
+
+    def __init__(self, roots: Sequence[Box], keys: np.ndarray) -> None:
+        """``keys`` (len(roots), b): the |margin change| the probe measured per root block and sample."""
+        self.roots = list(roots)
+        self.order = itertools.count()
+        self.heaps: list[list[tuple[float, int, Box]]] = [[] for _ in range(keys.shape[1])]
+        self.queues: list[list[Box]] = [[] for _ in range(keys.shape[1])]
+        for j, box in enumerate(self.roots):
+            for i in range(keys.shape[1]):
+                self.push(i, box, float(keys[j, i]))
+
+    def push(self, i: int, box: Box, key: float) -> None:
+        if box_size(box) > SEARCH_MIN_VOXELS:
+            heapq.heappush(self.heaps[i], (-key, next(self.order), box))
+
+    def next(self, i: int) -> Box:
+        """The next block to flip for sample ``i``."""
+        while not self.queues[i]:
+            if not self.heaps[i]:
+                self.queues[i].extend(self.roots)
+                break
+            self.queues[i].extend(split_box(heapq.heappop(self.heaps[i])[2]))
+        return self.queues[i].pop(0)
+
+
 def pseudo_gaussian(shape: Sequence[int]) -> np.ndarray:
     """The paper's pseudo-Gaussian bump on a box ``shape`` (any number of axes): nested boxes around the centre,
     box r weighted 1/(r+1)^2, unit L2 norm."""
@@ -316,15 +393,15 @@ def _norm(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
 
 class Square(Attack):
     """Square attack (module notes): ``eps`` (required; HU by default), ``norm`` linf|l2, ``queries`` per sample
-    (5,000, the clean query included), ``p_init`` (0.05 linf, 0.1 l2), ``prior`` probe|uniform (probe: L-inf
-    windows where a block probe and the queries found the margin sensitive; uniform: the paper's), ``space``
-    hu|input (hu)."""
+    (5,000, the clean query included), ``p_init`` (0.05 linf, 0.1 l2), ``prior`` search|probe|uniform (L-inf;
+    search: a block probe, an octree search of the signs, then windows where the margin is sensitive; probe: the
+    block probe and those windows; uniform: the paper's), ``space`` hu|input (hu)."""
 
     name = "square"
     needs_twin = False
 
     def __init__(self, target: Target, *, eps: float, norm: str = "linf", queries: int = 5000,
-                 p_init: float | None = None, prior: str = "probe", space: str = "hu",
+                 p_init: float | None = None, prior: str = "search", space: str = "hu",
                  hu_range: Sequence[float] = HU_RANGE) -> None:
         super().__init__(target, space=space, hu_range=hu_range)
         if norm not in NORMS:
@@ -361,16 +438,26 @@ class Square(Attack):
         sens = np.ones((b, *(len(e) - 1 for e in cuts)))
         # L2's step renormalises the whole perturbation, so a query's margin change is not the window's: the map
         # only guides L-inf (measured on the planted 3D test model: L2 with the map 0.19-0.25 vs uniform 0.19-0.31)
-        guided = self.prior == "probe" and self.norm == "linf"
-        if guided and min(PROBE_BLOCKS, min(spatial)) ** nd <= PROBE_SHARE * self.queries:
-            best, sens = self.probe(oracle, z0, lo, hi, rng, spatial, cuts, v0.shape)
-        else:
+        guided = self.prior != "uniform" and self.norm == "linf"
+        probed = guided and min(PROBE_BLOCKS, min(spatial)) ** nd <= PROBE_SHARE * self.queries
+        if probed:
+            signs, rate, roots, dm = self.probe(oracle, z0, hi, rng, spatial, v0.shape)
+            best = np.clip(z0 + self.eps * signs[..., None], lo, hi)
+        else:  # no probe within the budget: the stripes, and a map (guided) the windows' own queries learn
             best = self.initial(z0, lo, hi, rng, spatial)
         idx = np.arange(b)
         _, best_margin, done = oracle.query(from_layout(best, v0.shape), idx)
         n_iters = self.queries - int(oracle.count.max())
+        first = 0  # where on the window schedule the windows start
+        if probed and self.prior == "search":
+            first = int(SEARCH_SHARE * n_iters)
+            self.search(oracle, z0, lo, hi, signs, rate, best, best_margin, done, BlockSearch(roots, np.abs(dm)),
+                        int(oracle.count.max()) + first, v0.shape)
+        if probed:
+            vol = np.prod(np.meshgrid(*[np.diff(e) for e in cuts], indexing="ij"), axis=0)
+            sens = cell_sums(rate, cuts) / vol[None]
         step = self.linf_step if self.norm == "linf" else self.l2_step
-        for it in range(n_iters):
+        for it in range(first, n_iters):
             idx = np.nonzero(~done & (oracle.count < self.queries))[0]
             if len(idx) == 0:
                 break
@@ -382,9 +469,9 @@ class Square(Attack):
             _, m, flipped = oracle.query(from_layout(new, (len(idx), *v0.shape[1:])), idx)
             if guided:  # what this window's change did to the margin, per unit of L1 change
                 moved = np.abs(new - best[idx]).reshape(len(idx), -1).sum(axis=1)
-                rate = np.abs(m - best_margin[idx]) / np.maximum(moved, 1e-300)
+                change = np.abs(m - best_margin[idx]) / np.maximum(moved, 1e-300)
                 w = PRIOR_RATE * overlap(starts, side, cuts)
-                sens[idx] += w * (rate.reshape(-1, *([1] * nd)) - sens[idx])
+                sens[idx] += w * (change.reshape(-1, *([1] * nd)) - sens[idx])
             take = flipped | (m < best_margin[idx])
             best[idx[take]] = new[take]
             best_margin[idx[take]] = m[take]
@@ -404,37 +491,64 @@ class Square(Attack):
         side += 1 - side % 2
         return min(side, min(spatial))
 
-    def probe(self, oracle: "EngineOracle", z0: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-              rng: np.random.Generator, spatial: Sequence[int], cuts: Sequence[np.ndarray],
-              shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """The L-inf start and sensitivity map from ``PROBE_BLOCKS``^d queries per sample: block k shifted alone by
-        +eps changes the margin by m_k; the start sets each block to the sign that lowered it (-sign m_k; a random
-        sign where m_k = 0), and the map spreads |m_k| / (block's L1 change) over the cells."""
+    def probe(self, oracle: "EngineOracle", z0: np.ndarray, hi: np.ndarray, rng: np.random.Generator,
+              spatial: Sequence[int], shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray, list[Box], np.ndarray]:
+        """``PROBE_BLOCKS``^d queries per sample: block k shifted alone by +eps changes the margin by m_k. Returns
+        the start's signs (b, *spatial): each block at the sign that lowered the margin (-sign m_k; a random sign
+        where m_k = 0), the sensitivity (b, *spatial): |m_k| / (block's L1 change) on its pixels, the blocks and the
+        changes m (blocks, b)."""
         b, nd = z0.shape[0], len(spatial)
         blocks = [edges(n, PROBE_BLOCKS) for n in spatial]
         grid = [len(e) - 1 for e in blocks]
         signs = np.zeros((b, *spatial))
         rate = np.zeros((b, *spatial))
-        cells = list(np.ndindex(*grid))
+        roots = [tuple((int(e[i]), int(e[i + 1])) for e, i in zip(blocks, cell)) for cell in np.ndindex(*grid)]
+        dm = np.zeros((len(roots), b))
         chunk = max(1, 256 // max(b, 1))  # engine calls of about 256 volumes
-        for c0 in range(0, len(cells), chunk):
-            part = cells[c0:c0 + chunk]
-            boxes = [tuple(slice(e[i], e[i + 1]) for e, i in zip(blocks, cell)) for cell in part]
-            batch = np.repeat(z0[None], len(part), axis=0)  # (k, b, *spatial, C)
+        for c0 in range(0, len(roots), chunk):
+            boxes = [box_index(box) for box in roots[c0:c0 + chunk]]
+            batch = np.repeat(z0[None], len(boxes), axis=0)  # (k, b, *spatial, C)
             for j, box in enumerate(boxes):
                 batch[(j, slice(None), *box)] = np.minimum(z0[(slice(None), *box)] + self.eps, hi[(slice(None), *box)])
-            moved = np.abs(batch - z0[None]).reshape(len(part), b, -1).sum(axis=2)
-            idx = np.tile(np.arange(b), len(part))
+            moved = np.abs(batch - z0[None]).reshape(len(boxes), b, -1).sum(axis=2)
+            idx = np.tile(np.arange(b), len(boxes))
             _, m, _ = oracle.query(from_layout(batch.reshape(-1, *z0.shape[1:]), (len(idx), *shape[1:])), idx)
-            dm = (m - oracle.clean_margin[idx]).reshape(len(part), b)
+            dm[c0:c0 + len(boxes)] = (m - oracle.clean_margin[idx]).reshape(len(boxes), b)
             for j, box in enumerate(boxes):
-                sign = -np.sign(dm[j])
+                sign = -np.sign(dm[c0 + j])
                 sign[sign == 0] = rng.choice([-1.0, 1.0], size=int((sign == 0).sum()))
                 signs[(slice(None), *box)] = sign.reshape(b, *([1] * nd))
-                rate[(slice(None), *box)] = (np.abs(dm[j]) / np.maximum(moved[j], 1e-300)).reshape(b, *([1] * nd))
-        vol = np.prod(np.meshgrid(*[np.diff(e) for e in cuts], indexing="ij"), axis=0)
-        sens = cell_sums(rate, cuts) / vol[None]
-        return np.clip(z0 + self.eps * signs[..., None], lo, hi), sens
+                rate[(slice(None), *box)] = (np.abs(dm[c0 + j]) / np.maximum(moved[j], 1e-300)).reshape(b, *([1] * nd))
+        return signs, rate, roots, dm
+
+    def search(self, oracle: "EngineOracle", z0: np.ndarray, lo: np.ndarray, hi: np.ndarray, signs: np.ndarray,
+               rate: np.ndarray, best: np.ndarray, best_margin: np.ndarray, done: np.ndarray, blocks: BlockSearch,
+               until: int, shape: Sequence[int]) -> None:
+        """The octree sign search (in place on ``signs``, ``rate``, ``best``, ``best_margin``, ``done``): each query
+        flips one block of a sample's current perturbation (every pixel of it to the other vertex of the eps box)
+        and keeps the flip when the margin drops; the block, keyed by the |margin change| it caused, joins the heap
+        whose top is split next (``BlockSearch``). A sample runs until its count reaches ``until`` or it flips."""
+        while True:
+            idx = np.nonzero(~done & (oracle.count < until))[0]
+            if len(idx) == 0:
+                return
+            boxes = [box_index(blocks.next(int(i))) for i in idx]
+            new = best[idx]
+            for j, (i, box) in enumerate(zip(idx, boxes)):
+                at = (i, *box)
+                new[(j, *box)] = np.clip(z0[at] - self.eps * signs[at][..., None], lo[at], hi[at])
+            _, m, flipped = oracle.query(from_layout(new, (len(idx), *shape[1:])), idx)
+            change = m - best_margin[idx]
+            take = flipped | (change < 0)
+            for j, (i, box) in enumerate(zip(idx, boxes)):
+                moved = np.abs(new[(j, *box)] - best[(i, *box)]).sum()
+                rate[(i, *box)] = abs(change[j]) / max(moved, 1e-300)
+                blocks.push(int(i), tuple((sl.start, sl.stop) for sl in box), abs(float(change[j])))
+                if take[j]:
+                    signs[(i, *box)] *= -1.0
+            best[idx[take]] = new[take]
+            best_margin[idx[take]] = m[take]
+            done[idx[take & flipped]] = True
 
     def initial(self, z0: np.ndarray, lo: np.ndarray, hi: np.ndarray, rng: np.random.Generator,
                 spatial: Sequence[int]) -> np.ndarray:
