@@ -214,6 +214,8 @@ def load_policy(path: str | Path) -> list[dict[str, Any]]:
         if metric == "sar_class" and "class" not in rule:
             raise ConfigError(f"{path}: {label}: needs the 'class' it applies to")
         if metric in ("cpm", "froc_sensitivity"):
+            if "min" in rule and not 0 <= rule["min"] <= 1:  # a sensitivity (CPM: a mean of them)
+                raise ConfigError(f"{path}: {label}: min must be in [0, 1] (a sensitivity), got {rule['min']!r}")
             if rule.get("bound", "estimate") not in ("estimate", "lower"):
                 raise ConfigError(f"{path}: {label}: bound must be 'estimate' or 'lower' (a minimum's stricter check)")
         elif rule.get("bound", "estimate") not in ("estimate", "upper"):
@@ -307,7 +309,8 @@ def _detection_rule(rule: Mapping[str, Any], model: Mapping[str, Any], block: Ma
         raise InputError(f"{name}: metric '{metric}' needs a detection model's FROC; model '{mname}' has no detection "
                          f"block ({model['head']['task']} task)")
     lower = rule.get("bound") == "lower"
-    limit = f">= {rule['min']:g}" + (" (95% CI lower end)" if lower else "")
+    conf = (det.get("interval") or {}).get("confidence")  # the report's own level (a fast gate narrows it)
+    limit = f">= {rule['min']:g}" + ((f" ({100 * conf:g}% CI lower end)" if conf else " (CI lower end)") if lower else "")
     if metric == "cpm":
         value = det["cpm_ci"][0] if lower else det.get("cpm")
         what = "CPM (mean sensitivity at 1/8 to 8 FPs per scan)"

@@ -8,8 +8,10 @@ Whole volumes larger than a model's fixed spatial input (detection and
 segmentation of 3D volumes, ``Head.windowed``) run by sliding window
 (``audit.artifact.window``): tiles of the model's input size with the head's
 ``window_overlap`` / ``window_margin`` / ``window_blend``; dense outputs are
-blended into the volume's grid, candidate lists are shifted to it and merged
-across tiles by NMS within the head's ``nms_radius_mm``. Classification and
+blended into the volume's grid (heat maps then peak-extracted once, on the
+whole map); candidate lists are shifted to it and each tile keeps only the
+candidates in the region it owns (one owner per position, no NMS across tiles:
+the list a single full pass gives, whatever the volume's size). Classification and
 regression heads, 2D data and data smaller than the input on any axis keep
 being refused (``check_input``).
 """
@@ -58,7 +60,14 @@ class AuditedModel:
                 "preprocess": {"hu_window": list(self.preprocess.window), "clip": self.preprocess.clip}}
 
     def decide(self, hu: np.ndarray, spacing: Any = None) -> Decisions:
-        return self.decide_input(self.prepare(hu), spacing)
+        """Decisions of a HU batch. A sliding-window run (volumes larger than the input) prepares each tile as it
+        is read, so the whole prepared float32 volume (and its temporaries) never exists: the HU batch may be a
+        memory-mapped int16 array."""
+        tile = self.window_tile(tuple(np.shape(hu)[1:]))
+        if tile is None:
+            return self.decide_input(self.prepare(hu), spacing)
+        lo = self.preprocess.window[0]  # prepares to 0 (the window's floor), the padding a prepared batch gets
+        return self._decide_windowed(hu, tile, spacing, prepare=lambda t: self.preprocess(t, 3), pad_value=lo)
 
     def prepare(self, hu: np.ndarray) -> np.ndarray:
         """HU batch -> the engine's input (window, channel axis, float32)."""
@@ -70,7 +79,7 @@ class AuditedModel:
         tile = self.window_tile(tuple(x.shape[2:]))
         if tile is None:
             return self.head.decide(self.engine.run(x), self.name, spacing)
-        return self._decide_windowed(to_numpy(x), tile, spacing)
+        return self._decide_windowed(to_numpy(x)[:, 0], tile, spacing)
 
     def decide_batched(self, hu: np.ndarray, batch: int, spacing: Any = None) -> Decisions:
         """Decisions for a whole array of HU images, ``batch`` at a time."""
@@ -95,27 +104,47 @@ class AuditedModel:
             return {k: v[: x.shape[0]] for k, v in out.items()}
         return self.engine.run(x)
 
-    def _decide_windowed(self, x: np.ndarray, tile: tuple[int, int, int], spacing: Any) -> Decisions:
+    def _decide_windowed(self, volumes: Any, tile: tuple[int, int, int], spacing: Any, prepare: Any = None,
+                         pad_value: float = 0.0) -> Decisions:
+        """Decisions of ``volumes`` (B, Z, Y, X) by sliding window; ``prepare`` (HU tile -> model input) when they
+        are in HU, None when already prepared; ``pad_value`` in the volumes' units. Heat maps are blended into one
+        float32 map per item and peak-extracted item by item (one map alive at a time); segmentation maps are blended
+        into one preallocated (B, C, Z, Y, X) array (no stacking copy)."""
         head = self.head
+        x = volumes
         if head.ood_output is not None:
             raise InputError(f"{self.name}: ood_output '{head.ood_output}' cannot be read over a sliding window "
-                             f"(volumes {tuple(x.shape[2:])}, model input {tile})")
+                             f"(volumes {tuple(x.shape[1:])}, model input {tile})")
         if spacing is None or len(tuple(spacing)) != 3:
             raise InputError(f"{self.name}: a sliding-window run needs the volumes' voxel spacing in mm (z, y, x), "
                              f"got {spacing!r}")
         overlap = head.window_overlap or tuple(int(round(WINDOW_OVERLAP_FRACTION * t)) for t in tile)
         margin = head.window_margin or tuple(o // 2 for o in overlap)
         fixed = self.engine.input_spec.shape[0]
-        kw = {"tile": tile, "overlap": overlap, "margin": margin,
+        kw = {"tile": tile, "overlap": overlap, "margin": margin, "prepare": prepare, "pad_value": pad_value,
               "batch": fixed if isinstance(fixed, int) else WINDOW_BATCH}
+        n = x.shape[0]
         try:
             if head.task == "detection" and head.detection_format != "heatmap":
                 return head.from_candidates([sliding_window_candidates(
-                    x[b, 0], self._run_tiles, lambda one: head.item_candidates(one, self.name, spacing),
-                    spacing=spacing, nms_radius_mm=head.nms_radius_mm, **kw) for b in range(x.shape[0])])
+                    x[b], self._run_tiles, lambda one: head.item_candidates(one, self.name, spacing), **kw)
+                    for b in range(n)])
             name = head.output or self.engine.output_names[0]
-            dense = np.stack([sliding_window_dense(x[b, 0], self._run_tiles, output=name, blend=head.window_blend, **kw)
-                              for b in range(x.shape[0])])
+            if head.task == "detection":  # heat map: blend, extract the peaks, drop the map before the next item
+                cands = []
+                for b in range(n):
+                    heat = sliding_window_dense(x[b], self._run_tiles, output=name, blend=head.window_blend, **kw)
+                    cands.append(head.item_candidates({name: heat}, self.name, spacing))
+                    del heat
+                return head.from_candidates(cands)
+            first = sliding_window_dense(x[0], self._run_tiles, output=name, blend=head.window_blend, **kw)
+            dense = first[None]
+            if n > 1:
+                dense = np.empty((n, *first.shape), np.float32)
+                dense[0] = first
+                del first
+                for b in range(1, n):
+                    sliding_window_dense(x[b], self._run_tiles, output=name, blend=head.window_blend, out=dense[b], **kw)
         except InputError as exc:
             raise InputError(f"{self.name}: sliding window: {exc}") from None
         return head.decide({name: dense}, self.name, spacing)

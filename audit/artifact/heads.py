@@ -11,9 +11,13 @@ Detection (study 3): the engine gives candidate lesions per item in one of three
 (``detection_format``, set by metadata ``audit.output_kind``): ``candidates`` (``centres_output``, default
 "centres", (M, 3) voxel z, y, x per item, and ``output``, default "scores", (M,)), ``boxes`` (``centres_output``
 default "boxes", (M, 6)) or ``heatmap`` (``output``: a (Z, Y, X) or (1, Z, Y, X) map per item, peaks at or above
-``peak_threshold`` with NMS within ``nms_radius_mm``); padding (NaN / -inf scores) is dropped
+``peak_threshold`` with NMS within ``nms_radius_mm``, > 0); padding (NaN / -inf scores) is dropped
 (``audit.metrics.detection``'s conventions). Coordinates are voxels of the model input grid, which is the data's
-grid (a sliding-window run shifts each tile's candidates back to the volume). ``Decisions.candidates`` keeps ALL
+grid (a sliding-window run shifts each tile's candidates back to the volume). Heat-map peaks are extracted down to
+``peak_threshold`` (default ``PEAK_FLOOR`` = 0.05), not at the operating threshold: the FROC sweeps every threshold
+and needs the candidates below the operating point too; the operating ``threshold`` is applied only for the
+shown count and the flips. Scores are rounded to float32 when read (``item_candidates``), the precision the records
+keep, so a threshold decided here and one re-applied to the stored scores agree. ``Decisions.candidates`` keeps ALL
 candidates of each item (no threshold: FROC needs them); ``labels`` = the number of candidates with
 ``score >= threshold`` (the deployed operating point, metadata ``audit.threshold``, default 0.5) and ``scores``
 = the highest candidate score (0.0 for an item without candidates: a scan with no mark scores as no evidence).
@@ -36,7 +40,8 @@ Sliding window (detection and segmentation of 3D volumes): ``window_overlap`` (v
 ``WINDOW_OVERLAP_FRACTION`` of the tile), ``window_margin`` (voxels dropped at interior tile edges; default half
 the overlap, so each voxel is kept from exactly one tile where the tiles are evenly spaced) and ``window_blend``
 (dense outputs; default gaussian), used by ``AuditedModel`` when the data exceed the model's fixed input; tiles'
-candidate lists merge by NMS within ``nms_radius_mm``.
+candidate lists are partitioned between tiles (each position owned by one tile; ``audit.artifact.window``), with no
+NMS across tiles.
 
 Heads are built from the model's ONNX metadata (``audit.*`` keys written by
 ``models.export``) and a config section, the config winning.
@@ -64,6 +69,10 @@ from kernels._xp import array_namespace
 TASKS = ("binary", "multiclass", "rating", "regression", "segmentation", "detection")
 #: How a detection model gives its candidates (metadata ``audit.output_kind`` with one of these values sets it).
 DETECTION_FORMATS = ("candidates", "boxes", "heatmap")
+#: Default heat-map peak floor (``peak_threshold``): peaks at or above it are candidates, so the FROC reaches scores
+#: well below a probability map's usual 0.5 operating point (LUNA16 FROCs run to 8 FPs per scan, far past it) while
+#: the near-zero background of a probability map (noise ripples below 5%) yields no peaks to carry.
+PEAK_FLOOR = 0.05
 #: The output holding centres (candidates) or boxes per format when ``centres_output`` is not set.
 DEFAULT_CENTRES_OUTPUT = {"candidates": "centres", "boxes": "boxes"}
 #: The scores output of the candidates and boxes formats when ``output`` is not set.
@@ -133,8 +142,8 @@ class Head:
     contour_metrics: bool = False  # record HD95 / contour error / filled Dice even without a threshold on them
     detection_format: str = "candidates"
     centres_output: str | None = None
-    peak_threshold: float = 0.5  # heat-map peaks: ``heatmap_peaks``' default (a probability map's operating point)
-    nms_radius_mm: float = 5.0   # heat-map NMS and the merge of overlapping tiles: ``heatmap_peaks``' default
+    peak_threshold: float = PEAK_FLOOR  # heat-map peak floor (``PEAK_FLOOR``), far below the operating ``threshold``
+    nms_radius_mm: float = 5.0   # heat-map peak NMS (> 0): ``heatmap_peaks``' default
     min_radius_mm: float = 0.0   # matching floor: 0 = LUNA16 (each lesion's own radius)
     fp_radius_mm: float = NEW_FP_RADIUS_MM
     ood_output: str | None = None
@@ -192,11 +201,14 @@ class Head:
                     heat = heat[0]
                 if spacing is None or len(tuple(spacing)) < 3:
                     raise InputError(f"heat-map peaks need the voxel spacing in mm (z, y, x), got {spacing!r}")
-                return heatmap_peaks(heat, threshold=self.peak_threshold, nms_radius_mm=self.nms_radius_mm,
+                cand = heatmap_peaks(heat, threshold=self.peak_threshold, nms_radius_mm=self.nms_radius_mm,
                                      spacing=tuple(spacing)[-3:])
-            pts = pick_output(one, self.centres_output or DEFAULT_CENTRES_OUTPUT[fmt], source)
-            scores = np.asarray(pick_output(one, self.output or DEFAULT_SCORES_OUTPUT, source)).reshape(-1)
-            return candidates_from_boxes(pts, scores) if fmt == "boxes" else candidates_from_points(pts, scores)
+            else:
+                pts = pick_output(one, self.centres_output or DEFAULT_CENTRES_OUTPUT[fmt], source)
+                scores = np.asarray(pick_output(one, self.output or DEFAULT_SCORES_OUTPUT, source)).reshape(-1)
+                cand = candidates_from_boxes(pts, scores) if fmt == "boxes" else candidates_from_points(pts, scores)
+            # float32 as stored: a threshold applied now and to the records later sees the same numbers
+            return Candidates(cand.centres, cand.scores.astype(np.float32).astype(np.float64))
         except InputError as exc:
             msg = str(exc)
             raise InputError(msg if msg.startswith(f"{source}:") else f"{source}: {msg}") from None
@@ -338,6 +350,10 @@ class Head:
                 # detection keys for detection heads only; OOD and window keys only when set: other heads'
                 # fingerprints (and so --resume) stay as they were
                 **({k: getattr(self, k) for k in DETECTION_KEYS} if self.task == "detection" else {}),
+                # the default overlap a detection sliding window uses (module constant, not a key): a change of it
+                # changes the records, so it is in detection fingerprints (segmentation's stay as they were)
+                **({"window_overlap_fraction": WINDOW_OVERLAP_FRACTION}
+                   if self.task == "detection" and self.window_overlap is None else {}),
                 **({"ood_output": self.ood_output} if self.ood_output is not None else {}),
                 **{k: (list(getattr(self, k)) if isinstance(getattr(self, k), tuple) else getattr(self, k))
                    for k in WINDOW_KEYS if getattr(self, k) != Head.__dataclass_fields__[k].default}}
@@ -390,7 +406,7 @@ def head_from(metadata: Mapping[str, str], config: Mapping[str, Any] | None = No
             kwargs["detection_format"] = kind
         for key in ("min_radius_mm", "nms_radius_mm"):
             if meta.get(key) not in (None, "", "null") and task == "detection":
-                kwargs[key] = float(meta[key])
+                kwargs[key] = _detection_value(key, float(meta[key]), task)
         if meta.get("ood_output"):
             kwargs["ood_output"] = meta["ood_output"]
         if kind == "beta":
@@ -436,8 +452,11 @@ def _detection_value(key: str, value: Any, task: str) -> Any:
         raise ConfigError(f"head.{key}: expected an output name, got {value!r}")
     if key in ("peak_threshold", "nms_radius_mm", "min_radius_mm", "fp_radius_mm"):
         low = -math.inf if key == "peak_threshold" else 0.0
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= low):
-            raise ConfigError(f"head.{key}: expected a finite number{' >= 0 (mm)' if low == 0 else ''}, got {value!r}")
+        strict = key == "nms_radius_mm"  # a radius of 0 keeps every voxel of a plateau as its own peak
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                math.isfinite(value) and (value > low if strict else value >= low)):
+            raise ConfigError(f"head.{key}: expected a finite number"
+                              f"{(' > 0 (mm)' if strict else ' >= 0 (mm)') if low == 0 else ''}, got {value!r}")
         return float(value)
     if key in ("window_overlap", "window_margin"):
         v = [value] * 3 if isinstance(value, int) and not isinstance(value, bool) else value

@@ -23,10 +23,23 @@ that is interior to the volume: set it to the model's receptive-field radius
 and every kept voxel equals a full-volume pass up to float rounding (the
 overlap must be >= 2 margin so every voxel keeps a positive weight).
 
-Detection outputs with candidate lists are decoded per tile, shifted to volume
-coordinates, candidates within ``margin`` of an interior tile edge are dropped,
-and non-maximum suppression across tiles merges marks seen by two tiles. Heat
-map heads are better blended densely and then peak-extracted on the whole map
+Detection outputs with candidate lists are decoded per tile and shifted to
+volume coordinates, and every position of the volume has exactly one owning
+tile (``Tiling.owned``): per axis, tile i keeps candidates c (tile coordinates,
+sub-voxel centres allowed) with lo_i <= c < hi_i, the boundary between tiles i
+and i + 1 at the midpoint of their overlap, (s_{i+1} + s_i + t - 1) / 2 in
+volume voxel coordinates; the first tile's region starts at 0 and the last
+tile's ends at the volume's end (L, so nothing in the padding is kept). The
+midpoint is at least (overlap - 1) / 2 voxels inside both tiles, so with
+overlap >= 2 margin every voxel-centred candidate kept is at least ``margin``
+from the interior edge of its tile (the dense rule), and a sub-voxel centre in
+the seam between t - 1 - margin and t - margin (e.g. a box centre x.5) is kept
+by exactly one tile instead of dropped by both. No NMS is applied across tiles:
+the partition already keeps each mark once, and the result is the union of
+what each tile's model reports in its own region, as a single full pass would
+report it (a model whose receptive radius is within the margin gives the same
+list), whatever the volume's size; two real marks a few mm apart stay two. Heat
+map heads are blended densely and then peak-extracted on the whole map
 (``audit.metrics.detection.heatmap_peaks``): the result is then that of one pass.
 
 Streaming: tiles are sliced from ``volume`` as they are needed (pass an
@@ -46,7 +59,7 @@ import numpy as np
 
 from audit.engines.base import pick_output
 from audit.errors import InputError
-from audit.metrics.detection import Candidates, nms
+from audit.metrics.detection import Candidates
 
 BLENDS = ("gaussian", "linear", "constant")
 
@@ -119,6 +132,18 @@ class Tiling:
                                  f"({2 * m}), got {self.overlap[ax]}")
             self.weights.append(ws)
             self.norm.append(total[:n])
+
+    def owned(self, axis: int, index: int) -> tuple[float, float]:
+        """[lo, hi) in tile coordinates that tile ``index`` owns along ``axis`` (module notes: one owner per position).
+
+        Interior boundaries at the midpoint of two neighbouring tiles' overlap, (s_{i+1} + s_i + t - 1) / 2 in
+        volume voxel coordinates; the first tile starts at 0, the last ends at the volume's end (no padding kept).
+        """
+        starts, t, n = self.starts[axis], self.tile[axis], self.shape[axis]
+        s = float(starts[index])
+        lo = 0.0 if index == 0 else (float(starts[index]) + float(starts[index - 1]) + t - 1) / 2.0
+        hi = float(min(n, s + t)) if index == starts.size - 1 else (float(starts[index + 1]) + s + t - 1) / 2.0
+        return lo - s, hi - s
 
     def __len__(self) -> int:
         return int(np.prod([s.size for s in self.starts]))
@@ -210,35 +235,33 @@ def sliding_window_dense(volume: Any, run: Run, *, tile, overlap, batch: int = 2
 
 
 def sliding_window_candidates(volume: Any, run: Run, decode: Callable[[Any], Candidates], *, tile, overlap,
-                              spacing, nms_radius_mm: float, batch: int = 2, margin=0,
-                              prepare: Callable[[np.ndarray], Any] | None = None,
+                              batch: int = 2, margin=0, prepare: Callable[[np.ndarray], Any] | None = None,
                               pad_value: float = 0.0) -> Candidates:
     """Candidates of a detection model over a whole volume, in volume voxel coordinates (module notes).
 
     ``decode`` turns one tile's outputs (the mapping, or array, with the batch axis removed) into
-    ``Candidates`` in tile coordinates (e.g. ``candidates_from_points`` on two named outputs); candidates in the
-    padding, or within ``margin`` of an interior tile edge, are dropped; ``nms_radius_mm`` merges marks found by
-    two overlapping tiles (set it to the model's own NMS radius).
+    ``Candidates`` in tile coordinates (e.g. ``candidates_from_points`` on two named outputs); each tile keeps the
+    candidates in the region it owns (``Tiling.owned``: every position has exactly one owner, the padding none), and
+    no NMS runs across tiles, so the list is the one a full pass of a model with receptive radius <= ``margin``
+    gives. ``margin``: the model's receptive radius in voxels, checked against the overlap (>= 2 margin).
     """
     tiling = Tiling(volume.shape, tile, overlap, margin=margin)
     n = _batch_size(batch)
+    owned = [[tiling.owned(a, i) for i in range(tiling.starts[a].size)] for a in range(3)]
     centres, scores = [], []
-    for _, starts, x in _batches(tiling, volume, n, prepare, pad_value):
+    for idxs, starts, x in _batches(tiling, volume, n, prepare, pad_value):
         outs = run(x)
-        for b, start in enumerate(starts):
+        for b, (idx, start) in enumerate(zip(idxs, starts)):
             one = {k: np.asarray(v)[b] for k, v in outs.items()} if isinstance(outs, Mapping) else np.asarray(outs)[b]
             cand = decode(one)
             c = cand.centres
             keep = np.ones(len(cand), dtype=bool)
             for a in range(3):
-                s, t, L, m = start[a], tiling.tile[a], tiling.shape[a], tiling.margin[a]
-                keep &= (c[:, a] >= 0) & (c[:, a] <= min(t, L - s) - 1)
-                if m and s > 0:
-                    keep &= c[:, a] >= m
-                if m and s + t < L:
-                    keep &= c[:, a] <= t - 1 - m
+                lo, hi = owned[a][idx[a]]
+                keep &= (c[:, a] >= lo) & (c[:, a] < hi)
             centres.append(c[keep] + np.asarray(start, dtype=np.float64))
             scores.append(cand.scores[keep])
-    merged = Candidates(np.concatenate(centres) if centres else np.zeros((0, 3)),
-                        np.concatenate(scores) if scores else np.zeros(0))
-    return nms(merged, nms_radius_mm, spacing)
+    c_all = np.concatenate(centres) if centres else np.zeros((0, 3))
+    s_all = np.concatenate(scores) if scores else np.zeros(0)
+    order = np.argsort(-s_all, kind="stable")  # highest score first: one order whatever the tiling
+    return Candidates(c_all[order], s_all[order])

@@ -160,6 +160,27 @@ def _read_all(files: list[Path]) -> dict[str, np.ndarray]:
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
 
 
+#: Clean detection records kept for ``load_level`` (a report reads every level of a model against the same clean
+#: shards): at most this many (root, model) entries, each keyed by the clean shards' names, sizes and mtimes so a
+#: rewritten shard (a resume) is read again.
+CLEAN_CACHE_ENTRIES = 4
+_clean_cache: dict[tuple, CleanRecords] = {}
+
+
+def _clean_cached(root: Path, model: str, n: int) -> CleanRecords:
+    """``load_clean`` through a small cache keyed by the clean shards' file identities (see ``CLEAN_CACHE_ENTRIES``)."""
+    files = sorted((root / "records" / model).glob("clean-*.parquet"))
+    key = (str(Path(root).resolve()), model, n,
+           tuple((f.name, st.st_size, st.st_mtime_ns) for f in files for st in (f.stat(),)))
+    hit = _clean_cache.get(key)
+    if hit is None:
+        hit = load_clean(root, model, n)
+        while len(_clean_cache) >= CLEAN_CACHE_ENTRIES:
+            _clean_cache.pop(next(iter(_clean_cache)))
+        _clean_cache[key] = hit
+    return hit
+
+
 def load_clean(root: Path, model: str, n: int) -> CleanRecords:
     cols = _read_all(sorted((root / "records" / model).glob("clean-*.parquet")))
     if not cols or len(cols["sample"]) != n or len(np.unique(cols["sample"])) != n:
@@ -201,7 +222,7 @@ def load_level(root: Path, model: str, level: float, level_key: int, n: int, k: 
 
 def _detection_draws(root: Path, model: str, n: int, k: int, g: dict[str, np.ndarray]) -> DetectionDraws:
     """``DetectionDraws`` from the (N, K) grids of the detection columns and the model's clean records."""
-    clean = load_clean(root, model, n).detection
+    clean = _clean_cached(root, model, n).detection  # one read of the clean shards for all levels of a model
     if clean is None:
         raise InputError(f"{root}: model '{model}' has detection level records but no detection clean records; "
                          "run again in a new --out")

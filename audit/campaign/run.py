@@ -55,7 +55,7 @@ import numpy as np
 from audit.artifact import AuditedModel, Decisions
 from audit.campaign import records
 from audit.campaign.noise import NoiseBank, NoiseSpec
-from audit.data import lesions_of
+from audit.data import data_fingerprint, lesions_of
 from audit.engines.threads import usable_cpus
 from audit.errors import ConfigError, InputError
 from audit.io import atomic_path, is_temp, progress_bar, remove_stale_temps
@@ -236,7 +236,8 @@ def fingerprint(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, o
     the draws per shard only where draws are split, so a campaign whose shards hold all K keeps its fingerprint."""
     desc = {"models": [{"name": m.name, "sha256": m.engine.describe().get("sha256", m.engine.source),
                         "head": m.head.to_dict(), "preprocess": list(m.preprocess.window) + [m.preprocess.clip]} for m in models],
-            "noise": noise.to_dict(), "data": source.fingerprint(), "shard_samples": options.shard_samples}
+            "noise": noise.to_dict(), "shard_samples": options.shard_samples,
+            "data": data_fingerprint(source, lesions=any(m.head.task == "detection" for m in models))}
     if options.draw_step(noise.draws) < noise.draws:
         desc["shard_draws"] = options.draw_step(noise.draws)
     space = campaign_namespace(models)[0].__name__
@@ -525,7 +526,8 @@ class Consumer:
         self.work, self.stats, self.bar = work, stats, bar
         self.sink = sink
         self.clean: dict[str, Decisions] = {}
-        self.lesions = lesions_of(source)  # detection heads' reference lesions, one per sample (None: none)
+        # detection heads' reference lesions, one per sample (None: none); read only when a detection model needs them
+        self.lesions = lesions_of(source) if any(m.head.task == "detection" for m in models) else None
         self.acc: dict[str, dict[str, list]] = {}
         self.idx = np.empty(0, np.int64)
         self.first = 0

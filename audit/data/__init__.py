@@ -13,6 +13,7 @@ it holds no lesion information (``lesions_of``).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -66,8 +67,31 @@ class DataSection:
 
 def lesions_of(source: Any) -> list[Lesions] | None:
     """The source's reference lesions (one ``Lesions`` per sample), or None where it holds none (a source without
-    the attribute, an ``ArraySource`` built without ``lesions``, a manifest whose rows hold none)."""
+    the attribute, an ``ArraySource`` built without ``lesions``, a manifest whose rows hold none). A manifest reads
+    and checks its rows' lesions here, on first use: call it only for detection."""
     return getattr(source, "lesions", None)
+
+
+def lesions_fingerprint(lesions: Sequence[Lesions] | None) -> str:
+    """SHA-256 of every sample's lesions: per sample its lesion count, then centres, radii (float64) and excluded
+    flags, so moving, resizing, excluding, adding or removing a lesion (or moving one between samples) changes it."""
+    h = hashlib.sha256()
+    h.update(b"none" if lesions is None else str(len(lesions)).encode())
+    for les in lesions or ():
+        h.update(f"|{les.centres.shape[0]}|".encode())
+        for a in (les.centres, les.radii_mm, les.excluded):
+            h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes() + b"|")
+    return h.hexdigest()
+
+
+def data_fingerprint(source: Any, *, lesions: bool) -> str:
+    """The data part of a campaign's fingerprint: ``source.fingerprint()``, plus the reference lesions when
+    ``lesions`` (a campaign with a detection model, whose records depend on them). Without, it is the source's own
+    fingerprint, so non-detection campaigns keep theirs whatever lesions the data hold."""
+    base = source.fingerprint()
+    if not lesions:
+        return base
+    return hashlib.sha256(f"{base}|lesions:{lesions_fingerprint(lesions_of(source))}".encode()).hexdigest()
 
 
 def phantom_source(kind: str, n: int, seed: int) -> ArraySource:
@@ -89,5 +113,5 @@ def open_source(data: DataSection, pacs: Any = None) -> Source:
     return phantom_source(str(data.phantom), data.n, data.seed)
 
 
-__all__ = ["PHANTOMS", "ArraySource", "DataSection", "ManifestSource", "Source", "lesions_of", "open_source",
-           "phantom_source"]
+__all__ = ["PHANTOMS", "ArraySource", "DataSection", "ManifestSource", "Source", "data_fingerprint",
+           "lesions_fingerprint", "lesions_of", "open_source", "phantom_source"]

@@ -67,10 +67,9 @@ class ArraySource:
         return None
 
     def fingerprint(self) -> str:
+        """The images, spacing and labels; not the lesions, which only a detection campaign adds
+        (``audit.data.data_fingerprint``), so other tasks' fingerprints do not depend on them."""
         h = hashlib.sha256()
         h.update(np.ascontiguousarray(self.images, dtype=np.float32).tobytes())
         h.update(repr((self.spacing, None if self.labels is None else self.labels.tolist())).encode())
-        for les in self.lesions or ():  # only with lesions: sources without them keep their fingerprint
-            for a in (les.centres, les.radii_mm, les.excluded):
-                h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes() + b"|")
         return h.hexdigest()

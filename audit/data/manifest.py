@@ -44,10 +44,15 @@ class ManifestSource:
     then read like a DICOM folder.
 
     Reference lesions (detection audits): an .npz row may hold ``lesions`` (L, 4) = (z, y, x voxel indices of the
-    image, diameter in mm) and optionally ``lesions_excluded`` (L,) bool (LUNA16's irrelevant findings); a row
-    without them has no lesions (L = 0); such a file names its image ``hu`` or ``image``. ``lesions`` is then one
-    ``Lesions`` per row (read and checked on first use, before a campaign writes anything), or None when no row
-    holds any (a detection head refuses such data).
+    image, diameter in mm) and optionally ``lesions_excluded`` (L,) bool (LUNA16's irrelevant findings); such a file
+    names its image ``hu`` or ``image``. Once any row holds ``lesions`` every row must (a lesion-free scan holds an
+    empty (0, 4) array): a forgotten array would otherwise make a scan silently lesion-free, every mark on it a false
+    positive; a row without it is one ``InputError`` naming the row and file. ``lesions`` is then one ``Lesions`` per
+    row, or None when no row holds any (a detection head refuses such data). Lesions are read and checked only on
+    first use of ``lesions``, which only detection code paths make (``audit.campaign.run.check_lesions``, before a
+    campaign writes anything): a classification manifest whose files happen to hold an unrelated ``lesions`` array
+    audits as before, and neither ``preflight`` nor ``fingerprint`` reads them (a detection campaign adds them to its
+    fingerprint through ``audit.data.data_fingerprint``).
     """
 
     def __init__(self, manifest: str | Path, spacing: Sequence[float] | None = None, class_names: Sequence[str] = (),
@@ -188,15 +193,19 @@ class ManifestSource:
                 self._check(i, img, sp)
             except InputError as exc:
                 raise self._at_row(i, exc) from None
-        _ = self.lesions  # every row's lesions read and checked too
 
     @property
     def lesions(self) -> list[Lesions] | None:
-        """One ``Lesions`` per row from the .npz rows' ``lesions`` (class notes), or None when no row holds any."""
+        """One ``Lesions`` per row from the .npz rows' ``lesions`` (class notes), or None when no row holds any; read
+        and checked on first use (detection only). A row without ``lesions`` while another has them is refused."""
         if self._lesions is False:
             found = [self._row_lesions(i) for i in range(len(self))]
-            self._lesions = None if all(f is None for f in found) else [
-                f if f is not None else Lesions.of(np.zeros((0, 3)), 1.0) for f in found]
+            have = [i for i, f in enumerate(found) if f is not None]
+            if have and len(have) < len(found):
+                i = next(j for j, f in enumerate(found) if f is None)
+                raise InputError(f"{self.manifest}: row {i + 2}: {self.paths[i]}: no 'lesions' array, but row {have[0] + 2} "
+                                 f"has one: every row needs it once any has (an empty (0, 4) array for a lesion-free scan)")
+            self._lesions = found if have else None
         return self._lesions  # type: ignore[return-value]
 
     def _row_lesions(self, i: int) -> Lesions | None:
@@ -429,10 +438,7 @@ class ManifestSource:
                     st = data.stat()
                     h.update(f"{data}|{st.st_size}|{st.st_mtime_ns}".encode())
                 h.update(f"|{c}".encode())
-        h.update(repr(self.spacing).encode())
-        for les in self.lesions or ():  # only with lesions: manifests without them keep their fingerprint
-            for a in (les.centres, les.radii_mm, les.excluded):
-                h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes() + b"|")
+        h.update(repr(self.spacing).encode())  # lesions: not here (class notes; ``audit.data.data_fingerprint``)
         if dicom:
             h.update(repr((self.cube, self.target_spacing)).encode())
         return h.hexdigest()

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from scipy import ndimage, special, stats
+from scipy import ndimage, spatial, special, stats
 
 from audit.errors import InputError
 from audit.metrics import _checks
@@ -130,6 +130,9 @@ def nms(candidates: Candidates, radius_mm: float, spacing) -> Candidates:
     """Greedy non-maximum suppression: keep the best-scoring candidate, drop every other within ``radius_mm``, repeat.
 
     Ties in score keep the earlier candidate (stable order). The result is sorted by score, highest first.
+    Neighbours come from a k-d tree (``scipy.spatial.cKDTree``), so thousands of peaks of a noisy heat map cost
+    O(M log M) rather than M passes over all of them; a candidate is suppressed at a distance strictly below
+    ``radius_mm``.
     """
     sp = _spacing(spacing)
     r = float(radius_mm)
@@ -138,12 +141,23 @@ def nms(candidates: Candidates, radius_mm: float, spacing) -> Candidates:
     order = np.argsort(-candidates.scores, kind="stable")
     pts = candidates.centres[order] * sp
     alive = np.ones(order.size, dtype=bool)
-    for i in range(order.size):
-        if alive[i] and r > 0:
-            d2 = np.sum((pts[i + 1 :] - pts[i]) ** 2, axis=1)
-            alive[i + 1 :] &= d2 >= r * r
+    if r > 0 and order.size > 1:
+        tree = spatial.cKDTree(pts)
+        for i in range(order.size):
+            if not alive[i]:
+                continue
+            near = np.asarray(tree.query_ball_point(pts[i], r), dtype=np.int64)  # distance <= r
+            later = near[near > i]
+            if later.size:
+                d2 = np.sum((pts[later] - pts[i]) ** 2, axis=1)
+                alive[later[d2 < r * r]] = False
     keep = order[alive]
     return Candidates(candidates.centres[keep], candidates.scores[keep])
+
+
+HEATMAP_SLAB_VOXELS = 1 << 22
+"""Voxels per slab of ``heatmap_peaks``' local-maximum search (4 Mi: 16 MiB of float32 filter output, 16 planes of
+512 x 512), so its working memory is a fixed few tens of MB whatever the map's size."""
 
 
 def heatmap_peaks(heatmap, *, threshold: float = 0.5, neighbourhood: int = 3, nms_radius_mm: float = 5.0,
@@ -152,19 +166,43 @@ def heatmap_peaks(heatmap, *, threshold: float = 0.5, neighbourhood: int = 3, nm
 
     A voxel is a local maximum when it equals the maximum of the ``neighbourhood``^3 cube centred on it (odd; 3:
     its 26 neighbours; voxels outside the map do not count), so every voxel of a flat plateau is one, and NMS keeps
-    the first of them in C order. ``threshold`` 0.5: the usual operating point of a probability map (set it to
-    the map's own); ``nms_radius_mm`` 5.0: a nodule of LUNA16's smallest size (3 mm) or default diameter (5 mm)
-    yields one peak, while two nodules further apart than that stay separate.
+    the first of them in C order. ``threshold`` 0.5: the usual operating point of a probability map (the detection
+    head passes a lower floor, ``PEAK_FLOOR``, so the FROC sees scores below the operating point); ``nms_radius_mm``
+    5.0: a nodule of LUNA16's smallest size (3 mm) or default diameter (5 mm) yields one peak, while two nodules
+    further apart than that stay separate.
+
+    Streaming: the map is searched in its own precision when float32 or float64 (no copy: a sliding window's blended
+    map is float32), other dtypes as float32 (scores are float32 in the records anyway), in z slabs of ``HEATMAP_SLAB_VOXELS`` with a halo of ``neighbourhood // 2`` planes, so
+    the extra memory is one slab's filter output, not a float64 copy of the map (a 300 x 512 x 512 map is 315 MB).
     """
-    h = _real("heatmap", heatmap)
+    h = np.asarray(heatmap)
+    if not (np.issubdtype(h.dtype, np.number) or h.dtype == bool) or h.dtype.kind == "c":
+        raise InputError(f"heatmap: expected real numbers, got dtype {h.dtype}")
     if h.ndim != 3:
         raise InputError(f"heatmap: expected a (Z, Y, X) map, got shape {h.shape}")
     n = int(neighbourhood)
     if n < 1 or n % 2 == 0:
         raise InputError(f"neighbourhood: expected an odd cube side >= 1 in voxels, got {neighbourhood!r}")
-    peaks = (h >= float(threshold)) & (h == ndimage.maximum_filter(h, size=n, mode="constant", cval=-np.inf))
-    idx = np.argwhere(peaks)
-    return nms(Candidates(idx.astype(np.float64), h[peaks]), nms_radius_mm, spacing)
+    work = h.dtype if h.dtype in (np.float32, np.float64) else np.dtype(np.float32)
+    thr = work.type(threshold)
+    halo = n // 2
+    plane = max(1, h.shape[1] * h.shape[2])
+    step = max(1, HEATMAP_SLAB_VOXELS // plane)
+    idx_parts, score_parts = [], []
+    for z0 in range(0, h.shape[0], step):
+        z1 = min(h.shape[0], z0 + step)
+        lo, hi = max(0, z0 - halo), min(h.shape[0], z1 + halo)
+        slab = np.asarray(h[lo:hi], dtype=work)
+        core = slab[z0 - lo : z0 - lo + (z1 - z0)]
+        mx = ndimage.maximum_filter(slab, size=n, mode="constant", cval=-np.inf)[z0 - lo : z0 - lo + (z1 - z0)]
+        peaks = (core >= thr) & (core == mx)
+        idx = np.argwhere(peaks)
+        idx[:, 0] += z0
+        idx_parts.append(idx)
+        score_parts.append(core[peaks])
+    idx = np.concatenate(idx_parts) if idx_parts else np.zeros((0, 3), np.int64)
+    scores = np.concatenate(score_parts).astype(np.float64) if score_parts else np.zeros(0)
+    return nms(Candidates(idx.astype(np.float64), scores), nms_radius_mm, spacing)
 
 
 # --- matching ----------------------------------------------------------------------------------------
@@ -575,8 +613,11 @@ def lesion_sar(lesion_changed: Sequence[np.ndarray], lesion_excluded: Sequence[n
     ``lesion_changed``: N arrays (K, L_i) bool; ``lesion_excluded``: N arrays (L_i,) bool. Samples with an included
     lesion are the clusters: x_i changed lesion-draws out of m_i = K L_i. The pooled rate p = sum x / sum m is a
     ratio estimator; its variance across clusters (linearisation, N / (N - 1) sum (x_i - p m_i)^2 / M^2) over the
-    binomial one p (1 - p) / M is the design effect, clipped to [1, max m_i]; p = 0 or 1 gives 1 and N = 1 gives
-    m_1 (one cluster: one trial). Wilson's interval on n_eff = M / deff, times (z / t_{N-1})^2 for N >= 2
+    binomial one p (1 - p) / M is the design effect, clipped to [1, max m_i]; N = 1 gives m_1 (one cluster: one
+    trial). At p = 0 or 1 the estimate says nothing about the clustering (no variance to measure), and flips are
+    clustered by scan (one fragile scan flips many of its lesion-draws, the rest none), so the design effect is the
+    conservative max m_i: n_eff is about the number of samples, not of lesion-draws (with deff 1, N = 10 scans and
+    K = 20 the p = 0 upper bound was ~3.84 / M and covered a rare fragile scan 35% of the time). Wilson's interval on n_eff = M / deff, times (z / t_{N-1})^2 for N >= 2
     (Korn & Graubard), the same as ``audit.metrics.intervals.cluster_wilson_interval``, to which it reduces when
     every sample has the same number of lesions. NaN without an included lesion.
     """
@@ -601,10 +642,8 @@ def lesion_sar(lesion_changed: Sequence[np.ndarray], lesion_excluded: Sequence[n
     if n == 0:
         return LesionSar(np.nan, np.nan, np.nan, conf, 0, 0, k, 0, np.nan, np.nan)
     p = float(xs.sum() / total)
-    if p in (0.0, 1.0):
-        deff = 1.0
-    elif n == 1:
-        deff = float(ms[0])
+    if p in (0.0, 1.0) or n == 1:
+        deff = float(ms.max())  # N = 1: ms.max() = m_1
     else:
         var_cluster = n / (n - 1) * float(np.sum((xs - p * ms) ** 2)) / total ** 2
         deff = float(np.clip(var_cluster / (p * (1.0 - p) / total), 1.0, ms.max()))

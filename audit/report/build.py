@@ -34,8 +34,14 @@ clean block and to every level (``detection_block``). Definitions, exactly:
 
 Any model whose records carry an OOD score (head key ``ood_output``) adds ``ood``
 per level: the AUROC of clean (in-distribution, N scores) against the level's
-perturbed scores (N K), with ``audit.metrics.ood.ood_auroc``'s cluster bootstrap
-(cluster = sample: its clean score and its K draws together; 2000 resamples, seed 0).
+perturbed scores (N K), over the pairs of *different* samples (a draw is not
+compared with its own image's clean score: that pair shares the image and would
+bias the AUROC of independent inputs), with ``audit.metrics.ood.ood_auroc``'s
+cluster bootstrap (cluster = sample: its clean score and its K draws together;
+2000 resamples, seed 0), and ``paired``: the mean over samples of P(draw > its own
+clean score). Non-finite scores (NaN, inf: a detector failing on an input) are
+left out and counted (``non_finite``: clean and perturbed), so one bad input does
+not stop the report; the block says so when a side has no finite score left.
 """
 
 from __future__ import annotations
@@ -376,10 +382,17 @@ def ood_block(clean: records.CleanRecords, rec: records.LevelRecords, *, confide
         return None
     s_in, s_ood = np.asarray(s_in, np.float64).reshape(-1), np.asarray(s_ood, np.float64)
     n, k = s_ood.shape
-    a = ood_auroc(s_in, s_ood.reshape(-1), np.arange(n), np.repeat(np.arange(n), k), confidence, n_boot=OOD_BOOT,
-                  seed=BOOT_SEED)
-    return plain({**a.to_dict(), "in_distribution": "clean scans (one score per sample)",
-                  "ood": "perturbed draws at this level (K per sample)", "positive": "perturbed (higher score = OOD)"})
+    c_in, c_ood = np.arange(n), np.repeat(np.arange(n), k)
+    s_ood = s_ood.reshape(-1)
+    ok_in, ok_ood = np.isfinite(s_in), np.isfinite(s_ood)
+    info = {"in_distribution": "clean scans (one score per sample)", "ood": "perturbed draws at this level (K per sample)",
+            "positive": "perturbed (higher score = OOD)",
+            "non_finite": {"clean": int(np.count_nonzero(~ok_in)), "perturbed": int(np.count_nonzero(~ok_ood))}}
+    if not ok_in.any() or not ok_ood.any():
+        return plain({"auroc": None, "ci": [None, None], **info,
+                      "note": "no finite OOD score on one side: the AUROC is undefined"})
+    a = ood_auroc(s_in[ok_in], s_ood[ok_ood], c_in[ok_in], c_ood[ok_ood], confidence, n_boot=OOD_BOOT, seed=BOOT_SEED)
+    return plain({**a.to_dict(), **info})
 
 
 def worst_cases(rec_by_level: dict[float, records.LevelRecords], clean: records.CleanRecords, noise: NoiseSpec,

@@ -428,10 +428,13 @@ DEFINITIONS = (
      "all score thresholds, LUNA16 matching (a mark within a lesion's radius, in mm); at a level each sample under each "
      "draw is one scan replicate, FPs per scan = FPs / (N K). CPM: mean sensitivity at 1/8, 1/4, 1/2, 1, 2, 4, 8 FPs "
      "per scan; CI: bootstrap over samples with all their draws.", "study 3; LUNA16"),
+    ("flip (detection)", "a noisy draw of a scan flips when, at the operating threshold and against the same scan's "
+     "clean output, an included reference lesion is lost (found clean, not under the draw) or gained, or the draw "
+     "shows a new false positive (no clean false positive within fp_radius_mm of it).", "study 3"),
     ("lesion SAR (detection)", "mean over included lesions of the fraction of K draws whose found status at the "
      "operating threshold differs from clean: study 1's SAR with 'found' as the label.", "study 1, 3"),
-    ("OOD AUROC", "P(OOD score of a perturbed draw > that of a clean input); CI: cluster bootstrap over samples.",
-     "study 4"),
+    ("OOD AUROC", "P(OOD score of a perturbed draw > that of a clean input of another image), ties 1/2 (a draw is not "
+     "compared with its own image); CI: cluster bootstrap over samples.", "study 4"),
 )
 
 
@@ -590,14 +593,19 @@ def _ood_table(model: dict[str, Any], unit: str) -> str:
     blocks = [b for b in sorted(model["levels"], key=lambda b: b["level"]) if b.get("ood")]
     if not blocks:
         return ""
-    rows = [[f"{b['level']:g}", _det_cell(b["ood"]["auroc"], b["ood"]["ci"]), b["ood"]["n_in"], b["ood"]["n_ood"],
-             b["ood"].get("n_clusters")] for b in blocks]
-    note = ("<p class='small'>AUROC = P(score of a perturbed draw &gt; score of a clean input), ties 1/2: 0.5 means the "
-            "detector cannot tell this level's noise from clean images, 1 that it flags every draw. 95% CI: cluster "
-            "bootstrap over samples (a sample's clean score and its K draws resampled together).</p>")
+    rows = [[f"{b['level']:g}", _det_cell(b["ood"]["auroc"], b["ood"]["ci"]), b["ood"].get("n_in", "-"),
+             b["ood"].get("n_ood", "-"), b["ood"].get("n_clusters", "-"), _num(b["ood"].get("paired"), 3),
+             sum((b["ood"].get("non_finite") or {}).values())] for b in blocks]
+    note = ("<p class='small'>AUROC = P(score of a perturbed draw &gt; score of a clean input of <em>another</em> "
+            "image), ties 1/2: 0.5 means the detector cannot tell this level's noise from clean images, 1 that it "
+            "flags every draw. A draw is not compared with its own image's clean score (they share the image); that "
+            "comparison is the 'own image' column, the mean over images of P(draw &gt; its own clean score). 95% CI: "
+            "cluster bootstrap over samples (a sample's clean score and its K draws resampled together). Non-finite "
+            "scores are left out and counted.</p>")
     return ("<h3>Out-of-distribution score: clean vs perturbed</h3>" + note +
-            _table([figures.level_label(unit), "AUROC [95% CI]", "clean scores", "perturbed scores", "samples (clusters)"],
-                   rows, left=1))
+            _table([figures.level_label(unit), "AUROC [95% CI]", "clean scores", "perturbed scores", "samples (clusters)",
+                    "own image", "non-finite"], rows, left=1))
+
 
 
 def _cmr_tables(model: dict[str, Any], unit: str) -> str:

@@ -25,7 +25,7 @@ from audit.campaign import records
 from audit.campaign.noise import NoiseSpec
 from audit.campaign.run import RunOptions, run_campaign
 from audit.config import parse_config
-from audit.data import ArraySource, ManifestSource
+from audit.data import ArraySource, ManifestSource, data_fingerprint
 from audit.errors import ConfigError, InputError
 from audit.metrics.detection import DUPLICATE, FALSE_POSITIVE, HIT, IGNORED, Candidates, Lesions, match_candidates
 
@@ -287,8 +287,10 @@ def test_segmentation_of_a_larger_volume_by_sliding_window(tmp_path):
 
 
 def heatmap_model(path: Path, spatial) -> Path:
-    """A heat-map detector: the windowed input itself as the lesion map (B, 1, Z, Y, X)."""
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["heat"])], "heat",
+    """A heat-map detector with spatial context: the 3x3x3 mean of the windowed input (zero padding counted, as a
+    convolution's), (B, 1, Z, Y, X); receptive radius 1 voxel, so tile edges would show without the margin."""
+    graph = helper.make_graph([helper.make_node("AveragePool", ["x"], ["heat"], kernel_shape=[3, 3, 3], pads=[1] * 6,
+                                                count_include_pad=1)], "heat",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, *spatial])],
                               [helper.make_tensor_value_info("heat", TensorProto.FLOAT, ["batch", 1, *spatial])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -303,13 +305,13 @@ def heatmap_model(path: Path, spatial) -> Path:
 def test_heatmap_head_blends_tiles_into_one_map(tmp_path):
     big = (40, 36, 44)
     hu = blob_volume(big, [(5, 5, 5, 1100.0), (19, 17, 20, 900.0), (34, 10, 22, 1000.0)])[None]
-    conf = {"peak_threshold": 0.4}  # x = 0.4: 400 HU above the background; the blobs peak at 0.65 and above
+    conf = {"peak_threshold": 0.3}  # x = 0.3: 200 HU above the background (0.2); the pooled blobs peak near 0.5
     fixed = open_artifact(ModelEntry(heatmap_model(tmp_path / "f.onnx", SHAPE), "f"), conf)
     whole = open_artifact(ModelEntry(heatmap_model(tmp_path / "d.onnx", ("z", "y", "x")), "d"), conf)
     assert fixed.head.detection_format == "heatmap" and fixed.window_tile(big) == SHAPE
     a, b = whole.decide(hu, SPACING).candidates[0], fixed.decide(hu, SPACING).candidates[0]
     assert a.centres.tolist() == [[5, 5, 5], [34, 10, 22], [19, 17, 20]] == b.centres.tolist()
-    np.testing.assert_allclose(b.scores, a.scores, rtol=1e-5)  # a blend of identical tiles is the map itself
+    np.testing.assert_allclose(b.scores, a.scores, rtol=1e-5)  # margin >= the receptive radius: the full-pass map
     with pytest.raises(InputError, match="spacing"):
         whole.decide(hu)  # heat-map NMS is in mm
 
@@ -327,7 +329,7 @@ def test_manifest_rows_carry_lesions_and_bad_ones_are_one_line(tmp_path):
     images, _ = phantoms()
     np.savez(tmp_path / "a.npz", hu=images[0], spacing=np.array(SPACING),
              lesions=np.array([[7, 7, 7, 6.0], [16, 16, 14, 4.0]]), lesions_excluded=np.array([False, True]))
-    np.savez(tmp_path / "b.npz", hu=images[2], spacing=np.array(SPACING))
+    np.savez(tmp_path / "b.npz", hu=images[2], spacing=np.array(SPACING), lesions=np.zeros((0, 4)))  # lesion-free
     manifest = tmp_path / "m.csv"
     with manifest.open("w", newline="") as f:
         csv.writer(f).writerows([["path", "label"], ["a.npz", ""], ["b.npz", ""]])
@@ -335,13 +337,16 @@ def test_manifest_rows_carry_lesions_and_bad_ones_are_one_line(tmp_path):
     les = src.lesions
     assert les[0].centres.tolist() == [[7, 7, 7], [16, 16, 14]] and les[0].radii_mm.tolist() == [3.0, 2.0]
     assert les[0].excluded.tolist() == [False, True] and les[1].centres.shape == (0, 3)
-    before = src.fingerprint()
-    np.savez(tmp_path / "b.npz", hu=images[2], spacing=np.array(SPACING), lesions=np.array([[1, 2, 3, 5.0]]))
-    assert ManifestSource(manifest).fingerprint() != before
+    # a row without 'lesions' while another has them is refused (it would silently be lesion-free)
+    np.savez(tmp_path / "b.npz", hu=images[2], spacing=np.array(SPACING))
+    with pytest.raises(InputError, match=r"row 3: .*b\.npz: no 'lesions' array, but row 2 has one") as err:
+        _ = ManifestSource(manifest).lesions
+    assert "\n" not in str(err.value)
     np.savez(tmp_path / "b.npz", hu=images[2], spacing=np.array(SPACING), lesions=np.array([[1.0, 2.0, 3.0]]))
     bad = ManifestSource(manifest)
+    bad.preflight()  # the image rows are fine; lesions are read only where a detection model needs them
     with pytest.raises(InputError, match=r"b\.npz: lesions: expected") as err:
-        bad.preflight()
+        _ = bad.lesions
     assert "\n" not in str(err.value) and "row 3" in str(err.value)
     no_lesions = tmp_path / "none.csv"
     no_lesions.write_text("path,label\nb2.npz,\n")
@@ -359,6 +364,7 @@ def test_head_keys_and_fingerprints():
     d = det.to_dict()
     assert (d["detection_format"], d["threshold"], d["min_radius_mm"], d["fp_radius_mm"]) == ("boxes", 0.3, 2.0, 4.0)
     assert "window_overlap" not in d and "ood_output" not in d
+    assert d["window_overlap_fraction"] == 0.25 and "window_overlap_fraction" not in binary.to_dict()  # default overlap
     # boxes decode to their centre voxel; padding dropped; labels = shown count, scores = best (0.0 when none)
     boxes = np.array([[[2, 2, 2, 5, 5, 5], [0, 0, 0, 1, 1, 1]], [[0, 0, 0, 2, 2, 2], [0, 0, 0, 2, 2, 2]]], np.float32)
     dec = det.decide({"boxes": boxes, "scores": np.array([[0.9, 0.1], [-np.inf, np.nan]], np.float32)})
@@ -401,3 +407,71 @@ def test_stored_candidates_rebuild_match_candidates_with_every_role():
         assert got.n_lesions == want.n_lesions
         seen |= set(want.role.tolist())
     assert seen == {HIT, DUPLICATE, IGNORED, FALSE_POSITIVE}  # every role was rebuilt
+
+
+def test_lesions_count_only_for_detection_campaigns(tmp_path):
+    """A classification manifest whose .npz rows hold an unrelated 'lesions' array ((L, 3), not this project's
+    (L, 4)) audits as before: preflight and the fingerprint do not read it, and the data fingerprint of a
+    non-detection campaign does not depend on lesions. A detection campaign's does: moving one lesion by one voxel,
+    or moving a lesion to another sample, changes it."""
+    np.savez(tmp_path / "a.npz", hu=np.zeros((8, 8, 8), np.float32), lesions=np.array([[4.0, 4.0, 4.0]]))
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\na.npz,1\n")
+    src = ManifestSource(manifest, spacing=(1, 1, 1))
+    src.preflight()
+    assert data_fingerprint(src, lesions=False) == src.fingerprint()
+    images, lesions = phantoms()
+    plain = ArraySource(images, SPACING)
+    with_les = ArraySource(images, SPACING, lesions=lesions)
+    moved = [Lesions.of(les.centres + (1 if i == 0 else 0), les.radii_mm, les.excluded) for i, les in enumerate(lesions)]
+    swapped = [lesions[1], lesions[0], *lesions[2:]]
+    assert with_les.fingerprint() == plain.fingerprint()  # the source's own fingerprint: no lesions (as before)
+    assert data_fingerprint(with_les, lesions=False) == plain.fingerprint()
+    det = {data_fingerprint(ArraySource(images, SPACING, lesions=x), lesions=True) for x in (lesions, moved, swapped)}
+    assert len(det) == 3 and plain.fingerprint() not in det
+
+
+def test_detection_resume_rebuilds_identical_records_and_refuses_moved_lesions(tmp_path):
+    """Delete a clean shard and a level shard, resume: every candidate's score, role and lesion, and the lesion
+    flips, come back identical. Moving one lesion by a voxel changes the campaign: the resume is refused."""
+    images, lesions = phantoms()
+    model = open_artifact(ModelEntry(detector(tmp_path / "det.onnx"), "det"), {"fp_radius_mm": FP_RADIUS_MM})
+    src = ArraySource(images, SPACING, lesions=lesions)
+    noise = NoiseSpec(kind="nps", levels=(3.0,), draws=2, seed=7, sigma_ref=40.0, mas_ref=100.0)
+    opts = RunOptions(batch_size=8, shard_samples=2, progress=False)
+    out = tmp_path / "out"
+    run_campaign([model], src, noise, out, opts)
+    key = noise.resolved(src).level_key(3.0)
+
+    def snap():
+        return (records.load_clean(out, "det", 4).detection,
+                records.load_level(out, "det", 3.0, key, 4, 2).detection)
+
+    c0, l0 = snap()
+    (out / "records" / "det" / "clean-00000002.parquet").unlink()
+    next((out / "records" / "det").glob("level-*/shard-00000002.parquet")).unlink()
+    run_campaign([model], src, noise, out, opts, resume=True)
+    c1, l1 = snap()
+    for a, b in [*zip(c0.matches, c1.matches), *zip(sum(map(list, l0.matches), []), sum(map(list, l1.matches), []))]:
+        for f in ("role", "fp_scores", "lesion_score", "assigned", "lesion_found"):
+            assert np.array_equal(getattr(a, f), getattr(b, f)), f
+    assert np.array_equal(l0.missed, l1.missed) and np.array_equal(l0.new_fp, l1.new_fp)
+    moved = [Lesions.of(les.centres + (1 if i == 0 else 0), les.radii_mm, les.excluded) for i, les in enumerate(lesions)]
+    with pytest.raises(InputError, match="different campaign"):
+        run_campaign([model], ArraySource(images, SPACING, lesions=moved), noise, out, opts, resume=True)
+
+
+def test_heatmap_peaks_reach_below_the_operating_point_and_scores_are_decided_as_stored():
+    """A heat-map head extracts peaks down to its floor (0.05), so the FROC sees a 0.3 peak, while the operating
+    threshold (0.5) decides only what is shown (labels) and the flips. A candidate score is decided in float32, as the
+    records store it: 0.49999999 (float64) rounds to 0.5 and is shown, in the decision and in a re-read alike."""
+    heat = np.zeros((1, 1, 12, 12, 12), np.float32)
+    heat[0, 0, 3, 3, 3], heat[0, 0, 8, 8, 8], heat[0, 0, 8, 2, 10] = 0.8, 0.3, 0.02
+    hm = head_from({"audit.task": "detection", "audit.output_kind": "heatmap"}, {"output": "heat"})
+    dec = hm.decide({"heat": heat}, spacing=(1.0, 1.0, 1.0))
+    assert dec.candidates[0].scores.tolist() == [pytest.approx(0.8), pytest.approx(0.3)] and dec.labels.tolist() == [1]
+    with pytest.raises(ConfigError, match=r"head.nms_radius_mm: expected a finite number > 0"):
+        head_from({"audit.task": "detection"}, {"nms_radius_mm": 0.0})
+    pts = head_from({"audit.task": "detection"})
+    dec = pts.decide({"centres": np.zeros((1, 1, 3)), "scores": np.array([[0.49999999]])})
+    assert dec.labels.tolist() == [1] and dec.candidates[0].scores[0] == np.float32(0.49999999)

@@ -195,9 +195,25 @@ def test_ood_block_is_the_auroc_of_clean_against_perturbed_scores(audited):
     for b in report["models"][0]["levels"]:
         o, s_ood = b["ood"], by_level[b["level"]].ood_score.ravel()
         wins = (s_ood[:, None] > clean.ood_score[None, :]) + 0.5 * (s_ood[:, None] == clean.ood_score[None, :])
-        assert o["auroc"] == pytest.approx(wins.mean(), abs=1e-12)
+        other = np.repeat(np.arange(N), K)[:, None] != np.arange(N)[None, :]  # a draw vs other samples' clean scores
+        assert o["auroc"] == pytest.approx(wins[other].mean(), abs=1e-12)
+        assert o["paired"] == pytest.approx(wins[~other].reshape(N, K).mean(axis=1).mean(), abs=1e-12)
         assert (o["n_in"], o["n_ood"], o["n_clusters"]) == (N, N * K, N)
         assert o["ci"][0] <= o["auroc"] <= o["ci"][1]
+
+
+def test_a_non_finite_ood_score_is_left_out_and_counted():
+    """A detector failing on one input (NaN) or scoring inf does not stop the report: those scores are left out and
+    counted; the AUROC is that of the finite ones (same cluster ids), and a side with no finite score says so."""
+    clean = SimpleNamespace(ood_score=np.array([0.1, np.nan, 0.3]))
+    rec = SimpleNamespace(ood_score=np.array([[0.5, 0.6], [0.7, np.inf], [0.2, 0.4]]))
+    o = build.ood_block(clean, rec)
+    assert o["non_finite"] == {"clean": 1, "perturbed": 1} and (o["n_in"], o["n_ood"]) == (2, 5)
+    want = build.ood_auroc(np.array([0.1, 0.3]), np.array([0.5, 0.6, 0.7, 0.2, 0.4]), [0, 2], [0, 0, 1, 2, 2],
+                           n_boot=build.OOD_BOOT, seed=build.BOOT_SEED)
+    assert o["auroc"] == want.auroc and o["ci"] == [want.low, want.high]
+    none = build.ood_block(SimpleNamespace(ood_score=np.full(3, np.nan)), rec)
+    assert none["auroc"] is None and "no finite OOD score" in none["note"]
 
 
 def test_check_report_accepts_it_and_refuses_a_broken_detection_block(audited, tmp_path):
@@ -262,6 +278,8 @@ min = {cpm - 0.01}
     assert [o.passed for o in got] == [True, True, False, False, d25["cpm_ci"][0] >= cpm - 0.01]
     assert got[0].measured == cpm and got[1].measured == sens1 and got[4].measured == d25["cpm_ci"][0]
     assert got[3].measured == d25["sensitivity_at"][1] and "0.25 FPs per scan" in got[3].detail
+    conf = d25["interval"]["confidence"]  # the limit names the report's own CI level
+    assert f"({100 * conf:g}% CI lower end)" in got[4].limit
     # refused: a model with no detection block, an FP rate the report does not have, keys that make no sense
     plain_model = json.loads(json.dumps(report))
     for b in plain_model["models"][0]["levels"]:
@@ -278,6 +296,9 @@ min = {cpm - 0.01}
         policy(tmp_path, '[[rule]]\nmetric = "cpm"\nmin = 0.5\n')
     with pytest.raises(ConfigError, match="bound must be 'estimate' or 'lower'"):
         policy(tmp_path, '[[rule]]\nmetric = "cpm"\nlevel = 25\nmin = 0.5\nbound = "upper"\n')
+    for metric, low in [("cpm", 80), ("froc_sensitivity", -0.1)]:  # 80 (a percent?) can never be met
+        with pytest.raises(ConfigError, match=r"min must be in \[0, 1\]"):
+            policy(tmp_path, f'[[rule]]\nmetric = "{metric}"\nlevel = 25\nmin = {low}\n')
 
 
 def test_page_has_the_detection_section_with_its_figures(audited, tmp_path):
@@ -287,6 +308,12 @@ def test_page_has_the_detection_section_with_its_figures(audited, tmp_path):
     assert "Out-of-distribution score: clean vs perturbed" in page
     assert 'alt="FROC per level"' in page and 'alt="score histograms per level"' in page
     assert "CPM (detection) [95% CI]" in page  # the verdict-first headline carries the CPM
+    # verdict first: the verdict, then the headline with the CPM, then the definitions (which define a detection
+    # flip), then the model's detection section
+    order = [page.index(m) for m in ('id="verdict"', "CPM (detection) [95% CI]", 'id="definitions"',
+                                     "<dt>flip (detection)</dt>", "<h3>Detection: FROC and lesion flips per level</h3>")]
+    assert order == sorted(order)
+    assert "a new false positive" in page[order[3]:order[4]]
     d = report["models"][0]["levels"][0]["detection"]
     assert f"{d['cpm']:.3g}" in page
     (tmp_path / "report.html").write_text(page)

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from audit.artifact.window import Tiling, sliding_window_candidates, sliding_window_dense, tile_starts
 from audit.engines import load_engine
 from audit.errors import InputError
-from audit.metrics.detection import heatmap_peaks
+from audit.metrics.detection import Candidates, heatmap_peaks
 
 RF_RADIUS = 2  # two 3x3x3 convolutions: each output voxel sees 2 voxels either side
 
@@ -91,7 +91,7 @@ def test_candidates_merge_across_tiles_to_the_full_pass_peaks(engine, volume):
     want = heatmap_peaks(full, threshold=0.5, neighbourhood=3, nms_radius_mm=0.5, spacing=spacing)
     decode = lambda out: heatmap_peaks(out["y"][0], threshold=0.5, nms_radius_mm=0.5, spacing=spacing)  # noqa: E731
     got = sliding_window_candidates(volume, engine.run, decode, tile=(12, 16, 16), overlap=(8, 8, 8),
-                                    margin=RF_RADIUS + 1, spacing=spacing, nms_radius_mm=0.5, batch=2)
+                                    margin=RF_RADIUS + 1, batch=2)
     assert len(want) > 5
     key = lambda c: sorted(map(tuple, np.c_[c.centres, c.scores].round(5).tolist()))  # noqa: E731
     assert key(got) == key(want)
@@ -108,3 +108,29 @@ def test_an_axis_shorter_than_the_tile_is_padded_and_cropped():
     got = sliding_window_dense(vol, identity, tile=(12, 16, 16), overlap=(4, 6, 8), output="y", pad_value=-5.0)
     assert all(s[2:] == (12, 16, 16) for s in seen)  # the model always sees whole tiles
     np.testing.assert_allclose(got[0], vol, rtol=1e-6, atol=1e-6)
+
+
+
+@pytest.mark.parametrize("margin", [8, 7])
+def test_every_candidate_is_kept_by_exactly_one_tile(margin):
+    """A full pass reports every mark; the windowed list must equal it. Marks: a sub-voxel centre in the z seam
+    (55.5, the centre of box z 50..62: between t-1-m and t-m of the first tile, lost by both tiles before), two
+    real marks 3 mm apart (merged by a cross-tile NMS before), and 200 random sub-voxel marks over the volume, the
+    seams of every axis included. Each must come back exactly once."""
+    shape = (112, 40, 36)
+    volume = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)  # a voxel's value is its flat index (exact)
+    rng = np.random.default_rng(3)
+    marks = np.r_[[(55.5, 8.0, 8.0, 0.9), (20.0, 8.0, 8.0, 0.8), (23.0, 8.0, 8.0, 0.7)],
+                  np.c_[rng.uniform(0, np.array(shape) - 1, (200, 3)), rng.uniform(0, 1, 200)]]
+
+    def decode(one):  # the "model": every mark inside the tile, in tile coordinates
+        origin = np.array(np.unravel_index(int(one[0, 0, 0, 0]), shape), np.float64)
+        rel = marks[:, :3] - origin
+        inside = np.all((rel >= 0) & (rel <= np.array(one.shape[1:]) - 1), axis=1)
+        return Candidates(rel[inside], marks[inside, 3])
+
+    got = sliding_window_candidates(volume, lambda x: x, decode, tile=(64, 24, 24),
+                                    overlap=(16, 2 * margin, 2 * margin), margin=margin, batch=3)
+    key = lambda c: sorted(map(tuple, np.c_[c.centres, c.scores].round(6).tolist()))  # noqa: E731
+    assert len(got) == len(marks)
+    assert key(got) == key(Candidates(marks[:, :3], marks[:, 3]))

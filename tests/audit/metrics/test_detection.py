@@ -302,3 +302,58 @@ def test_lesion_sar_and_its_cluster_interval():
     assert np.isnan(lesion_sar([np.zeros((4, 1), bool)], [np.ones(1, bool)]).sar)
     with pytest.raises(InputError, match="lesion_changed"):
         lesion_sar([np.zeros((4, 2), bool), np.zeros((3, 2), bool)], excluded[:2])
+
+
+def _wilson(p: float, n: float, z: float) -> tuple[float, float]:
+    """Wilson's score interval written out (Newcombe 1998, method 3) for a proportion p on n (fractional) trials."""
+    c = (p + z * z / (2 * n)) / (1 + z * z / n)
+    h = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+def test_lesion_sar_with_unequal_lesion_counts_and_at_zero_against_an_independent_computation():
+    from scipy.stats import norm, t
+
+    rng = np.random.default_rng(4)
+    k, counts = 6, [1, 3, 2, 4, 1, 2]  # unequal lesion counts: the ratio estimator, not the equal-size formula
+    changed = [rng.uniform(size=(k, c)) < q for c, q in zip(counts, [0.0, 0.5, 0.1, 0.3, 0.0, 0.8])]
+    s = lesion_sar(changed, [np.zeros(c, bool) for c in counts])
+    x = np.array([c.sum() for c in changed], float)
+    m = k * np.array(counts, float)
+    n, total, z = len(counts), m.sum(), norm.ppf(0.975)
+    p = x.sum() / total
+    var = n / (n - 1) * np.sum((x - p * m) ** 2) / total ** 2
+    deff = np.clip(var / (p * (1 - p) / total), 1, m.max())
+    n_eff = total / deff * (z / t.ppf(0.975, n - 1)) ** 2
+    assert s.sar == pytest.approx(p) and s.deff == pytest.approx(deff)
+    assert (s.low, s.high) == pytest.approx(_wilson(p, n_eff, z), abs=1e-12)
+    # p = 0: no variance to estimate the clustering from; one fragile scan would flip all its lesion-draws together,
+    # so the design effect is the largest cluster and n_eff is about the number of scans (10), not 10 x 20 x 2
+    # lesion-draws: the upper bound is Wilson's z^2 / (n_eff + z^2) on n_eff = M / max m_i (times (z / t_9)^2)
+    zero = lesion_sar([np.zeros((20, 2), bool)] * 10, [np.zeros(2, bool)] * 10)
+    n_eff0 = 400 / 40 * (z / t.ppf(0.975, 9)) ** 2
+    assert zero.deff == 40.0 and zero.low == 0.0
+    assert zero.high == pytest.approx(z * z / (n_eff0 + z * z), rel=1e-12)
+    assert zero.high > 0.2  # 1 fragile scan in 10 flipping half its draws (SAR 0.05) is inside; 3.84 / 400 was not
+
+
+def test_heatmap_peaks_by_slabs_equal_one_pass(monkeypatch):
+    """The z-slab search (halo of neighbourhood // 2 planes) finds the same peaks as a one-slab search, plateaus and
+    maxima on slab borders included, and a float32 map is searched without a float64 copy."""
+    from audit.metrics import detection
+
+    rng = np.random.default_rng(2)
+    heat = ndimage_smooth(rng.random((23, 9, 11)).astype(np.float32))
+    heat[7:9, 4, 4] = heat.max() + 0.1  # a two-plane plateau across a slab border (2 planes per slab below)
+    whole = heatmap_peaks(heat, threshold=0.3, neighbourhood=5, nms_radius_mm=1.0)
+    monkeypatch.setattr(detection, "HEATMAP_SLAB_VOXELS", 2 * 9 * 11)
+    slabs = heatmap_peaks(heat, threshold=0.3, neighbourhood=5, nms_radius_mm=1.0)
+    assert len(whole) > 5
+    assert whole.centres.tolist() == slabs.centres.tolist() and whole.scores.tolist() == slabs.scores.tolist()
+
+
+def ndimage_smooth(a: np.ndarray) -> np.ndarray:
+    """A smooth random map (many local maxima a few voxels apart)."""
+    from scipy import ndimage
+
+    return ndimage.gaussian_filter(a, 1.0).astype(a.dtype)
