@@ -19,7 +19,7 @@ Then peak RSS of the campaign for N = 200 vs N = 2000 samples (child processes).
 Last line: one JSON object with the ratios, their limits, the CPU-ms per image
 and the RSS growth. Numbers measured on a shared machine are under contention.
 Models come from the build cache (quick recipes; built on first use).
-Usage: python bench/campaign.py [--images 1500] [--batch 64] [--no-naive] [--no-rss]
+Usage: python bench/campaign.py [--images 1500] [--batch 64] [--models nodule3d bodysite2d] [--no-naive] [--no-rss]
 """
 
 from __future__ import annotations
@@ -171,10 +171,12 @@ def main() -> None:
     parser.add_argument("--naive-images", type=int, default=150)
     parser.add_argument("--no-naive", action="store_true", help="skip the study-style loop (c)")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child processes")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS),
+                        help="the reference models to measure (default: both)")
     args = parser.parse_args()
     cpus = available_cpus()
     ratios: dict[str, Any] = {"cpus": cpus}
-    for name in MODELS:
+    for name in args.models:
         n = 100
         one, source, net = setup(name, n, threads=1)
         full, _, _ = setup(name, n, threads=cpus)

@@ -12,7 +12,9 @@ reference (``clean + nps_noise(...)``, then the HU window and clip as
 ``Preprocess`` computes them) against the lean path
 (``noise_plan(...).noisy_into(out, clean, keys, window=...)``: the same bits,
 checked here), and their ratio ``*_lean_vs_reference`` (reference time / lean
-time, > 1 is faster).
+time, > 1 is faster). For the 256^2 slice, the lean path's stages in CPU-ms per
+image (``slice256_stage_cpu_ms``): the keyed Philox draws, Box-Muller, the
+spectrum to image (Hermitian planes, filter, inverse FFT) and add + window + clip.
 Prints a table, then as its last line one JSON object of rate ratios.
 Usage: python bench/noise.py [--repeats 5]
 """
@@ -27,7 +29,8 @@ import time
 import numpy as np
 
 from kernels import NoiseKey, as_keys, nps_noise, preset
-from kernels.stationary import noise_plan
+from kernels.keys import _Restream, complex_normals
+from kernels.stationary import _shape_noise, noise_plan
 
 CASES = {"cube32": ((32, 32, 32), (1.0, 1.0, 1.0), 64), "slice256": ((256, 256), (0.7, 0.7), 64), "slice512": ((512, 512), (0.7, 0.7), 16)}
 
@@ -66,6 +69,47 @@ def reference_stage(keys, nps, shape, spacing, clean):
     return np.clip(x, 0.0, 1.0)[:, None].astype(np.float32, copy=False)
 
 
+def lean_stages(plan, keys: np.ndarray, clean: np.ndarray, repeats: int) -> dict:
+    """CPU-ms per image of the lean path's stages, chunk by chunk as ``NoisePlan.noisy_into`` runs them (one thread):
+    Philox (the raw draws alone), Box-Muller (the normals less their draws), spectrum -> image, add + window + clip."""
+    b, m = keys.shape[0], plan.per_key
+    z = np.empty((b, m), np.complex64)
+    spectra = complex_normals(keys, m, workers=1)
+    out = np.empty((b, *plan.shape), np.float32)
+    lo, scale = np.float32(WINDOW[0]), np.float32(1.0 / (WINDOW[1] - WINDOW[0]))
+    stream = _Restream()
+    chunks = [slice(a, min(a + plan.chunk, b)) for a in range(0, b, plan.chunk)]
+
+    def draws():
+        for key in keys:
+            stream.at(key).random_raw(m)
+
+    def normals():
+        for c in chunks:
+            complex_normals(keys[c], m, workers=1, out=z[c])
+
+    def refill():  # the spectra anew (the next stage works in place): timed alone and taken off
+        z[...] = spectra
+
+    def to_image():
+        refill()
+        for c in chunks:
+            _shape_noise(z[c], plan.filter, plan.shape, plan.fft_shape, plan.method, np, out=out[c])
+
+    def post():
+        for c in chunks:
+            d = out[c]
+            np.add(d, clean[c], out=d)
+            d -= lo
+            d *= scale
+            np.clip(d, 0.0, 1.0, out=d)
+
+    t = best_cpu({"philox": draws, "normals": normals, "refill": refill, "to_image": to_image, "post": post}, repeats)
+    ms = {k: 1e3 * v / b for k, v in t.items()}
+    return {"philox": round(ms["philox"], 4), "box_muller": round(ms["normals"] - ms["philox"], 4),
+            "spectrum_to_image": round(ms["to_image"] - ms["refill"], 4), "add_window_clip": round(ms["post"], 4)}
+
+
 def naive_loop(nps, shape, spacing, batch: int, rng: np.random.Generator) -> None:
     """One slice at a time, float64 white noise, complex128 FFT forward and back (a study script)."""
     ny, nx = shape[-2:]
@@ -81,7 +125,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     nps = preset("standard", 10.0, cutoff=0.7)
-    ratios: dict[str, float] = {}
+    ratios: dict[str, object] = {}
     print(f"{'case':10}{'variant':>10}{'images/s':>12}")
     for name, (shape, spacing, batch) in CASES.items():
         keys = [NoiseKey(0, i, 0, 0) for i in range(batch)]
@@ -116,6 +160,10 @@ def main() -> None:
         ratios[f"{name}_reference_cpu_ms"] = round(1e3 * cpu["reference"] / batch, 3)
         ratios[f"{name}_lean_cpu_ms"] = round(1e3 * cpu["lean"] / batch, 3)
         ratios[f"{name}_lean_vs_reference"] = round(cpu["reference"] / cpu["lean"], 2)
+        if name == "slice256":
+            stages = lean_stages(noise_plan(nps, shape, spacing), kb, clean, 2 * args.repeats)
+            print(f"{name:10} lean stages (CPU-ms/image): " + ", ".join(f"{k} {v:.4f}" for k, v in stages.items()))
+            ratios[f"{name}_stage_cpu_ms"] = stages
     print(json.dumps(ratios))
 
 

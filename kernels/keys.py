@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, NamedTuple, Sequence
 
@@ -132,10 +133,27 @@ def uniforms(keys: np.ndarray, count: int, *, xp=np, workers: int | None = None,
     return out
 
 
-_BLOCK = 1 << 15  # Box-Muller block: temporaries stay in cache and on the heap
+#: Box-Muller block (float32 elements): a 256^2 slice's 33,024 normals in one block (fewer calls per key), its three
+#: temporaries (384 KiB) stay in L2; longer rows are cut into equal blocks of at most this size.
+_BLOCK = 1 << 16
 _U32_8 = np.uint32(8)
-_TWO_M24 = np.float32(2.0**-24)
+#: -u and 2 pi u straight from the 24-bit integers i of u = i 2**-24: scaling float32(2 pi) by a power of two is exact,
+#: so float32(i) * these round exactly as -(i 2**-24) and (i 2**-24) * float32(2 pi) do (the same bits, no u pass).
+_NEG_TWO_M24 = np.float32(-(2.0**-24))
+_TWO_PI = np.float32(2 * np.pi)
+_TWO_PI_M24 = _TWO_PI * np.float32(2.0**-24)
 _LITTLE_ENDIAN = sys.byteorder == "little"
+_HOST = threading.local()
+
+
+def _host_scratch(block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, _Restream]:
+    """This thread's Box-Muller temporaries (three float32 blocks) and re-keyable Philox: made once per thread (a
+    ``_Restream`` costs ~7 us, OS entropy included), grown when a longer block is asked for."""
+    held = getattr(_HOST, "scratch", None)
+    if held is None or held[0].size < block:
+        held = _HOST.scratch = (*(np.empty(block, dtype=np.float32) for _ in range(3)), _Restream())
+    r, theta, c, stream = held
+    return r[:block], theta[:block], c[:block], stream
 
 
 def complex_normals(keys: np.ndarray, m: int, *, xp=np, workers: int | None = None, out=None):
@@ -144,11 +162,11 @@ def complex_normals(keys: np.ndarray, m: int, *, xp=np, workers: int | None = No
     Box-Muller on the key's float32 uniforms: the first ``m`` set the modulus
     sqrt(-ln(1 - u)), the next ``m`` the phase 2 pi u. The real and imaginary
     parts, times sqrt(2), are independent standard normals (tails end at 5.8
-    sigma, the float32 resolution of u). On NumPy the work runs in cache-sized
-    blocks per key with scratch allocated once per call; on CuPy the uniforms
-    are drawn (``kernels.philox``, same bits as NumPy's) and transformed on the
-    device. ``out``: a C-contiguous ``(B, m)`` complex64 ``xp`` array to fill
-    (the lean noise path reuses one), else a new one.
+    sigma, the float32 resolution of u). On NumPy the work runs per key in
+    cache-sized blocks with per-thread scratch; on CuPy the uniforms are drawn
+    (``kernels.philox``, same bits as NumPy's) and transformed on the device.
+    ``out``: a C-contiguous ``(B, m)`` complex64 ``xp`` array to fill (the lean
+    noise path reuses one), else a new one.
     """
     b = keys.shape[0]
     if out is not None and (tuple(out.shape) != (b, m) or out.dtype != xp.complex64 or not out.flags.c_contiguous):
@@ -156,34 +174,31 @@ def complex_normals(keys: np.ndarray, m: int, *, xp=np, workers: int | None = No
     if xp is not np:
         return box_muller(uniforms(keys, 2 * m, xp=xp), xp=xp, out=out)
     out = np.empty((b, m), dtype=np.complex64) if out is None else out
-    two_pi = np.float32(2 * np.pi)
+    blocks = -(-m // _BLOCK)
+    size = -(-m // blocks)
+    bounds = [(lo, min(lo + size, m)) for lo in range(0, m, size)]
 
     def fill(rows: range) -> None:
-        # The same operations, in the same order, as ``box_muller``; only the temporaries are reused.
-        u = np.empty(2 * m, dtype=np.float32)
-        block = min(_BLOCK, m)
-        r, theta, c = (np.empty(block, dtype=np.float32) for _ in range(3))
-        bits = u.view(np.uint32)
-        stream = _Restream()
+        # The same values, rounded in the same order, as ``box_muller``; tests hold them bit-equal.
+        r, theta, c, stream = _host_scratch(size)
         for b in rows:
-            # = generator(keys[b]).random(2 m, float32): the 24 high bits of each 32-bit half (low half first) times
-            # 2**-24, from raw 64-bit outputs in one call (cheaper than a call per float); tests hold them bit-equal.
             if _LITTLE_ENDIAN:
-                bits[:] = stream.at(keys[b]).random_raw(m).view(np.uint32)
-                np.right_shift(bits, _U32_8, out=bits)
-                np.multiply(bits, _TWO_M24, out=u, dtype=np.float32, casting="unsafe")
+                # = generator(keys[b]).random(2 m, float32) = i 2**-24 with i the 24 high bits of each 32-bit half (low
+                # half first) of the raw 64-bit outputs, drawn in one call (cheaper than a call per float), shifted in
+                # place; i < 2**24 reads the same as int32, whose cast to float32 is cheaper than uint32's (both exact).
+                bits = stream.at(keys[b]).random_raw(m).view(np.uint32)
+                src, neg, phase = np.right_shift(bits, _U32_8, out=bits).view(np.int32), _NEG_TWO_M24, _TWO_PI_M24
             else:  # pragma: no cover - big-endian hosts: the halves' order differs in memory
-                generator(keys[b]).random(dtype=np.float32, out=u)
+                src, neg, phase = generator(keys[b]).random(2 * m, dtype=np.float32), np.float32(-1), _TWO_PI
             pairs = out[b].view(np.float32).reshape(m, 2)
-            for lo in range(0, m, _BLOCK):
-                hi = min(lo + _BLOCK, m)
+            for lo, hi in bounds:
                 n = hi - lo
                 rr, tt, cc = r[:n], theta[:n], c[:n]
-                np.negative(u[lo:hi], out=rr)
+                np.multiply(src[lo:hi], neg, out=rr, dtype=np.float32, casting="unsafe")  # -u
                 np.log1p(rr, out=rr)
                 np.negative(rr, out=rr)
                 np.sqrt(rr, out=rr)
-                np.multiply(u[m + lo : m + hi], two_pi, out=tt)
+                np.multiply(src[m + lo : m + hi], phase, out=tt, dtype=np.float32, casting="unsafe")  # 2 pi u
                 np.multiply(rr, np.cos(tt, out=cc), out=pairs[lo:hi, 0])
                 np.multiply(rr, np.sin(tt, out=tt), out=pairs[lo:hi, 1])
 
@@ -194,7 +209,7 @@ def complex_normals(keys: np.ndarray, m: int, *, xp=np, workers: int | None = No
 def box_muller(u, *, xp=np, out=None):
     """Complex normals ``(B, m)`` (complex64) from float32 uniforms ``(B, 2m)``, whole-array in ``xp``.
 
-    The same operations, in the same order, as the blocked host loop of
+    The same values, rounded in the same order, as the blocked host loop of
     ``complex_normals``: on NumPy the two give the same bits. ``out``: a
     C-contiguous ``(B, m)`` complex64 array to write into.
     """

@@ -17,6 +17,7 @@ the 2D NPS S2 (a slice's 2D NPS is the 3D NPS integrated over fz).
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections import OrderedDict
@@ -32,6 +33,10 @@ from kernels.keys import NoiseKey, as_keys, box_muller, complex_normals, paralle
 from kernels.nps import GridNPS, RadialNPS
 
 NPS = Union[RadialNPS, GridNPS]
+try:  # scipy.fft's own c2r, the one scipy.fft.irfftn calls, for its out= (private: without it, irfftn and a copy)
+    from scipy.fft._pocketfft.pypocketfft import c2r as _C2R
+except ImportError:  # pragma: no cover - a SciPy that moved it
+    _C2R = None
 METHODS = ("spectral", "spatial")
 _CHUNK_UNIFORMS = 1 << 22  # host working set per thread step (16 MiB of float32)
 
@@ -126,21 +131,40 @@ def real_normals(z, n: int, xp):
 
 
 def _hermitian(z, fft_ndim: int, nx: int, xp):
-    """Make the self-conjugate planes (fx = 0 and Nyquist) of a one-sided spectrum Hermitian.
+    """Make the self-conjugate planes (fx = 0 and Nyquist) of a one-sided spectrum Hermitian, in place.
 
     A c2r transform needs Z(-f) = conj Z(f) there; (Z + conj Z(-f)) / sqrt 2 keeps E|Z|^2 = 1.
+    Both planes at once through a strided view: four calls per chunk, one small copy (Z(-f)).
     """
-    axes = tuple(range(1, fft_ndim))
-    cols = [0] + ([nx // 2] if nx % 2 == 0 else [])
-    for c in cols:
-        p = z[..., c]
-        mirrored = xp.roll(xp.flip(p, axis=axes), 1, axis=axes)
-        z[..., c] = (p + xp.conj(mirrored)) * xp.float32(1 / math.sqrt(2))
+    planes = z[..., :: nx // 2] if nx % 2 == 0 else z[..., :1]  # fx = 0 and fx = Nyquist (the last column)
+    mirrored = planes
+    for axis in range(1, fft_ndim):  # Z(-f): index j -> -j mod n along every axis but the last (a copy)
+        mirrored = xp.take(mirrored, _negated(z.shape[axis], xp), axis=axis)
+    xp.conj(mirrored, out=mirrored)
+    xp.add(planes, mirrored, out=mirrored)
+    xp.multiply(mirrored, xp.float32(1 / math.sqrt(2)), out=planes)
     return z
 
 
-def _shape_noise(z, amp, shape, fft_shape, method, xp):
-    """Complex normals (b, per_key) -> noise (b, *shape), float32."""
+@functools.lru_cache(maxsize=64)
+def _negated_host(n: int) -> np.ndarray:
+    """Indices -j mod n, j < n (read-only: shared)."""
+    idx = (-np.arange(n)) % n
+    idx.flags.writeable = False
+    return idx
+
+
+def _negated(n: int, xp):
+    """Indices -j mod n in ``xp`` (cached on the host)."""
+    return _negated_host(n) if is_numpy(xp) else xp.asarray(_negated_host(n))
+
+
+def _shape_noise(z, amp, shape, fft_shape, method, xp, out=None):
+    """Complex normals (b, per_key) -> noise (b, *shape), float32.
+
+    ``out``: a C-contiguous float32 ``(b, *shape)`` array the inverse FFT may write into (NumPy, spectral: no
+    fresh output per chunk); the noise is returned either way, in ``out`` or in a new array.
+    """
     fft = fft_module(xp)
     b = z.shape[0]
     fft_ndim = len(fft_shape)
@@ -151,6 +175,10 @@ def _shape_noise(z, amp, shape, fft_shape, method, xp):
         z = z.reshape(-1, *half)
         z = _hermitian(z, fft_ndim, fft_shape[-1], xp)
         z *= amp
+        if out is not None and _C2R is not None and is_numpy(xp) and z.flags.c_contiguous:
+            # What scipy.fft.irfftn(z, s, axes, workers=1) runs (norm "backward" = 2), written straight into out.
+            _C2R(z, list(range(1, fft_ndim + 1)), fft_shape[-1], False, 2, out.reshape(-1, *fft_shape), 1)
+            return out
         n = fft.irfftn(z, s=fft_shape, axes=axes, overwrite_x=True, **kw)
     else:
         white = real_normals(z, math.prod(shape), xp).reshape(-1, *fft_shape)
@@ -165,9 +193,10 @@ def _shape_noise(z, amp, shape, fft_shape, method, xp):
 _PLAN_CACHE_SIZE = 32
 _PLANS: "OrderedDict[tuple, NoisePlan]" = OrderedDict()
 _PLANS_LOCK = threading.Lock()
-#: Complex spectrum per host chunk: one 256^2 image, three 32^3 cubes: normals, spectrum and image stay in cache
-#: together (512 KiB measured best of 256 KiB .. 4 MiB on the 2-core CI machine, both shapes).
-_HOST_CHUNK_BYTES = 1 << 19
+#: Complex spectrum per host chunk: five 256^2 slices, eleven 32^3 cubes. Fewer, larger chunks spread each chunk's
+#: dozen calls (Hermitian planes, filter, FFT set-up, add, window, clip) over more images while normals, spectrum and
+#: image still stay near the cache (1.5 MiB measured best of 0.5 .. 2 MiB on the 2-core CI machine, both shapes).
+_HOST_CHUNK_BYTES = 3 << 19
 #: Complex spectrum per device chunk: large launches, bounded memory.
 _DEVICE_CHUNK_BYTES = 1 << 28
 
@@ -230,8 +259,9 @@ class NoisePlan:
     campaign's ``clip((clean + noise - lo) / (hi - lo), 0, 1)`` (float32
     ``clean``), but leaner: the sqrt-NPS filter is computed at construction, the
     normals' buffers are allocated once per thread, the host works in chunks of
-    a few images that stay in cache (normals -> filter -> inverse FFT -> add ->
-    window -> clip), and the add, window and clip run in place in ``out``.
+    a few images that stay near the cache (normals -> filter -> inverse FFT ->
+    add -> window -> clip), the inverse FFT writes into ``out`` and the add,
+    window and clip run there in place.
 
     On CuPy (``xp="cupy"``) the same code runs on the device: keyed uniforms by
     the array Philox (same bits as the host), Box-Muller, cuFFT, add, window and
@@ -255,6 +285,9 @@ class NoisePlan:
         self.xp = xp = namespace(xp)
         self.shape, self.spacing, self.method = tuple(shape), tuple(spacing), method
         self.amp, self.fft_shape = _amplitude(nps, shape, spacing, z_nps, xp)
+        #: The spectral filter as the host multiplies it: ``z *= amp`` casts amp to complex64 on every call; cast once,
+        #: the product is the same (the same complex64 loop). Elsewhere (spatial, CuPy) the float32 amplitude itself.
+        self.filter = self.amp.astype(np.complex64) if is_numpy(xp) and method == "spectral" else self.amp
         self.per_key = (math.prod(shape[:-1]) * (shape[-1] // 2 + 1) if method == "spectral"
                         else math.ceil(math.prod(shape) / 2))
         #: Draw the uniforms with the array Philox even on NumPy: the device's code path, run on the host (tests).
@@ -344,10 +377,11 @@ class NoisePlan:
                     z = box_muller(uniforms(keys[sub], 2 * self.per_key, xp=xp, array_code=True), xp=xp, out=z)
                 else:
                     complex_normals(keys[sub], self.per_key, xp=xp, workers=1, out=z)
-                n = _shape_noise(z, self.amp, self.shape, self.fft_shape, self.method, xp)
                 d = dst[sub]
+                n = _shape_noise(z, self.filter, self.shape, self.fft_shape, self.method, xp, out=d)  # d itself or new
                 if clean is None:
-                    d[...] = n
+                    if n is not d:
+                        d[...] = n
                     continue
                 xp.add(n, clean[sub], out=d)
                 if scale is not None:

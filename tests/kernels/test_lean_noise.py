@@ -7,7 +7,8 @@ import pytest
 
 from audit.artifact.heads import Preprocess
 from kernels import DoseModel, GridNPS, KernelError, NoiseKey, as_keys, nps_noise, preset
-from kernels.stationary import NoisePlan, noise_plan
+from kernels import stationary
+from kernels.stationary import NoisePlan, _hermitian, noise_plan
 from tests.conftest import to_host
 
 MODEL = DoseModel.from_sigma(preset("standard", sigma=1.0), sigma_ref=12.0, mas_ref=200)
@@ -124,3 +125,33 @@ def test_device_plan_replays_the_host_noise():
     plan.noisy_into(out, clean, keys, window=(-1000.0, 1000.0))
     ref = Preprocess((-1000.0, 1000.0), True)(clean.get() + host, 4)
     np.testing.assert_allclose(out.get(), ref, rtol=0, atol=1e-4 * float(np.abs(host).max()) / 2000)
+
+
+def _hermitian_by_roll(z, fft_ndim, nx):
+    """The definition: each self-conjugate plane p <- (p + conj(p(-f))) / sqrt 2, p(-f) by flip and roll."""
+    axes = tuple(range(1, fft_ndim))
+    for c in [0] + ([nx // 2] if nx % 2 == 0 else []):
+        p = z[..., c]
+        z[..., c] = (p + np.conj(np.roll(np.flip(p, axis=axes), 1, axis=axes))) * np.float32(1 / np.sqrt(2))
+    return z
+
+
+@pytest.mark.parametrize("half, nx", [((3, 16, 9), 16), ((2, 15, 9), 17), ((2, 5, 6, 5), 8), ((2, 4, 7, 4), 7)])
+def test_hermitian_planes_match_their_definition(half, nx):
+    rng = np.random.default_rng(4)
+    z = (rng.standard_normal(half) + 1j * rng.standard_normal(half)).astype(np.complex64)
+    fft_ndim = len(half) - 1
+    np.testing.assert_array_equal(_bits(_hermitian(z.copy(), fft_ndim, nx, np)), _bits(_hermitian_by_roll(z.copy(), fft_ndim, nx)))
+
+
+def test_the_fft_written_into_the_buffer_gives_irfftn_bits(monkeypatch):
+    # The lean path's inverse FFT writes straight into the output (scipy's own c2r); without it, irfftn and a copy.
+    shape, spacing = (48, 64), 0.7
+    keys = _keys(6, seed=21)
+    clean = np.random.default_rng(2).normal(-300, 400, (6, *shape)).astype(np.float32)
+    plan = NoisePlan(MODEL.nps_at(60), shape, spacing)
+    direct = plan.noise(keys), plan.noisy_into(np.empty((6, 1, *shape), np.float32), clean, keys, window=(-1000.0, 400.0))
+    monkeypatch.setattr(stationary, "_C2R", None)
+    fallback = plan.noise(keys), plan.noisy_into(np.empty((6, 1, *shape), np.float32), clean, keys, window=(-1000.0, 400.0))
+    for a, b in zip(direct, fallback):
+        np.testing.assert_array_equal(_bits(a), _bits(b))

@@ -158,3 +158,11 @@ def test_device_draws_are_bit_equal_to_numpys():
     dev_z = complex_normals(keys[:4], m, xp=cupy)
     assert isinstance(dev_z, cupy.ndarray) and dev_z.dtype == cupy.complex64
     np.testing.assert_allclose(to_host(dev_z), complex_normals(keys[:4], m), rtol=1e-5, atol=1e-6)
+
+
+def test_normals_cut_into_several_blocks_match_the_whole_array_path():
+    # A 512 x 512 spectrum (131,328 normals per key) runs in three Box-Muller blocks on the host.
+    keys = _draw_keys(3, seed=12)
+    m = 512 * 257
+    np.testing.assert_array_equal(box_muller(uniforms(keys, 2 * m, workers=1), xp=np).view(np.uint32),
+                                  complex_normals(keys, m, workers=1).view(np.uint32))
