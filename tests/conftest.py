@@ -53,7 +53,7 @@ def quick_nodule(tmp_path_factory):
 @pytest.fixture(scope="session")
 def quick_retrain(quick_nodule, tmp_path_factory):
     """Study 1's Algorithm 2 on the quick nodule model, run once from the CLI for every test that reads it (small
-    config: 2 rounds, 3 epochs, 48 samples per split, PGD, two doses x 8 draws; every round audited).
+    config: 2 rounds, 2 epochs, 48 samples per split, PGD, two doses x 8 draws; every round audited).
 
     Returns (output folder, what the run printed, retrain.json, audit/report.json)."""
     import contextlib
@@ -66,7 +66,7 @@ def quick_retrain(quick_nodule, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("retrain")
     cfg = tmp / "retrain.toml"
     cfg.write_text(f'[model]\nname = "nodule3d"\nquick = true\ncache_dir = "{cache}"\n\n'
-                   '[retrain]\nmode = "adaptive"\nrounds = 2\nepochs = 3\ntrain_samples = 48\ntest_samples = 48\n\n'
+                   '[retrain]\nmode = "adaptive"\nrounds = 2\nepochs = 2\ntrain_samples = 48\ntest_samples = 48\n\n'
                    '[attack]\nname = "pgd"\neps = 0.02\nsteps = 5\n\n'
                    '[noise]\nkind = "nps"\nlevels = [20, 200]\ndraws = 8\n')
     out = tmp / "rt"

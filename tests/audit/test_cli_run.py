@@ -21,6 +21,18 @@ def _audit(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "audit", *map(str, args)], capture_output=True, text=True)
 
 
+def _audit_here(capfd, *args) -> subprocess.CompletedProcess:
+    """``audit ARGS`` run in this process, its output read at the file-descriptor level as a subprocess's would be
+    (a library writing to fd 2 still counts): for the refusals, one interpreter start and import less each. The real
+    process is exercised by the runs here that succeed and by test_bad_inputs.py::test_bad_input_in_a_subprocess."""
+    from audit.cli import main
+
+    capfd.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(["audit", *map(str, args)], code, out, err)
+
+
 @pytest.fixture
 def setup(tmp_path, planted):
     images = planted_images(12, spread_hu=5.0)
@@ -74,7 +86,7 @@ def test_attack_section_puts_gradient_attacks_in_the_same_report(setup):
     assert "Gradient attacks" in page and "Attack: pgd eps=20" in page and "success rate, deployed artifact" in page
 
 
-def test_attack_on_data_of_the_wrong_shape_exits_2(setup):
+def test_attack_on_data_of_the_wrong_shape_exits_2(setup, capfd):
     """The twin's parity check would feed the data to the engine: the shape is checked first, as for the campaign."""
     from tests.audit.attacks import nets
 
@@ -82,14 +94,15 @@ def test_attack_on_data_of_the_wrong_shape_exits_2(setup):
     model = nets.export(nets.Fragile(), tmp / "fragile.onnx")
     config = write_config(tmp / "a.toml", model, manifest, noise=NOISE)
     config.write_text(config.read_text() + '\n[attack]\nname = "pgd"\n')
-    _one_line_exit_2(_audit("run", config, "--out", tmp / "out"), "planted: the data are 2D slices of shape (48, 48)")
+    _one_line_exit_2(_audit_here(capfd, "run", config, "--out", tmp / "out"),
+                     "planted: the data are 2D slices of shape (48, 48)")
 
 
 @pytest.mark.parametrize("attack,needle", [('name = "pgd"\neps = -1.0', "attack.eps: expected a number > 0"),
                                           ('name = "fgsm"', "attack.name: unknown attack 'fgsm'"),
                                           ('name = "pgd"\nsamples = 0', "attack.samples: expected an integer >= 1"),
                                           ('name = "pgd"\nepsilon = 3', "attack.epsilon: unknown parameter")])
-def test_bad_attack_section_exits_2(setup, attack, needle):
+def test_bad_attack_section_exits_2(setup, attack, needle, capfd):
     """Checked before the campaign runs: nothing is written."""
     from tests.audit.attacks import nets
 
@@ -98,7 +111,7 @@ def test_bad_attack_section_exits_2(setup, attack, needle):
     manifest = write_manifest(tmp / "fragile-data", nets.images(4), np.zeros(4, int))
     config = write_config(tmp / "a.toml", model, manifest, noise=NOISE)
     config.write_text(config.read_text() + f"\n[attack]\n{attack}\n")
-    _one_line_exit_2(_audit("run", config, "--out", tmp / "out"), needle)
+    _one_line_exit_2(_audit_here(capfd, "run", config, "--out", tmp / "out"), needle)
     assert not (tmp / "out" / "records").exists() and not (tmp / "out" / "report.json").exists()
 
 
@@ -110,28 +123,28 @@ def _one_line_exit_2(proc, *needles):
         assert n in lines[0], (n, lines[0])
 
 
-def test_missing_model(setup):
+def test_missing_model(setup, capfd):
     tmp, _, manifest = setup
     config = write_config(tmp / "a.toml", tmp / "missing.onnx", manifest, noise=NOISE)
-    _one_line_exit_2(_audit("run", config, "--out", tmp / "out"), "missing.onnx", "not found")
+    _one_line_exit_2(_audit_here(capfd, "run", config, "--out", tmp / "out"), "missing.onnx", "not found")
     assert not (tmp / "out").exists()
 
 
-def test_2d_data_for_a_3d_model(setup):
+def test_2d_data_for_a_3d_model(setup, capfd):
     tmp, _, manifest = setup
     model3d = planted_model(tmp / "m3.onnx", (16, 16, 16), (slice(4, 12),) * 3, 0.0)
     config = write_config(tmp / "a.toml", model3d, manifest, noise=NOISE)
-    _one_line_exit_2(_audit("run", config, "--out", tmp / "out"), "2D slices", "(?, 1, 16, 16, 16)")
+    _one_line_exit_2(_audit_here(capfd, "run", config, "--out", tmp / "out"), "2D slices", "(?, 1, 16, 16, 16)")
 
 
-def test_nan_in_an_image(setup):
+def test_nan_in_an_image(setup, capfd):
     tmp, model, manifest = setup
     bad = np.load(manifest.parent / "case003.npz")
     hu = bad["hu"].copy()
     hu[5, 5] = np.nan
     np.savez(manifest.parent / "case003.npz", hu=hu, spacing=bad["spacing"])
     config = write_config(tmp / "a.toml", model, manifest, noise=NOISE)
-    _one_line_exit_2(_audit("run", config, "--out", tmp / "out"), "case003.npz", "NaN")
+    _one_line_exit_2(_audit_here(capfd, "run", config, "--out", tmp / "out"), "case003.npz", "NaN")
     assert not (tmp / "out" / "report.json").exists()
 
 
@@ -142,18 +155,18 @@ def test_nan_in_an_image(setup):
     ("[model]\npath='m.onnx'\n[data]\nphantom='nodules'\n[noise]\nlevels = [-5]\n", "noise.levels"),
     ("[model]\npath = \n", "not valid TOML"),
 ])
-def test_bad_config_names_the_key(tmp_path, text, needle):
+def test_bad_config_names_the_key(tmp_path, text, needle, capfd):
     config = tmp_path / "bad.toml"
     config.write_text(text)
-    _one_line_exit_2(_audit("run", config, "--out", tmp_path / "out"), needle, "bad.toml")
+    _one_line_exit_2(_audit_here(capfd, "run", config, "--out", tmp_path / "out"), needle, "bad.toml")
 
 
-def test_unwritable_out_dir(setup):
+def test_unwritable_out_dir(setup, capfd):
     tmp, model, manifest = setup
     config = write_config(tmp / "a.toml", model, manifest, noise=NOISE)
     blocker = tmp / "file"
     blocker.write_text("a file where a folder should be")
-    _one_line_exit_2(_audit("run", config, "--out", blocker / "out"), str(blocker))
+    _one_line_exit_2(_audit_here(capfd, "run", config, "--out", blocker / "out"), str(blocker))
 
 
 def test_flipped_cases_as_dicom_series_linked_from_the_report(setup):

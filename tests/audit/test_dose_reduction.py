@@ -225,14 +225,25 @@ def test_noise_check_on_a_dicom_series(scans, tmp_path):
     (["--fraction", "0"], "--fraction"),
     (["--mas", "400"], "acquired dose 200"),
 ])
-def test_noise_check_bad_input_exits_2_with_one_line(scans, tmp_path, args, message):
+def test_noise_check_bad_input_exits_2_with_one_line(scans, tmp_path, capfd, args, message):
     out = tmp_path / "x.png"
-    proc = subprocess.run([sys.executable, "-m", "audit", "noise", "check", "--dicom", str(scans.parent / "scan00"),
-                           "--draws", "4", "--out", str(out)] + args, capture_output=True, text=True)
+    proc = _audit_here(capfd, "noise", "check", "--dicom", str(scans.parent / "scan00"), "--draws", "4",
+                       "--out", str(out), *args)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def _audit_here(capfd, *args: str) -> subprocess.CompletedProcess:
+    """``audit ARGS`` run in this process, its output read at the file-descriptor level as a subprocess's would be:
+    for the refusals, one interpreter start and import less each (the real process runs the successful commands)."""
+    from audit.cli import main
+
+    capfd.readouterr()
+    code = main(list(args))
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(["audit", *args], code, out, err)
 
 
 def _water_body(n=128, sp=1.0, radius=55.0):
@@ -276,7 +287,7 @@ def test_model_noise_is_scaled_to_the_patient_size():
     assert "exp(0.02/mm" in own.how["law"]
 
 
-def test_audit_run_reduces_real_scans_end_to_end(scans, tmp_path):
+def test_audit_run_reduces_real_scans_end_to_end(scans, tmp_path, capfd):
     """``audit run`` on DICOM series with dose tags: auto mode picks reduction, the levels are fractions of the
     acquired 200 mAs, the report states the mode and each series' acquisition, and the campaign's noise is what a
     quarter dose adds (the noisy scans' sigma grows by sqrt(1/f) of the scan's own)."""
@@ -302,6 +313,5 @@ def test_audit_run_reduces_real_scans_end_to_end(scans, tmp_path):
     # Refused before any output: a level at the acquired dose.
     bad = tmp_path / "bad.toml"
     bad.write_text(cfg.read_text().replace("fractions = [0.5, 0.25]", "levels = [200]"))
-    refused = subprocess.run([sys.executable, "-m", "audit", "run", str(bad), "--out", str(tmp_path / "o2")],
-                             capture_output=True, text=True)
+    refused = _audit_here(capfd, "run", str(bad), "--out", str(tmp_path / "o2"))
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "o2").exists()

@@ -7,7 +7,9 @@ import os
 import pytest
 
 
-@pytest.fixture(autouse=True)
-def _skip_slow_unless_asked(request):
-    if request.node.get_closest_marker("slow") and os.environ.get("AUDIT_RUN_SLOW") != "1":
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    # A hook, not an autouse fixture: it runs before any fixture, so a skipped slow test does not first build
+    # its module-scoped model (a fixture would skip only after the build).
+    if item.get_closest_marker("slow") and os.environ.get("AUDIT_RUN_SLOW") != "1":
         pytest.skip("slow: full-size build; set AUDIT_RUN_SLOW=1 to run it")
