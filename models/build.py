@@ -135,8 +135,8 @@ def _run(recipe: registry.Recipe, out: Path, *, progress: bool, log: Callable[[s
         for split in splits:
             stem = f"{recipe.model}-r{r}-f{split.fold}"
             t1 = time.perf_counter()
-            res = training.train(bp, recipe, data, split, seed, progress=progress, log=log,
-                                 desc=f"{recipe.model} r{r} f{split.fold}")
+            res = training.TRAINERS[bp.trainer](bp, recipe, data, split, seed, progress=progress, log=log,
+                                                desc=f"{recipe.model} r{r} f{split.fold}")
             test = training.evaluate(bp, res.net, data, split.test)
             t2 = time.perf_counter()
             wsha = training.weights_sha256(res.net)
@@ -172,7 +172,7 @@ def _run(recipe: registry.Recipe, out: Path, *, progress: bool, log: Callable[[s
 
 
 def _headline(m: dict) -> str:
-    keys = [k for k in ("auc", "macro_f1", "accuracy", "mae", "dice", "contour_mae_mm") if k in m]
+    keys = [k for k in ("auc", "macro_f1", "accuracy", "mae", "dice", "contour_mae_mm", "cpm") if k in m]
     return ", ".join(f"{k} {m[k]:.3f}" for k in keys)
 
 

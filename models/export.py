@@ -10,15 +10,24 @@ Metadata keys
 -------------
 audit.schema            "audit-model/1"
 audit.model             registry name, e.g. "nodule3d"; audit.variant its variant
-audit.task              "binary" | "multiclass" | "rating" | "segmentation"
+audit.task              "binary" | "multiclass" | "rating" | "segmentation" | "detection"
 audit.class_names       JSON list of class names in output order (binary: [negative, positive];
                         rating: ["1", ..., "5"])
 audit.threshold         binary: class 1 iff P(class 1) >= threshold; segmentation: mask threshold;
+                        detection: the operating point (a candidate is shown, a finding, iff its
+                        score >= threshold);
                         absent for multiclass (argmax) and rating
 audit.rating_edges      rating only: JSON bin edges, rating = 1 + #(edges <= output)
 audit.output_kind       "probability" (B, 1) P(class 1) | "probabilities" (B, C) softmax |
                         "rating" (B, 1) in [1, 5] | "beta" (B, 2) (alpha, beta), P(class 1) =
-                        alpha / (alpha + beta) | "mask+contour" (B, 1, H, W) and (B, P, 2)
+                        alpha / (alpha + beta) | "mask+contour" (B, 1, H, W) and (B, P, 2) |
+                        detection: "candidates" (B, M, 3) voxel (z, y, x) centres and (B, M) scores,
+                        NaN / -inf scores as padding | "boxes" (B, M, 6) (z0, y0, x0, z1, y1, x1) and
+                        (B, M) scores | "heatmap" (B, 1, Z, Y, X) lesion probability
+audit.min_radius_mm     detection: matching floor in mm (lesions matched as at least this large; 0 = LUNA16)
+audit.nms_radius_mm     detection: heat-map NMS radius in mm (and the merge radius of sliding-window tiles)
+audit.ood_output        any task: the output holding a per-item OOD score (higher = more out of distribution),
+                        or "uncertainty" for beta heads (2 / (alpha + beta))
 audit.outputs           JSON list of output names in order
 audit.input_name        the input's name ("image")
 audit.input_layout      "NCDHW" (volumes) or "NCHW" (slices); C = 1
@@ -29,6 +38,7 @@ audit.recipe_hash       hash of the training recipe and code (models.cache)
 audit.weights_sha256    hash of the PyTorch state dict the graph was exported from
 audit.seed, audit.fold, audit.repeat   which model of a build this is
 audit.test_metrics      JSON metrics on the held-out phantom test split
+audit.max_candidates    detection only: M, the fixed number of candidate slots
 """
 
 from __future__ import annotations
@@ -74,8 +84,8 @@ KEY_FOLD = "audit.fold"
 KEY_REPEAT = "audit.repeat"
 KEY_TEST_METRICS = "audit.test_metrics"
 
-TASKS = ("binary", "multiclass", "rating", "segmentation")
-OUTPUT_KINDS = ("probability", "probabilities", "rating", "beta", "mask+contour")
+TASKS = ("binary", "multiclass", "rating", "segmentation", "detection")
+OUTPUT_KINDS = ("probability", "probabilities", "rating", "beta", "mask+contour", "candidates")
 
 
 class ParityError(EngineError):
@@ -144,12 +154,12 @@ def _scalars(m: Mapping) -> dict:
 
 def export_onnx(net: torch.nn.Module, path: str | os.PathLike, *, input_shape: Sequence[int],
                 output_names: Sequence[str], metadata: Mapping[str, str], parity_inputs: np.ndarray | None = None,
-                opset: int = OPSET, tolerance: float = PARITY_TOLERANCE) -> float:
+                opset: int = OPSET, tolerance: float = PARITY_TOLERANCE, parity_samples: int = PARITY_SAMPLES) -> float:
     """Export ``net`` (eval mode) to ``path``, embed ``metadata``, then check parity; returns the max abs difference.
 
     ``input_shape`` is the spatial shape (the input is (B, 1, *input_shape)).
     ``parity_inputs`` (N, 1, *input_shape) supplies real inputs for the check
-    (topped up to ``PARITY_SAMPLES`` with uniform [0, 1] noise). On a parity
+    (topped up to ``parity_samples``, default ``PARITY_SAMPLES``, with uniform [0, 1] noise). On a parity
     failure the file is removed and ``ParityError`` raised.
     """
     import onnx
@@ -173,7 +183,7 @@ def export_onnx(net: torch.nn.Module, path: str | os.PathLike, *, input_shape: S
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     try:
-        return check_parity(path, net, parity_inputs, tolerance=tolerance)
+        return check_parity(path, net, parity_inputs, tolerance=tolerance, n=parity_samples)
     except ParityError:
         path.unlink(missing_ok=True)
         raise
@@ -193,7 +203,9 @@ def check_parity(path: str | os.PathLike, net: torch.nn.Module, inputs: np.ndarr
                  tolerance: float = PARITY_TOLERANCE, n: int = PARITY_SAMPLES) -> float:
     """Max abs difference between ONNX Runtime on ``path`` and ``net`` over ``n`` inputs, in varying batch sizes.
 
-    Raises ``ParityError`` naming the file, output and difference if it exceeds ``tolerance``.
+    Raises ``ParityError`` naming the file, output and difference if it exceeds ``tolerance``. A net with a
+    ``parity_difference(x, onnx_outputs, torch_outputs)`` method (a detector, whose candidates may be ordered
+    differently where scores tie) measures the difference itself.
     """
     import onnxruntime as ort
 
@@ -213,6 +225,16 @@ def check_parity(path: str | os.PathLike, net: torch.nn.Module, inputs: np.ndarr
         ref = ref if isinstance(ref, tuple) else (ref,)
         if len(ref) != len(got):
             raise ParityError(f"{path}: ONNX model has {len(got)} outputs, PyTorch {len(ref)}")
+        if hasattr(net, "parity_difference"):  # a detector: candidates compare as sets (its own tie rule)
+            bad = [n for n, g, r in zip(out_names, got, ref) if g.shape != tuple(r.shape)]
+            if bad:
+                raise ParityError(f"{path}: output {bad[0]!r} has another shape in ONNX Runtime than in PyTorch")
+            d = float(net.parity_difference(b, got, ref))
+            if not d <= worst:
+                worst, worst_name = d, "/".join(out_names)
+            start += b.shape[0]
+            j += 1
+            continue
         for name, g, r in zip(out_names, got, ref):
             if g.shape != tuple(r.shape):
                 raise ParityError(f"{path}: output {name!r} has shape {g.shape} in ONNX Runtime, {tuple(r.shape)} in PyTorch")

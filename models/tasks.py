@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from audit.metrics.detection import Lesions, candidates_from_points, froc, match_candidates
 from models import metrics
 from models.nets.fpr3d import beta_loss
 
@@ -124,3 +125,57 @@ class SegContourTask(Task):
 
     def score(self, m):
         return m["dice"] - 0.01 * m["contour_mae_mm"]
+
+
+class DetectionTask(Task):
+    """Candidates (B, M, 3) voxel centres and (B, M) scores per volume; judged by LUNA16's CPM (``audit.metrics``).
+
+    Target ``lesions`` (B, L, 4): (z, y, x voxel, diameter mm) rows, NaN rows unused. Matching floors lesion radii
+    at ``min_radius_mm`` as the audit does (metadata ``audit.min_radius_mm``); ``threshold`` is the operating point
+    whose sensitivity and FPs per scan are reported. The two stages train with their own losses
+    (``heatmap_loss`` for the candidate heat map, the evidential ``beta_loss`` for the FPR patches:
+    ``models.training.train_detector``), so ``loss`` is not used.
+    """
+
+    kind, targets = "detection", ("lesions",)
+
+    def __init__(self, spacing, min_radius_mm: float, threshold: float = 0.5) -> None:
+        self.spacing, self.min_radius, self.threshold = tuple(spacing), float(min_radius_mm), float(threshold)
+
+    def loss(self, net, x, t, epoch):
+        raise NotImplementedError("detection: the stages train with heatmap_loss and beta_loss (train_detector)")
+
+    def matches(self, centres: np.ndarray, scores: np.ndarray, lesions: np.ndarray) -> list:
+        """One ``ScanMatch`` per volume (``audit.metrics.detection.match_candidates``)."""
+        out = []
+        for c, s, les in zip(centres, scores, lesions):
+            les = np.asarray(les, np.float64).reshape(-1, 4)
+            les = les[np.all(np.isfinite(les), axis=1)]
+            out.append(match_candidates(candidates_from_points(c, s), Lesions.of(les[:, :3], les[:, 3] / 2.0),
+                                        self.spacing, min_radius_mm=self.min_radius))
+        return out
+
+    def evaluate(self, outputs, t):
+        ms = self.matches(outputs[0], outputs[1], t["lesions"])
+        f = froc(ms)
+        n_les = max(1, f.n_lesions)
+        found = sum(int(np.sum(m.hit_scores >= self.threshold)) for m in ms)
+        fps = sum(int(np.sum(m.fp_scores >= self.threshold)) for m in ms)
+        return {"cpm": f.cpm, "sensitivity_at_1fp": float(f.sensitivity_at[f.rates.index(1.0)]),
+                "sensitivity": found / n_les, "fp_per_scan": fps / len(ms),
+                "candidate_recall": f.n_detected / n_les, "n_lesions": f.n_lesions, "n": len(ms)}
+
+    def score(self, m):
+        return m["cpm"]
+
+    @staticmethod
+    def heatmap_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Penalty-reduced focal loss on a Gaussian heat map (CornerNet / CenterNet: Law & Deng 2018, Zhou et al.
+        2019): target 1 at a lesion's centre voxel, (1 - target)^4 down-weights the negatives around it; mean over
+        the centre voxels, so the ~10^5 background voxels of a volume do not swamp the few lesions."""
+        pos = target >= 1.0
+        logp, log1mp = F.logsigmoid(logits), F.logsigmoid(-logits)
+        p = torch.sigmoid(logits)
+        pos_loss = ((1 - p) ** 2 * logp)[pos].sum()
+        neg_loss = ((1 - target) ** 4 * p**2 * log1mp)[~pos].sum()
+        return -(pos_loss + neg_loss) / pos.sum().clamp(min=1)

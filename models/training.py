@@ -24,7 +24,9 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from audit.metrics.detection import froc
 from models.augment import AUGMENTATIONS
+from models.nets.fpr3d import beta_loss
 from models.registry import Blueprint, Data, Recipe
 
 
@@ -184,3 +186,174 @@ def weights_sha256(net_or_state) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
     return h.hexdigest()
+
+
+# --- Two-stage detector (issue 18) -------------------------------------------------------------------
+
+#: Stage-1 training crops (voxels): a 24^3 crop of a 48^3 volume costs an eighth of the whole volume per step, and the
+#: fully convolutional net (17-voxel receptive field) sees the same context around a voxel either way; a crop holds
+#: the largest (12 mm) nodule with its centre >= 6 voxels from the crop's faces.
+STAGE1_CROP = 24
+#: Fresh random crops per training volume per stage-1 epoch; half of them are placed to contain a lesion.
+STAGE1_CROPS = 6
+#: Heat-map target: a Gaussian of sigma = diameter / 6 (e^-4.5 at the nodule's surface), at least 1 voxel,
+#: exactly 1 at the centre voxel (the focal loss's positive).
+HEAT_SIGMA_FRACTION = 1.0 / 6.0
+#: Stage-2 positives besides the stage-1 candidates on a lesion: the lesion's centre voxel and this many copies
+#: shifted by up to 1 voxel per axis (the spread of a stage-1 peak around a centre).
+STAGE2_JITTER_COPIES = 2
+#: Epochs over which the evidential KL term is annealed in (``BetaTask``'s default).
+STAGE2_KL_ANNEAL = 10
+
+
+def heat_target(lesions: np.ndarray, size: int) -> np.ndarray:
+    """The stage-1 target (size^3) float32 of one volume's padded lesion rows (z, y, x voxel, diameter mm)."""
+    t = np.zeros((size,) * 3, np.float32)
+    grid = np.indices((size,) * 3, dtype=np.float32)
+    for z, y, x, d in np.asarray(lesions, np.float64).reshape(-1, 4):
+        if not np.isfinite(d):
+            continue
+        sigma = max(1.0, HEAT_SIGMA_FRACTION * d)
+        d2 = (grid[0] - z) ** 2 + (grid[1] - y) ** 2 + (grid[2] - x) ** 2
+        np.maximum(t, np.exp(-d2 / (2 * sigma**2)), out=t)
+        t[tuple(np.clip(np.round([z, y, x]).astype(int), 0, size - 1))] = 1.0
+    return t
+
+
+def _crop_origins(lesions: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A crop origin (3,) for one volume: around a random lesion (margin 6 voxels) with probability 1/2."""
+    hi = size - STAGE1_CROP
+    les = lesions[np.all(np.isfinite(lesions), axis=1)]
+    if les.shape[0] and rng.random() < 0.5:
+        c = np.round(les[rng.integers(les.shape[0]), :3]).astype(int)
+        lo_o, hi_o = np.clip(c - STAGE1_CROP + 7, 0, hi), np.clip(c - 6, 0, hi)
+        return rng.integers(lo_o, np.maximum(lo_o, hi_o) + 1)
+    return rng.integers(0, hi + 1, 3)
+
+
+@torch.no_grad()
+def detect(net: torch.nn.Module, x: np.ndarray, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 1 alone on volumes ``x``: candidate voxels (N, M, 3) and their heat-map probabilities (N, M)."""
+    cs, ps = [], []
+    for start in range(0, x.shape[0], batch_size):
+        _, c, k = net.candidates(torch.from_numpy(x[start : start + batch_size]))
+        cs.append(c.numpy())
+        ps.append(torch.sigmoid(k).numpy())
+    return np.concatenate(cs), np.concatenate(ps)
+
+
+@torch.no_grad()
+def _stage2_patches(net, bp: Blueprint, data: Data, idx: np.ndarray, rng: np.random.Generator):
+    """FPR training patches of volumes ``idx``: every stage-1 candidate (label 1 iff it lies on a lesion, the
+    audit's matching) plus each lesion's centre voxel and ``STAGE2_JITTER_COPIES`` jittered copies (label 1)."""
+    centres, probs = detect(net, data.x[idx])
+    matches = bp.task.matches(centres.astype(np.float64), probs, data.targets["lesions"][idx])
+    patches, labels = [], []
+    for j, i in enumerate(idx):
+        keep = np.isfinite(probs[j])
+        pos = np.isin(matches[j].role, (0, 1))  # HIT or DUPLICATE: on a lesion
+        les = data.targets["lesions"][i]
+        les = les[np.all(np.isfinite(les), axis=1)]
+        extra = [np.round(les[:, :3]).astype(np.int64)]
+        extra += [extra[0] + rng.integers(-1, 2, extra[0].shape) for _ in range(STAGE2_JITTER_COPIES)]
+        c = np.concatenate([centres[j][keep]] + extra).clip(0, data.x.shape[-1] - 1)
+        patches.append(net.patches(torch.from_numpy(data.x[i : i + 1]), torch.from_numpy(c)[None]).numpy())
+        labels.append(np.concatenate([pos[keep], np.ones(c.shape[0] - int(keep.sum()), bool)]))
+    return np.concatenate(patches), np.concatenate(labels).astype(np.int64)
+
+
+def train_detector(bp: Blueprint, recipe: Recipe, data: Data, split: Split, seed: int, *, progress: bool = False,
+                   desc: str = "", log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train a two-stage detector (``models.nets.Detector3D``), each stage with its own loss, best-on-validation.
+
+    Both stages: Adam at ``recipe.lr`` annealed to 0 by a cosine over the stage's steps (a short run still ends
+    converged). Stage 1: ``recipe.epochs`` epochs of ``STAGE1_CROPS`` random 24^3 crops per training volume, rotated together
+    with their heat-map targets (``heat_target``), focal heat-map loss (``DetectionTask.heatmap_loss``); the
+    epoch kept is the one with the best stage-1 CPM on the validation volumes (candidates scored by their heat).
+    Stage 2: patches at the kept stage 1's candidates on the training volumes (``_stage2_patches``), the evidential
+    beta loss with class-balanced batches and cube augmentation, ``recipe.epochs`` epochs; the epoch kept is the
+    one with the best CPM of the whole detector on the validation volumes. Deterministic like ``train``.
+    """
+    augment = AUGMENTATIONS[bp.augment] if bp.augment else None
+    task, size = bp.task, data.x.shape[-1]
+    history: list[dict] = []
+
+    def report(stage: int, epoch: int, loss: float, score: float) -> None:
+        history.append({"stage": stage, "epoch": epoch + 1, "train_loss": loss, "val_score": score})
+        if log is not None:
+            log(f"{desc.strip()} stage {stage} epoch {epoch + 1}/{recipe.epochs}: train loss {loss:.4f}, "
+                f"validation CPM {score:.4f}".strip())
+
+    with deterministic(seed):
+        net = bp.make_net()
+        gen = torch.Generator().manual_seed(int(seed))
+        rng = np.random.default_rng([int(seed), 11])
+        targets = {int(i): heat_target(data.targets["lesions"][i], size) for i in split.train}
+        opt = torch.optim.Adam(net.stage1.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+        steps = -(-split.train.size * STAGE1_CROPS // recipe.batch_size)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs * steps)
+        best, best_state, best_epoch = -np.inf, None, -1
+        for epoch in range(recipe.epochs):
+            net.train()
+            order = np.repeat(split.train, STAGE1_CROPS)[rng.permutation(split.train.size * STAGE1_CROPS)]
+            total = 0.0
+            for start in range(0, order.size, recipe.batch_size):
+                b = order[start : start + recipe.batch_size]
+                crops = []
+                for i in b:
+                    o = _crop_origins(data.targets["lesions"][i], size, rng)
+                    sl = tuple(slice(int(v), int(v) + STAGE1_CROP) for v in o)
+                    crops.append(np.stack([data.x[i, 0][sl], targets[int(i)][sl]]))
+                xt = torch.from_numpy(np.stack(crops))
+                if augment is not None:
+                    xt = augment(xt, gen, max_shift=0)
+                loss = task.heatmap_loss(net.stage1(xt[:, :1]), xt[:, 1:])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.item() * b.size
+            net.eval()
+            c, p = detect(net, data.x[split.val])
+            score = froc(task.matches(c.astype(np.float64), p, data.targets["lesions"][split.val])).cpm
+            report(1, epoch, total / order.size, score)
+            if score > best or best_state is None:
+                best, best_state, best_epoch = score, copy.deepcopy(net.stage1.state_dict()), epoch + 1
+        net.stage1.load_state_dict(best_state)
+        stage1_epoch, stage1_cpm = best_epoch, best
+
+        net.eval()
+        px, py = _stage2_patches(net, bp, data, split.train, rng)
+        opt = torch.optim.Adam(net.stage2.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs * -(-py.size // recipe.batch_size))
+        best, best_state, best_epoch, best_metrics = -np.inf, None, -1, {}
+        for epoch in range(recipe.epochs):
+            net.stage2.train()
+            order = balanced_order(py, rng)
+            total = 0.0
+            for start in range(0, order.size, recipe.batch_size):
+                b = order[start : start + recipe.batch_size]
+                xb = torch.from_numpy(px[b])
+                if augment is not None:
+                    xb = augment(xb, gen)
+                loss = beta_loss(net.stage2(xb), torch.from_numpy(py[b]), min(1.0, epoch / STAGE2_KL_ANNEAL))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.item() * b.size
+            net.eval()
+            m = evaluate(bp, net, data, split.val)
+            report(2, epoch, total / order.size, task.score(m))
+            if task.score(m) > best or best_state is None:
+                best, best_state, best_epoch, best_metrics = task.score(m), copy.deepcopy(net.stage2.state_dict()), \
+                    epoch + 1, m
+        net.stage2.load_state_dict(best_state)
+        net.eval()
+    best_metrics = {**best_metrics, "stage1_cpm": stage1_cpm, "stage1_best_epoch": stage1_epoch,
+                    "stage2_patches": int(py.size), "stage2_positive_fraction": float(py.mean())}
+    return TrainResult(net, best_epoch, best_metrics, history)
+
+
+#: ``Blueprint.trainer`` -> training function (same signature).
+TRAINERS: dict[str, Callable[..., TrainResult]] = {"standard": train, "detector": train_detector}
