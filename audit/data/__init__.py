@@ -24,10 +24,12 @@ from audit.data.arrays import ArraySource
 from audit.data.manifest import ManifestSource
 from audit.metrics.detection import Lesions
 from models.phantoms.bodysite import bodysite_slices
+from models.phantoms.lesion_volumes import lesion_volumes
 from models.phantoms.nodules import nodule_cubes
 
-#: Phantom sets an audit can draw (``[data] phantom = ...``).
-PHANTOMS = ("nodules", "bodysite")
+#: Phantom sets an audit can draw (``[data] phantom = ...``): nodule cubes, body-site slices, and lung volumes with
+#: annotated nodules (``lesions``: the detection audit's data, with reference lesions).
+PHANTOMS = ("nodules", "bodysite", "lesions")
 
 
 class Source(Protocol):
@@ -95,7 +97,13 @@ def data_fingerprint(source: Any, *, lesions: bool) -> str:
 
 
 def phantom_source(kind: str, n: int, seed: int) -> ArraySource:
-    """``n`` phantom nodule cubes or body-site slices drawn with ``seed``."""
+    """``n`` phantom nodule cubes, body-site slices or lung volumes with their reference lesions, drawn with
+    ``seed``. Lesion volumes carry no label (-1): a detection audit judges them by their lesions."""
+    if kind == "lesions":
+        v = lesion_volumes(n, seed)
+        refs = [Lesions.of(les[:, :3], les[:, 3] / 2.0) for les in v.lesions]  # (z, y, x voxel, diameter mm)
+        return ArraySource(v.images, tuple(v.spacing), None, name=f"phantom lesion volumes (n={n}, seed={seed})",
+                           lesions=refs)
     if kind == "nodules":
         s = nodule_cubes(n, seed)
         return ArraySource(s.images, tuple(s.spacing), s.labels, name=f"phantom nodules (n={n}, seed={seed})",
