@@ -19,7 +19,7 @@ from audit.campaign.noise import NoiseSpec
 from audit.config import AttackConfig, AttackSpec
 from audit.data import open_source
 from audit.engines.threads import torch_threads_during
-from audit.errors import EngineError, InputError
+from audit.errors import ConfigError, EngineError, InputError
 from audit.io import write_json, write_text
 from audit.report.attacks import render_attack_page
 from models.build import load_checkpoint
@@ -105,7 +105,11 @@ def plan_attacks(spec: AttackSpec, model: AuditedModel, source: Any, *, module: 
     """The twin (``module`` or onnx2torch, parity-checked on the first 8 samples) and every attack of ``spec``,
     ready to run; the samples themselves are read only when it runs. Black-box attacks need no twin: none is
     built for them (an unconvertible graph can still be attacked), and an ensemble whose twin cannot be built
-    runs its black-box members only."""
+    runs its black-box members only. Detection models are refused in one line: every attack here judges a
+    per-image decision, and a detection flip is lesion-level (``audit.artifact.heads``)."""
+    if model.head.task == "detection":
+        raise ConfigError(f"attack: model '{model.name}' is a detection model; attacks judge per-image decisions, "
+                          "not lesion-level flips (its noise audit runs without [attack])")
     model.check_input(source)
     n = len(source) if spec.samples is None else min(spec.samples, len(source))
     cls = ATTACKS[spec.attack]

@@ -58,3 +58,16 @@ def test_audit_run_and_gate_a_detector_on_phantom_lesion_volumes(tmp_path, capsy
     assert math.isfinite(cpm) and sens["fp_rates_per_scan"][3] == 1.0
     assert main(["gate", report_path, "--policy", _policy(tmp_path / "s.toml", "froc_sensitivity",
                                                              sens["sensitivity_at"][3], "fp_rate = 1.0\n")]) == 0
+
+
+def test_attacks_on_a_detection_model_are_one_line_before_any_output(tmp_path, capsys):
+    """Every attack judges a per-image decision; a detection flip is lesion-level: refused before the campaign."""
+    model = detector(tmp_path / "det.onnx", spatial=(48, 48, 48))
+    config = tmp_path / "det.toml"
+    config.write_text(f'[[model]]\npath = "{model}"\nname = "det"\n\n[data]\nphantom = "lesions"\nn = 2\n\n'
+                      '[noise]\nlevels = [10]\ndraws = 2\n\n[attack]\nname = "square"\neps = 20.0\nqueries = 50\n')
+    out = tmp_path / "out"
+    assert main(["run", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model 'det' is a detection model" in err and len(err.splitlines()) == 1
+    assert not out.exists()

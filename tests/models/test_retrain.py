@@ -46,6 +46,7 @@ def test_adaptive_training_lowers_train_san_and_keeps_test_auc(quick_retrain):
     ('[retrain]\nepoch = 3', "retrain.epoch: unknown key"),
     ('[attack]\nname = "fgsm"', "attack.name: unknown attack 'fgsm'"),
     ('[model]\nname = "resnet"', "unknown model 'resnet'"),
+    ('[model]\nname = "detector3d"', "'detector3d' cannot be retrained here (a two-stage detector"),
 ])
 def test_bad_retrain_config_exits_2(tmp_path, capsys, body, match):
     cfg = tmp_path / "r.toml"
