@@ -46,7 +46,7 @@ def nps_check_figure(path: Path, *, f, target, measured, band, sample, spacing, 
     if np.any(band):
         ax_nps.axvspan(f[band].min(), f[band].max(), color="tab:blue", alpha=0.07, label="checked band")
     ax_nps.set_xlabel("spatial frequency (1/mm)")
-    ax_nps.set_ylabel("NPS (HU$^2$ mm$^2$)")
+    ax_nps.set_ylabel("NPS (HU² mm²)")
     ax_nps.set_xlim(0, min(f.max(), 0.5 / min(spacing)))  # full rings end at Nyquist
     ax_nps.grid(alpha=0.3)
     ax_nps.legend()
@@ -369,8 +369,8 @@ def exceedance_curves(model: dict, unit: str) -> Drawn:
     else:
         ax.set_xlim(0, 1)
     scale = _rate_axis(ax, values, 1.0 / blocks[0]["N"], what="fractions")
-    ax.set_xlabel("s (threshold on SAR$_i$)")
-    ax.set_ylabel("fraction of samples with SAR$_i$ > s")
+    ax.set_xlabel("s (threshold on SARᵢ)")
+    ax.set_ylabel("fraction of samples with SARᵢ > s")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(f"{model['name']}: SAR exceedance", fontsize=10)
@@ -671,7 +671,7 @@ def nps_used(f, curves: dict, title: str) -> bytes:
         ax.set_ylim(low / 1.5, peak * 2.0)
     ax.set_xlim(0, None)
     ax.set_xlabel("spatial frequency (1/mm)")
-    ax.set_ylabel("NPS (HU$^2$ mm$^2$), log scale")
+    ax.set_ylabel("NPS (HU² mm²), log scale")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     ax.set_title(title + " (y: log; zero values not drawn)", fontsize=10)
