@@ -48,8 +48,8 @@ import onnx
 
 from audit.artifact import AuditedModel, ModelEntry, open_artifact
 from audit.campaign import records
-from audit.campaign.run import CampaignStats, plan, run_campaign
-from audit.data import open_source
+from audit.campaign.run import CampaignStats, needs_lesions, plan, run_campaign
+from audit.data import lesions_of, open_source
 from audit.engines import backend
 from audit.errors import ConfigError, InputError
 from audit.io import remove_stale_temps
@@ -115,6 +115,7 @@ class BlockSource:
     first: int
     images: np.ndarray
     ids: list[str] = field(default_factory=list)
+    lesions: list | None = None  # the reference lesions of every sample, shipped for detection models (small)
 
     def __len__(self) -> int:
         return self.n
@@ -320,7 +321,8 @@ def run_on_ray(config: Any, out: Path, *, address: str = "auto", actors: int | N
     labels = getattr(source, "labels", None)
     meta = ray.put({"name": source.name, "spacing": tuple(source.spacing), "class_names": tuple(source.class_names),
                     "labels": None if labels is None else np.asarray(labels), "shape": tuple(source.shape),
-                    "n": len(source)})
+                    "n": len(source),
+                    "lesions": lesions_of(source) if needs_lesions(models) else None})
     strategy = optional_import("ray.util.scheduling_strategies").NodeAffinitySchedulingStrategy
     task = ray.remote(max_retries=0)(run_block)
     usable = {n["node"]: n for n in nodes}

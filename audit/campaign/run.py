@@ -237,7 +237,7 @@ def fingerprint(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, o
     desc = {"models": [{"name": m.name, "sha256": m.engine.describe().get("sha256", m.engine.source),
                         "head": m.head.to_dict(), "preprocess": list(m.preprocess.window) + [m.preprocess.clip]} for m in models],
             "noise": noise.to_dict(), "shard_samples": options.shard_samples,
-            "data": data_fingerprint(source, lesions=any(m.head.task == "detection" for m in models))}
+            "data": data_fingerprint(source, lesions=needs_lesions(models))}
     if options.draw_step(noise.draws) < noise.draws:
         desc["shard_draws"] = options.draw_step(noise.draws)
     space = campaign_namespace(models)[0].__name__
@@ -527,7 +527,7 @@ class Consumer:
         self.sink = sink
         self.clean: dict[str, Decisions] = {}
         # detection heads' reference lesions, one per sample (None: none); read only when a detection model needs them
-        self.lesions = lesions_of(source) if any(m.head.task == "detection" for m in models) else None
+        self.lesions = lesions_of(source) if needs_lesions(models) else None
         self.acc: dict[str, dict[str, list]] = {}
         self.idx = np.empty(0, np.int64)
         self.first = 0
@@ -602,6 +602,11 @@ class Consumer:
 def _joined(parts: list) -> Any:
     """One shard column from its batches: arrays concatenated, list columns (one array per record) chained."""
     return [x for part in parts for x in part] if isinstance(parts[0], list) else np.concatenate(parts)
+
+
+def needs_lesions(models: Sequence[AuditedModel]) -> bool:
+    """Whether the campaign's records depend on the data's reference lesions (a detection model is among them)."""
+    return any(m.head.task == "detection" for m in models)
 
 
 def check_lesions(models: Sequence[AuditedModel], source: Any) -> None:

@@ -153,3 +153,18 @@ def test_a_model_with_external_data_is_refused_before_any_work(local_ray, config
     with pytest.raises(InputError, match="external-data"):
         run_on_ray(dataclasses.replace(config, models=(entry,)), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_detection_on_ray_matches_single_process(local_ray, tmp_path):
+    """A detection model's tasks get the samples' reference lesions with their block: same records and report."""
+    from tests.audit.test_detection_audit import detector
+
+    model = detector(tmp_path / "det.onnx", spatial=(48, 48, 48))
+    path = tmp_path / "det.toml"
+    path.write_text(f'[[model]]\npath = "{model}"\nname = "det"\n\n[data]\nphantom = "lesions"\nn = 3\nseed = 3\n\n'
+                    '[noise]\nlevels = [10]\ndraws = 2\n\n[run]\nshard_samples = 2\n')
+    config = load_config(path)
+    single = run_config(config, tmp_path / "single", progress=False)
+    on_ray = run_config(config, tmp_path / "ray", ray="auto")
+    assert _numbers(on_ray) == _numbers(single)
+    assert single["models"][0]["levels"][0]["detection"]["scan_replicates"] == 6
