@@ -26,6 +26,17 @@ query the deployed engine only (``Target.model``), so they also run on a
 a TensorRT or INT8 engine. Without a twin the "twin" rate is the attack's own
 view from its engine queries (``Candidates.twin_flips``); with one, the twin
 judges their candidates as it judges the gradient attacks'.
+
+A model whose head names an out-of-distribution score (``ood_output``, study 4)
+gets that score from the deployed engine on the clean inputs and on every
+candidate (``AttackResult.clean_ood`` / ``adv_ood``); ``AttackResult.ood``
+gives the detector's AUROC of clean against attacked inputs, per attack, by the
+rule of the per-dose OOD block (``audit.metrics.ood.sample_ood_auroc``: pairs of
+different samples only, cluster bootstrap over samples), and ``summary`` holds
+it under ``ood``. No attack objective targets the OOD score yet (e.g. flip the
+class while keeping the score low): the objectives (``audit.attacks.objectives``)
+read the head's output only, so these AUROCs are those of attacks blind to the
+detector.
 """
 
 from __future__ import annotations
@@ -43,7 +54,15 @@ from audit.attacks.logits import expose_logit
 from audit.attacks.twin import Twin, torch_twin
 from audit.errors import ConfigError, EngineError, InputError
 from audit.io import progress_bar
+from audit.metrics.ood import sample_ood_auroc
 
+#: What the OOD block compares (``AttackResult.ood``): its in-distribution and OOD sides, and the score's unit.
+OOD_DEFINITIONS = {
+    "in_distribution": "clean inputs: one OOD score per attacked sample (deployed engine)",
+    "ood": "the attack's candidates: K per sample, every candidate the deployed engine judged, successful or not",
+    "positive": "attacked (higher score = OOD)",
+    "score_unit": "the head's ood_output as the deployed engine gives it (higher = more OOD); AUROC is a probability",
+}
 #: Default valid HU range: air to the top of a 12-bit scanner range.
 HU_RANGE = (-1024.0, 3071.0)
 SPACES = ("hu", "input")
@@ -261,6 +280,9 @@ class AttackResult:
     cases as (index, k, clean model input, attacked model input);
     ``adv_inputs`` (N, C, ...) the model input of the candidate ``adv_labels``
     describes, when ``run_attack`` was asked for them (retraining adds them).
+    ``clean_ood`` (N,) and ``adv_ood`` (N, K) float32: the deployed engine's OOD
+    score (the head's ``ood_output``) on the clean input and on every candidate;
+    None when the head names none.
     """
 
     attack: dict[str, Any]
@@ -278,6 +300,8 @@ class AttackResult:
     notes: dict[str, Any] = field(default_factory=dict)
     examples: list[tuple[int, int, np.ndarray, np.ndarray]] = field(default_factory=list)
     adv_inputs: np.ndarray | None = None
+    clean_ood: np.ndarray | None = None
+    adv_ood: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -307,7 +331,32 @@ class AttackResult:
                 out["verdict"] += "; the model's output does not depend on its input (zero gradient everywhere)"
         else:
             out["verdict"] = f"{out['san']} of {self.n} samples flipped on the deployed model"
+        ood = self.ood()
+        if ood is not None:
+            out["ood"] = ood
         return out
+
+    def ood(self, confidence: float = 0.95) -> dict[str, Any] | None:
+        """The OOD detector on this attack (module notes): AUROC of the clean inputs' scores against all K
+        candidates of each sample, with its 95% cluster-bootstrap interval over samples (2000 resamples, seed 0),
+        ``paired`` (the mean over samples of P(a candidate > its own clean score)), the mean scores, and the same
+        AUROC over the successful candidates only (``successful``: the inputs that flipped the deployed model);
+        None when the model has no OOD output."""
+        if self.clean_ood is None or self.adv_ood is None:
+            return None
+        clean, adv = np.asarray(self.clean_ood, np.float64), np.asarray(self.adv_ood, np.float64)
+        out: dict[str, Any] = {}
+        for key, keep in (("all", None), ("successful", self.deployed_flips)):
+            a, non_finite = sample_ood_auroc(clean, adv, confidence, keep=keep)
+            kept = adv if keep is None else adv[keep]
+            part = {"auroc": None, "ci": [None, None]} if a is None else a.to_dict()
+            part.update(non_finite=non_finite, mean_clean=_finite_mean(clean), mean_attacked=_finite_mean(kept))
+            if a is None:
+                part["note"] = ("no successful candidate" if key == "successful" and not kept.size
+                                else "no finite OOD score on one side: the AUROC is undefined")
+            out[key] = part
+        out["successful"]["ood"] = "successful candidates only (a success on the deployed model, as the SAN counts it)"
+        return {**out.pop("all"), **OOD_DEFINITIONS, **out}
 
 
 def run_attack(attack: Attack, model: AuditedModel, hu: np.ndarray, *, seed: int = 0, batch_size: int = 16,
@@ -330,7 +379,8 @@ def run_attack(attack: Attack, model: AuditedModel, hu: np.ndarray, *, seed: int
     n = len(hu)
     ids = list(ids) if ids is not None else [str(i) for i in range(n)]
     head = model.head
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("tf", "df", "cl", "al", "cs", "as", "li", "l2", "x")}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("tf", "df", "cl", "al", "cs", "as", "li", "l2", "x", "co",
+                                                          "ao")}
     examples: list[tuple[int, int, np.ndarray, np.ndarray]] = []
     notes: dict[str, list[float]] = {}
     t0 = time.perf_counter()
@@ -357,6 +407,7 @@ def run_attack(attack: Attack, model: AuditedModel, hu: np.ndarray, *, seed: int
         kk = v.shape[1]
         tf = np.zeros((len(chunk), kk), bool)
         df = np.zeros((len(chunk), kk), bool)
+        adv_ood = None if d_clean.ood is None else np.full((len(chunk), kk), np.nan, np.float32)
         # What the table calls "clean": the decision a success is judged against (for an attack that starts from
         # a reference, e.g. the false-positive attack's uniform-noise patch, that start; not the real image).
         base = d_ref if cands.reference is not None and cands.mode == "flip" else d_clean
@@ -375,6 +426,8 @@ def run_attack(attack: Attack, model: AuditedModel, hu: np.ndarray, *, seed: int
             tf[:, k] = (cands.twin_flips[:, k] if twin_known
                         else success(head, cands.mode, t_clean, t_ref, attack.target.decide(x_adv)))
             df[:, k] = success(head, cands.mode, d_clean, d_ref, d_adv)
+            if adv_ood is not None:
+                adv_ood[:, k] = d_adv.ood
             new = df[:, k] & (first < 0)
             first[new] = k
             take = new | ((k == 0) & ~df[:, k])
@@ -386,7 +439,7 @@ def run_attack(attack: Attack, model: AuditedModel, hu: np.ndarray, *, seed: int
                 if len(examples) < keep:
                     examples.append((start + int(i), k, x_clean_t[i].numpy().copy(), x_adv[i].numpy().copy()))
         for key, val in (("tf", tf), ("df", df), ("cl", base.labels), ("al", adv_labels), ("cs", base.scores),
-                         ("as", adv_scores), ("li", li), ("l2", l2), ("x", adv_x)):
+                         ("as", adv_scores), ("li", li), ("l2", l2), ("x", adv_x), ("co", d_clean.ood), ("ao", adv_ood)):
             if val is not None:
                 parts[key].append(np.asarray(val))
         if bar is not None:
@@ -396,7 +449,12 @@ def run_attack(attack: Attack, model: AuditedModel, hu: np.ndarray, *, seed: int
     cat = {k: np.concatenate(v) if v else None for k, v in parts.items()}
     return AttackResult(attack.describe(), ids, cat["tf"], cat["df"], cat["cl"], cat["al"], cat["cs"], cat["as"],
                         cat["li"], cat["l2"], time.perf_counter() - t0, int(seed),
-                        {k: sum(v) / n for k, v in notes.items()}, examples, cat["x"])
+                        {k: sum(v) / n for k, v in notes.items()}, examples, cat["x"], cat["co"], cat["ao"])
+
+
+def _finite_mean(v: np.ndarray) -> float | None:
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else None
 
 
 def success(head: Head, mode: str, clean: Decisions, ref: Decisions, adv: Decisions) -> np.ndarray:

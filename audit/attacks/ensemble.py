@@ -8,7 +8,8 @@ each keeps its own rate), its candidates are columns of one candidate set, and
 deployed success rate is the per-sample worst case (a sample succeeds if any
 member's candidate flips it), and ``extra_report`` gives the robust rate (1 -
 that) beside each member's own success and robust rates (and its own extras,
-e.g. queries per success).
+e.g. queries per success; and, for a model with an OOD output, the OOD
+detector's AUROC on that member's candidates, ``AttackResult.ood``).
 
 Members (``attacks``): the flip attacks ``pgd``, ``nps_ascent`` (white-box, on
 the torch twin) and ``square``, ``nps_search``, ``hopskipjump`` (black-box, the
@@ -148,13 +149,17 @@ class Ensemble(Attack):
         for n, a, b in self.columns:
             sub = replace(result, attack=attacks[n].describe(), torch_flips=result.torch_flips[:, a:b],
                           deployed_flips=result.deployed_flips[:, a:b], linf=result.linf[:, a:b],
-                          l2=result.l2[:, a:b], examples=[], adv_inputs=None)
+                          l2=result.l2[:, a:b], examples=[], adv_inputs=None,
+                          adv_ood=None if result.adv_ood is None else result.adv_ood[:, a:b])
             own = sub.deployed_flips.any(axis=1)
             row = {"name": n, "columns": [a, b], "deployed_success_rate": float(own.mean()),
                    "torch_success_rate": float(sub.torch_flips.any(axis=1).mean()),
                    "robust_rate": float(1.0 - own.mean()), "max_linf": float(sub.linf.max(initial=0.0)),
                    "max_l2": float(sub.l2.max(initial=0.0)),
                    "only_this_member": int((own & ~np.delete(result.deployed_flips, np.s_[a:b], axis=1).any(axis=1)).sum())}
+            ood = sub.ood()  # the OOD detector on this member's candidates (None: the model has no OOD output)
+            if ood is not None:
+                row["ood"] = ood
             member_extra = getattr(attacks[n], "extra_report", None)
             if member_extra is not None:
                 row["extra"] = member_extra(sub, source)

@@ -158,3 +158,33 @@ def ood_auroc(scores_in, scores_ood, clusters_in, clusters_ood, confidence: floa
     lo, hi = np.quantile(valid, [alpha / 2, 1 - alpha / 2]) if valid.size else (np.nan, np.nan)
     return OodAuroc(point, float(lo), float(hi), conf, int(s_in.size), int(s_ood.size), int(n_c), int(n_boot),
                     int(valid.size), int(seed) if isinstance(seed, (int, np.integer)) else None, paired)
+
+
+def sample_ood_auroc(clean, perturbed, confidence: float = 0.95, *, keep=None, n_boot: int = 2000,
+                     seed: int | np.random.Generator = 0) -> tuple[OodAuroc | None, dict[str, int]]:
+    """``ood_auroc`` of N samples' clean scores against their perturbed ones, the sample as cluster.
+
+    ``clean`` (N,): one in-distribution score per sample; ``perturbed`` (N, K): K perturbed inputs of each sample
+    (noise draws at a dose, an attack's candidates); sample i's clean score and its K perturbed scores form
+    cluster i, so only pairs of *different* samples count (module notes). ``keep`` (N, K) bool, optional: the
+    perturbed inputs that count (e.g. an attack's successful candidates; default all). Non-finite scores (a
+    detector failing on an input) are left out and counted. Returns (the AUROC, or None when a side has no finite
+    score left; ``{"clean": n, "perturbed": n}`` the non-finite scores left out, of those kept).
+    """
+    s_in = np.asarray(clean, np.float64).reshape(-1)
+    s_ood = np.asarray(perturbed, np.float64)
+    if s_ood.ndim != 2 or s_ood.shape[0] != s_in.size:
+        raise InputError(f"perturbed: expected (N, K) scores with N = {s_in.size} (one row per clean score), got "
+                         f"shape {s_ood.shape}")
+    n, k = s_ood.shape
+    mask = np.ones((n, k), bool) if keep is None else np.asarray(keep, bool)
+    if mask.shape != (n, k):
+        raise InputError(f"keep: expected a ({n}, {k}) boolean mask like the perturbed scores, got shape {mask.shape}")
+    c_in, c_ood = np.arange(n), np.repeat(np.arange(n), k)[mask.reshape(-1)]
+    s_ood = s_ood.reshape(-1)[mask.reshape(-1)]
+    ok_in, ok_ood = np.isfinite(s_in), np.isfinite(s_ood)
+    non_finite = {"clean": int(np.count_nonzero(~ok_in)), "perturbed": int(np.count_nonzero(~ok_ood))}
+    if not ok_in.any() or not ok_ood.any():
+        return None, non_finite
+    return (ood_auroc(s_in[ok_in], s_ood[ok_ood], c_in[ok_in], c_ood[ok_ood], confidence, n_boot=n_boot, seed=seed),
+            non_finite)

@@ -161,12 +161,53 @@ def render_attack_html(block: dict[str, Any], *, max_rows: int = 20, heading: st
                    + "</p><div class='tw'><table><tr><th class=l>member</th><th>success rate (deployed)</th>"
                    "<th>robust rate</th><th>samples only this member flipped</th>"
                    "<th>queries per success: mean / median (queries)</th></tr>" + rows + "</table></div>")
+    out.append(render_ood(block))
     out.append(render_reference(block.get("reference")))
     for ex in block.get("explanations", []):
         out.append(f'<figure><img alt="{html.escape(ex["caption"])}" src="data:image/png;base64,{ex["png"]}"/>'
                    f"<figcaption>{html.escape(ex['caption'])}</figcaption></figure>")
     out.append("</section>")
     return "\n".join(out)
+
+
+#: What the OOD table of an attack block shows (``audit.attacks.base.AttackResult.ood``), in words.
+OOD_NOTE = ("AUROC = P(OOD score of an attacked input &gt; OOD score of the clean input of <em>another</em> sample), "
+            "ties 1/2: 0.5 means the detector cannot tell this attack's inputs from clean ones, 1 that it flags every "
+            "one. Clean: one score per attacked sample; attacked: every candidate the deployed engine judged (K per "
+            "sample), or only the successful ones (those the SAN counts). A candidate is not compared with its own "
+            "sample's clean score (they share the image); that comparison is the 'own image' column, the mean over "
+            "samples of P(candidate &gt; its own clean score). 95% CI: cluster bootstrap over samples (a sample's "
+            "clean score and its candidates resampled together, 2000 resamples). Units: AUROC and 'own image' are "
+            "probabilities; the mean scores are in the units of the head's OOD output (higher = more OOD). "
+            "Non-finite scores are left out and counted. The attack's objective does not target the OOD score.")
+
+
+def render_ood(block: dict[str, Any]) -> str:
+    """The OOD detector on one attack: AUROC of clean against attacked inputs (all candidates, the successful ones,
+    each ensemble member's), with intervals, counts and mean scores; empty when the model has no OOD output."""
+    o = (block.get("summary") or {}).get("ood")
+    if not o:
+        return ""
+    members = [(f"member {m['name']}: all its candidates", m["ood"])
+               for m in (block.get("extra") or {}).get("members") or [] if m.get("ood")]
+    def cell(v: Any) -> str:
+        return "-" if v is None else _fmt(v)
+
+    rows = []
+    for label, d in [("all candidates", o), ("successful candidates", o.get("successful") or {}), *members]:
+        ci = d.get("ci") or [None, None]
+        auroc = "-" if d.get("auroc") is None else (f"{_fmt(float(d['auroc']))} <span class='ci'>[{cell(ci[0])}, "
+                                                     f"{cell(ci[1])}]</span>")
+        rows.append("<tr>" + "".join(f"<td{' class=l' if i == 0 else ''}>{c}</td>" for i, c in enumerate((
+            html.escape(label), auroc, cell(d.get("paired")), cell(d.get("n_in")), cell(d.get("n_ood")),
+            cell(d.get("n_clusters")), f"{cell(d.get('mean_clean'))} / {cell(d.get('mean_attacked'))}",
+            sum((d.get("non_finite") or {}).values()), html.escape(str(d.get("note", "")))))) + "</tr>")
+    head = ("attacked inputs", "AUROC [95% CI]", "own image", "clean inputs (n)", "attacked inputs (n)",
+            "samples (clusters)", "mean OOD score: clean / attacked", "non-finite", "note")
+    return ("<div class='ood'><h4>Out-of-distribution score: clean vs attacked</h4>"
+            f"<p class='small'>{OOD_NOTE}</p><div class='tw'><table class='ood'><tr>"
+            + "".join(f"<th{' class=l' if i == 0 else ''}>{html.escape(h)}</th>" for i, h in enumerate(head)) + "</tr>"
+            + "".join(rows) + "</table></div></div>")
 
 
 def render_reference(ref: dict[str, Any] | None, *, max_rows: int = 20) -> str:

@@ -86,7 +86,7 @@ from audit.metrics.detection import (
     lesion_sar,
 )
 from audit.metrics.dose_response import fit_critical_dose
-from audit.metrics.ood import ood_auroc
+from audit.metrics.ood import sample_ood_auroc
 from kernels import grid_variance
 
 SCHEMA = "audit-report/1"
@@ -376,22 +376,16 @@ def detection_block(model: Audited, clean: records.CleanRecords, rec: records.Le
 
 def ood_block(clean: records.CleanRecords, rec: records.LevelRecords, *, confidence: float = 0.95) -> dict[str, Any] | None:
     """AUROC of the OOD score, clean (in-distribution) against this level's draws (OOD), cluster bootstrap over
-    samples; None when the records carry no OOD score."""
+    samples (``audit.metrics.ood.sample_ood_auroc``); None when the records carry no OOD score."""
     s_in, s_ood = getattr(clean, "ood_score", None), getattr(rec, "ood_score", None)
     if s_in is None or s_ood is None:
         return None
-    s_in, s_ood = np.asarray(s_in, np.float64).reshape(-1), np.asarray(s_ood, np.float64)
-    n, k = s_ood.shape
-    c_in, c_ood = np.arange(n), np.repeat(np.arange(n), k)
-    s_ood = s_ood.reshape(-1)
-    ok_in, ok_ood = np.isfinite(s_in), np.isfinite(s_ood)
+    a, non_finite = sample_ood_auroc(s_in, s_ood, confidence, n_boot=OOD_BOOT, seed=BOOT_SEED)
     info = {"in_distribution": "clean scans (one score per sample)", "ood": "perturbed draws at this level (K per sample)",
-            "positive": "perturbed (higher score = OOD)",
-            "non_finite": {"clean": int(np.count_nonzero(~ok_in)), "perturbed": int(np.count_nonzero(~ok_ood))}}
-    if not ok_in.any() or not ok_ood.any():
+            "positive": "perturbed (higher score = OOD)", "non_finite": non_finite}
+    if a is None:
         return plain({"auroc": None, "ci": [None, None], **info,
                       "note": "no finite OOD score on one side: the AUROC is undefined"})
-    a = ood_auroc(s_in[ok_in], s_ood[ok_ood], c_in[ok_in], c_ood[ok_ood], confidence, n_boot=OOD_BOOT, seed=BOOT_SEED)
     return plain({**a.to_dict(), **info})
 
 
