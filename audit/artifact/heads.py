@@ -62,8 +62,9 @@ from audit.engines.base import pick_output
 from audit.errors import ConfigError, InputError
 from audit.metrics import batch_dice, segmentation_flips
 from audit.metrics.contours import CONTOUR_COLUMNS
-from audit.metrics.detection import (NEW_FP_RADIUS_MM, Candidates, Lesions, candidates_from_boxes,
-                                     candidates_from_points, heatmap_peaks, lesion_flips, match_candidates)
+from audit.metrics.detection import (NEW_FP_RADIUS_MM, Candidates, CleanReference, Lesions, candidates_from_boxes,
+                                     candidates_from_points, clean_reference, heatmap_peaks, lesion_flips,
+                                     match_candidates)
 from kernels._xp import array_namespace
 
 TASKS = ("binary", "multiclass", "rating", "regression", "segmentation", "detection")
@@ -308,9 +309,17 @@ class Head:
         sp = self._match_args(spacing, lesions, n)
         counts = {c: np.zeros(n, np.int32) for c in DETECTION_COLUMNS[:3]}  # missed, gained, new_fp
         lists: dict[str, list] = {c: [] for c in DETECTION_COLUMNS[3:]}  # the per-candidate and per-lesion lists
+        # The clean output matched once per sample, not per draw: the campaign's rows are a sample's draws in a run,
+        # sharing its clean Candidates and Lesions objects (keyed by identity; both stay alive during this call).
+        refs: dict[tuple[int, int], CleanReference] = {}
         for i in range(n):
             les, cand = lesions[i], noisy.candidates[i]
-            f = lesion_flips(clean.candidates[i], [cand], les, sp, threshold=self.threshold,
+            key = (id(clean.candidates[i]), id(les))
+            ref = refs.get(key)
+            if ref is None:
+                ref = refs[key] = clean_reference(clean.candidates[i], les, sp, threshold=self.threshold,
+                                                  min_radius_mm=self.min_radius_mm)
+            f = lesion_flips(ref, [cand], les, sp, threshold=self.threshold,
                              min_radius_mm=self.min_radius_mm, fp_radius_mm=self.fp_radius_mm)
             m = match_candidates(cand, les, sp, min_radius_mm=self.min_radius_mm)
             counts["missed"][i], counts["gained"][i] = f.missed[0].sum(), f.gained[0].sum()

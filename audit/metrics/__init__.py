@@ -81,8 +81,11 @@ from audit.metrics.intervals import (
     POOLED_METHODS,
     binomial_interval,
     bootstrap_interval,
+    ClusterRate,
     clopper_pearson_interval,
+    cluster_design_effect,
     cluster_exact_interval,
+    cluster_rate_interval,
     cluster_wilson_interval,
     design_effect,
     effective_draws,
@@ -91,7 +94,7 @@ from audit.metrics.intervals import (
     pooled_rate_interval,
     wilson_interval,
 )
-from audit.metrics.ood import OodAuroc, ood_auroc
+from audit.metrics.ood import OodAuroc, ood_auroc, sample_ood_auroc
 from audit.metrics.paired import (
     PAIRED_METHODS,
     NonInferiorityTest,
@@ -147,6 +150,10 @@ __all__ = [
     "delong_not_computable",
     "delong_test",
     "design_effect",
+    "ClusterRate",
+    "cluster_design_effect",
+    "cluster_rate_interval",
+    "sample_ood_auroc",
     "dice",
     "effective_draws",
     "exact_lower_bound",

@@ -53,10 +53,11 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from scipy import ndimage, spatial, special, stats
+from scipy import ndimage, spatial
 
 from audit.errors import InputError
 from audit.metrics import _checks
+from audit.metrics.intervals import cluster_rate_interval
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 """The FP-per-scan rates of the CPM (LUNA16)."""
@@ -617,9 +618,11 @@ def lesion_sar(lesion_changed: Sequence[np.ndarray], lesion_excluded: Sequence[n
     trial). At p = 0 or 1 the estimate says nothing about the clustering (no variance to measure), and flips are
     clustered by scan (one fragile scan flips many of its lesion-draws, the rest none), so the design effect is the
     conservative max m_i: n_eff is about the number of samples, not of lesion-draws (with deff 1, N = 10 scans and
-    K = 20 the p = 0 upper bound was ~3.84 / M and covered a rare fragile scan 35% of the time). Wilson's interval on n_eff = M / deff, times (z / t_{N-1})^2 for N >= 2
-    (Korn & Graubard), the same as ``audit.metrics.intervals.cluster_wilson_interval``, to which it reduces when
-    every sample has the same number of lesions. NaN without an included lesion.
+    K = 20 the p = 0 upper bound was ~3.84 / M and covered a rare fragile scan 35% of the time). Wilson's interval
+    on n_eff = M / deff, times (z / t_{N-1})^2 for N >= 2 (Korn & Graubard). The design effect and the interval are
+    ``audit.metrics.intervals.cluster_design_effect`` and ``cluster_rate_interval`` (one home with the per-class
+    SAR's), which reduce to ``cluster_wilson_interval`` when every sample has the same number of lesions. NaN
+    without an included lesion.
     """
     conf = _checks.confidence(confidence)
     if len(lesion_changed) != len(lesion_excluded):
@@ -637,26 +640,11 @@ def lesion_sar(lesion_changed: Sequence[np.ndarray], lesion_excluded: Sequence[n
             x.append(int(np.count_nonzero(c[:, ~e])))
             m.append(k * int(np.count_nonzero(~e)))
     k = int(k or 0)
-    xs, ms = np.array(x, np.float64), np.array(m, np.float64)
-    n, total = xs.size, float(ms.sum())
-    if n == 0:
+    if not x:
         return LesionSar(np.nan, np.nan, np.nan, conf, 0, 0, k, 0, np.nan, np.nan)
-    p = float(xs.sum() / total)
-    if p in (0.0, 1.0) or n == 1:
-        deff = float(ms.max())  # N = 1: ms.max() = m_1
-    else:
-        var_cluster = n / (n - 1) * float(np.sum((xs - p * ms) ** 2)) / total ** 2
-        deff = float(np.clip(var_cluster / (p * (1.0 - p) / total), 1.0, ms.max()))
-    z = float(special.ndtri(0.5 + conf / 2.0))
-    n_eff = total / deff
-    if n >= 2:
-        n_eff *= (z / float(stats.t.ppf(0.5 + conf / 2.0, n - 1))) ** 2
-    denom = 1.0 + z * z / n_eff
-    centre = (p + z * z / (2.0 * n_eff)) / denom
-    half = z / denom * np.sqrt(p * (1.0 - p) / n_eff + z * z / (4.0 * n_eff * n_eff))
-    lo = 0.0 if p == 0.0 else float(np.clip(centre - half, 0.0, 1.0))
-    hi = 1.0 if p == 1.0 else float(np.clip(centre + half, 0.0, 1.0))
-    return LesionSar(p, lo, hi, conf, n, int(total // k) if k else 0, k, int(xs.sum()), deff, float(n_eff))
+    r = cluster_rate_interval(np.array(x, np.int64), np.array(m, np.int64), conf)
+    total = sum(m)
+    return LesionSar(r.rate, r.low, r.high, conf, len(x), int(total // k) if k else 0, k, int(sum(x)), r.deff, r.n_eff)
 
 
 # --- lesion-level flips ------------------------------------------------------------------------------
@@ -682,14 +670,40 @@ class LesionFlips:
     threshold: float
 
 
-def lesion_flips(clean: Candidates, noisy: Sequence[Candidates], lesions: Lesions, spacing, *, threshold: float,
-                 min_radius_mm: float = 0.0, fp_radius_mm: float = NEW_FP_RADIUS_MM) -> LesionFlips:
+@dataclass(frozen=True)
+class CleanReference:
+    """The clean side of ``lesion_flips`` for one scan, computed once and reused for each of its draws.
+
+    ``found`` (L,): lesions found by the clean candidates at ``threshold``; ``fp_mm`` (F, 3): the clean false
+    positives at the threshold, in mm. Built by ``clean_reference`` for one set of lesions, spacing and
+    ``min_radius_mm``; ``lesion_flips`` checks the threshold, the lesion count and ``min_radius_mm``.
+    """
+
+    found: np.ndarray
+    fp_mm: np.ndarray
+    threshold: float
+    min_radius_mm: float
+
+
+def clean_reference(clean: Candidates, lesions: Lesions, spacing, *, threshold: float,
+                    min_radius_mm: float = 0.0) -> CleanReference:
+    """The clean candidates at ``threshold`` matched to ``lesions`` once: what each noisy draw is compared with."""
+    sp = _spacing(spacing)
+    c_kept = clean.above(threshold)
+    c_match = match_candidates(c_kept, lesions, sp, min_radius_mm=min_radius_mm)
+    return CleanReference(c_match.lesion_found, c_kept.centres[c_match.role == FALSE_POSITIVE] * sp,
+                          float(threshold), float(min_radius_mm))
+
+
+def lesion_flips(clean: Candidates | CleanReference, noisy: Sequence[Candidates], lesions: Lesions, spacing, *,
+                 threshold: float, min_radius_mm: float = 0.0, fp_radius_mm: float = NEW_FP_RADIUS_MM) -> LesionFlips:
     """Which lesions a noisy draw loses or gains, and which false positives it adds, versus the clean output.
 
     Only candidates with ``score >= threshold`` count (the deployed operating point: a flip is a change of what
     a reader would be shown). Lesions are the reference lesions; to audit without a reference, pass the clean
     detections as lesions (radius ``fp_radius_mm``). A noisy false positive is new when no clean false positive
-    lies within ``fp_radius_mm`` (default ``NEW_FP_RADIUS_MM``) of it.
+    lies within ``fp_radius_mm`` (default ``NEW_FP_RADIUS_MM``) of it. ``clean``: the clean candidates, or their
+    ``clean_reference`` (the same result; the campaign matches a sample's clean output once for all its draws).
     """
     if len(noisy) == 0:
         raise InputError("noisy: expected at least one noisy draw (K >= 1)")
@@ -697,9 +711,16 @@ def lesion_flips(clean: Candidates, noisy: Sequence[Candidates], lesions: Lesion
     rad = float(fp_radius_mm)
     if not (np.isfinite(rad) and rad >= 0):
         raise InputError(f"fp_radius_mm: expected a distance >= 0 in mm, got {fp_radius_mm!r}")
-    c_kept = clean.above(threshold)
-    c_match = match_candidates(c_kept, lesions, sp, min_radius_mm=min_radius_mm)
-    c_fp = c_kept.centres[c_match.role == FALSE_POSITIVE] * sp
+    if isinstance(clean, CleanReference):
+        if (clean.threshold != threshold or clean.min_radius_mm != min_radius_mm
+                or clean.found.shape[0] != lesions.centres.shape[0]):
+            raise InputError(f"clean: a clean reference made at threshold {clean.threshold:g}, min_radius_mm "
+                             f"{clean.min_radius_mm:g} for {clean.found.shape[0]} lesions; this call has "
+                             f"{threshold!r}, {min_radius_mm!r} and {lesions.centres.shape[0]}")
+        ref = clean
+    else:
+        ref = clean_reference(clean, lesions, sp, threshold=threshold, min_radius_mm=min_radius_mm)
+    c_fp = ref.fp_mm
     found, new_fp = [], []
     for cand in noisy:
         kept = cand.above(threshold)
@@ -712,7 +733,7 @@ def lesion_flips(clean: Candidates, noisy: Sequence[Candidates], lesions: Lesion
             d2 = np.sum((fp[:, None, :] - c_fp[None, :, :]) ** 2, axis=2)
             new_fp.append(int(np.count_nonzero(~np.any(d2 < rad * rad, axis=1))))
     nf = np.array(found, dtype=bool).reshape(len(noisy), -1)
-    cf = c_match.lesion_found
+    cf = ref.found
     changed = nf != cf[None, :]
     sar = np.where(lesions.excluded, np.nan, changed.mean(axis=0))
     nfp = np.array(new_fp, dtype=np.int64)

@@ -9,7 +9,10 @@ independent then gives intervals that are far too narrow, so pooled rates get
 a cluster-aware interval: a design-effect-corrected Wilson interval (default,
 deterministic), a design-effect-corrected Clopper-Pearson interval
 (``cluster_exact_interval``, for rates near zero and for decisions), or a
-bootstrap over samples (seeded).
+bootstrap over samples (seeded). The design effect has one home,
+``cluster_design_effect`` (clusters of any size: the lesion SAR's too); where
+the data cannot show the clustering (no flip at all, or only flips) it takes
+the worst case, so the effective sample size is the number of samples.
 
 Near zero, Wilson is anti-conservative on the lower side: it inverts a normal
 approximation of a binomial whose mean n p is then below a few counts and
@@ -25,6 +28,8 @@ to pass one).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import special, stats
@@ -130,6 +135,77 @@ def binomial_interval(successes, trials, confidence: float = 0.95, method: str =
     raise InputError(f"method: expected one of {', '.join(BINOMIAL_METHODS)}, got {method!r}")
 
 
+def _cluster_counts(successes, trials) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster successes x_i and trials m_i: 1-D integers, equal lengths, 0 <= x_i <= m_i, m_i >= 1."""
+    x = _checks.integer_array("successes", successes)
+    m = _checks.integer_array("trials", trials)
+    if x.ndim != 1 or m.shape != x.shape:
+        raise InputError(f"successes, trials: expected two 1-D arrays of per-cluster counts of one length, got shapes "
+                         f"{x.shape} and {m.shape}")
+    if x.size and (m.min() < 1 or x.min() < 0 or np.any(x > m)):
+        raise InputError("successes, trials: expected 0 <= successes <= trials and trials >= 1 in every cluster")
+    return x, m
+
+
+def _cluster_design_effect(x: np.ndarray, m: np.ndarray) -> float:
+    """``cluster_design_effect`` on checked, non-empty counts."""
+    n, total = x.size, float(m.sum())
+    largest = float(m.max())
+    p = float(x.sum()) / total
+    if p in (0.0, 1.0) or n == 1:
+        return largest
+    xf, mf = x.astype(np.float64), m.astype(np.float64)
+    var_cluster = n / (n - 1) * float(np.sum((xf - p * mf) ** 2)) / total**2
+    return float(np.clip(var_cluster / (p * (1.0 - p) / total), 1.0, largest))
+
+
+def cluster_design_effect(successes, trials) -> float:
+    """Design effect of a pooled rate sum x_i / sum m_i over clusters of m_i trials each (sample i: m_i draws, or
+    K L_i lesion-draws), x_i successes (flips) among them. Returns a float in [1, max m_i].
+
+    The one home of the design effect: ``design_effect`` (per-class and overall SAR, m_i = K) and
+    ``audit.metrics.detection.lesion_sar`` (lesion SAR, m_i = K L_i) both use it.
+
+    Notes
+    -----
+    The pooled rate p = sum x_i / M, M = sum m_i, is a ratio estimator. Its variance across clusters
+    (linearisation: N / (N - 1) sum (x_i - p m_i)^2 / M^2) over the binomial variance p (1 - p) / M is the design
+    effect (Kish 1965), clipped to [1, max m_i]: 1 when the successes are spread as independent trials would
+    spread them, max m_i when whole clusters succeed or fail together. With equal m_i = K it is the familiar
+    s^2 / N over p (1 - p) / (N K), s^2 the sample variance of x_i / K, and 1 + (K - 1) ICC.
+
+    Where the data cannot show the clustering the worst case is taken:
+
+    - p = 0 (or p = 1): no success (or no failure) at all, so no variance to estimate. The design effect is
+      then max m_i: the effective sample size is the number of clusters (for equal sizes), not of trials. This
+      is the only choice that is valid whatever the clustering. The audited samples are a sample of the images
+      the rate is about; an image whose flip probability is p_i flips at least once in its K draws with
+      probability 1 - (1 - p_i)^K >= p_i, so the chance that none of N independent samples flips is at most
+      (1 - SAR)^N, SAR the mean p_i of the population: Clopper-Pearson's bound for 0 successes in N trials
+      covers SAR. Equality holds when a fraction SAR of images always flips and the rest never do, so no
+      larger effective size is valid without an assumption about how flips cluster. Taking deff = 1 (all
+      N K draws independent) gave an upper bound of about 3.7 / (N K) that a few fragile images not in the
+      sample lie far above (per-class SAR with N_c = 20, K = 20, 1 image in 20 flipping 30% of its draws:
+      the one-sided 95% upper bound covered the class SAR in 60% of audits, now in 99.7%;
+      ``test_upper_bound_covers_clustered_rare_flips_where_deff_one_at_zero_did_not``).
+      Unequal sizes: with w_i = m_i / max m_i <= 1, sum log(1 - p_i) <= sum w_i log(1 - p_i) <=
+      (sum w_i) log(1 - p) (Jensen), p the m-weighted mean, so n_eff = M / max m_i = sum w_i is valid too.
+    - N = 1: between-cluster spread unobservable; m_1, the interval of one trial.
+
+    Consequences, stated. An audit with no flip gets a wider upper bound than one whose few flips look spread
+    out (one flip in N K draws estimates deff near 1): the first says nothing about how flips cluster, the
+    second's estimate comes from the data. That estimate cannot see fragile images the sample happens to miss
+    either: where a few images flip often and the rest rarely (not never), the 95% upper bound's coverage drops
+    to about 0.82 to 0.92 (N = 20 to 40, K = 20, 5% of images at 0.3 to 0.5, the rest at 0.001 to 0.003). Only
+    a bound that assumes nothing about the clustering avoids that (e.g. Clopper-Pearson on SAN of N: an image
+    flips at least once with probability >= its p_i), at the price of far wider bounds when flips are spread.
+    """
+    x, m = _cluster_counts(successes, trials)
+    if x.size == 0:
+        raise InputError("successes, trials: expected at least one cluster")
+    return _cluster_design_effect(x, m)
+
+
 def design_effect(flip_counts, draws: int) -> float:
     """Design effect of a pooled rate over samples: its variance over the variance if all draws were independent.
 
@@ -138,30 +214,29 @@ def design_effect(flip_counts, draws: int) -> float:
 
     Notes
     -----
-    The pooled rate is p = sum n_i / (N K). Across samples (the clusters) its
-    variance is estimated by s^2 / N, s^2 the sample variance (ddof 1) of
-    SAR_i = n_i / K; under independence it would be p (1 - p) / (N K). Their
-    ratio is the design effect deff = 1 + (K - 1) ICC (Kish 1965), which lies
-    in [1, K]: 1 when flips are spread evenly over the samples, K when every
-    sample either always or never flips. The estimate is clipped to that
-    range. Where it cannot be estimated the conventions are: p = 0 or 1 (no
-    spread at all in the data) gives 1; N = 1 (between-sample spread
-    unobservable) gives K, the worst case, so the interval is that of one
-    Bernoulli trial per sample.
+    ``cluster_design_effect`` with every cluster of K draws: the pooled rate is p = sum n_i / (N K); across
+    samples (the clusters) its variance is estimated by s^2 / N, s^2 the sample variance (ddof 1) of SAR_i =
+    n_i / K; under independence it would be p (1 - p) / (N K). Their ratio is the design effect deff = 1 +
+    (K - 1) ICC (Kish 1965), which lies in [1, K]: 1 when flips are spread evenly over the samples, K when every
+    sample either always or never flips. The estimate is clipped to that range. Where it cannot be estimated
+    the worst case is taken (``cluster_design_effect``): p = 0 or 1 (no spread at all in the data) gives K, so
+    the effective sample size is the number of samples N; N = 1 gives K, the interval of one Bernoulli trial.
     """
     k = _checks.draws("draws", draws)
     n_i = _checks.flip_counts("flip_counts", flip_counts, k)
-    n = n_i.size
-    if n == 0:
+    if n_i.size == 0:
         raise InputError("flip_counts: expected at least one sample")
-    p = n_i.sum() / (n * k)
-    if p in (0.0, 1.0):
-        return 1.0
-    if n == 1:
-        return float(k)
-    var_cluster = np.var(n_i / k, ddof=1) / n
-    var_binomial = p * (1.0 - p) / (n * k)
-    return float(np.clip(var_cluster / var_binomial, 1.0, float(k)))
+    return _cluster_design_effect(n_i, np.full(n_i.size, k, np.int64))
+
+
+def _effective_two_sided(x: np.ndarray, m: np.ndarray, conf: float) -> tuple[float, float]:
+    """(deff, n_eff) for a two-sided interval at ``conf`` on checked, non-empty cluster counts (``effective_draws``)."""
+    n = x.size
+    deff = _cluster_design_effect(x, m)
+    n_eff = float(m.sum()) / deff
+    if n >= 2:
+        n_eff *= (_z(conf) / float(stats.t.ppf(0.5 + conf / 2.0, n - 1))) ** 2
+    return deff, float(n_eff)
 
 
 def effective_draws(flip_counts, draws: int, confidence: float = 0.95) -> float:
@@ -178,22 +253,52 @@ def effective_draws(flip_counts, draws: int, confidence: float = 0.95) -> float:
     only N samples (Korn & Graubard 1998); it matters for classes with few
     clean predictions and vanishes as N grows. For N = 1 it is left out (no
     degrees of freedom; deff = K already makes the one sample one trial).
+    With no flip (or only flips) deff = K (``cluster_design_effect``): n_eff is
+    N times the factor, the number of samples, not of draws.
     """
     conf = _checks.confidence(confidence)
     k = _checks.draws("draws", draws)
     n_i = _checks.flip_counts("flip_counts", flip_counts, k)
-    n = n_i.size
-    n_eff = n * k / design_effect(n_i, k)
-    if n >= 2:
-        n_eff *= (_z(conf) / float(stats.t.ppf(0.5 + conf / 2.0, n - 1))) ** 2
-    return float(n_eff)
+    if n_i.size == 0:
+        raise InputError("flip_counts: expected at least one sample")
+    return _effective_two_sided(n_i, np.full(n_i.size, k, np.int64), conf)[1]
+
+
+@dataclass(frozen=True)
+class ClusterRate:
+    """A pooled rate over clusters with its design-effect Wilson interval (``cluster_rate_interval``)."""
+
+    rate: float
+    low: float
+    high: float
+    deff: float
+    n_eff: float
+
+
+def cluster_rate_interval(successes, trials, confidence: float = 0.95) -> ClusterRate:
+    """Design-effect Wilson interval of a pooled rate sum x_i / sum m_i over clusters of unequal sizes m_i.
+
+    ``successes``: x_i per cluster (N,), ``trials``: m_i per cluster (N,), m_i >= 1. Returns the rate, the
+    interval, the design effect (``cluster_design_effect``) and the effective number of trials n_eff = M / deff,
+    times (z / t_{N-1})^2 for N >= 2 (Korn & Graubard 1998), on which Wilson's formula is evaluated. All NaN for
+    N = 0. With equal sizes m_i = K it is ``cluster_wilson_interval``; ``audit.metrics.detection.lesion_sar``
+    uses it with m_i = K L_i lesion-draws per sample.
+    """
+    conf = _checks.confidence(confidence)
+    x, m = _cluster_counts(successes, trials)
+    if x.size == 0:
+        nan = float("nan")
+        return ClusterRate(nan, nan, nan, nan, nan)
+    deff, n_eff = _effective_two_sided(x, m, conf)
+    p = float(x.sum()) / float(m.sum())
+    lo, hi = _wilson_bounds(np.float64(p), np.float64(n_eff), _z(conf))
+    return ClusterRate(p, float(lo), float(hi), deff, n_eff)
 
 
 def cluster_wilson_interval(flip_counts, draws: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson interval for a pooled rate p = sum n_i / (N K) on the effective number of draws.
 
-    ``flip_counts``: n_i per sample (N,), ``draws``: K. Deterministic; the
-    default for per-class SAR. NaN for N = 0.
+    ``flip_counts``: n_i per sample (N,), ``draws``: K. Deterministic; NaN for N = 0.
 
     Notes
     -----
@@ -206,17 +311,14 @@ def cluster_wilson_interval(flip_counts, draws: int, confidence: float = 0.95) -
     simulations with strongly clustered flips (SAR_i ~ Beta(0.3, 3), K = 50)
     coverage of the 95% interval is about 0.93 at N = 30 and 0.91 at N = 10,
     against about 0.4 for naive Wilson on the N K draws; with very rare,
-    concentrated flips and N ~ 10 no method covers well.
+    concentrated flips and N ~ 10 no method covers well. With no flip the
+    upper bound is that of 0 successes in about N trials (deff = K, see
+    ``cluster_design_effect``).
     """
-    conf = _checks.confidence(confidence)
     k = _checks.draws("draws", draws)
     n_i = _checks.flip_counts("flip_counts", flip_counts, k)
-    if n_i.size == 0:
-        return float("nan"), float("nan")
-    n_eff = effective_draws(n_i, k, conf)
-    p = n_i.sum() / (n_i.size * k)
-    lo, hi = _wilson_bounds(np.float64(p), np.float64(n_eff), _z(conf))
-    return float(lo), float(hi)
+    r = cluster_rate_interval(n_i, np.full(n_i.size, k, np.int64), confidence)
+    return r.low, r.high
 
 
 def bootstrap_interval(
@@ -291,7 +393,7 @@ def pooled_rate_interval(
 def _effective_counts(n_i: np.ndarray, k: int, tail: float) -> tuple[float, float]:
     """(x_eff, n_eff) of a pooled rate for a bound whose tail probability is ``tail``.
 
-    n_eff = N K / deff (``design_effect``, in [1, K]), times (z / t_{N-1})^2 with
+    n_eff = N K / deff (``design_effect``, in [1, K]; K when p is 0 or 1), times (z / t_{N-1})^2 with
     z and t the (1 - tail) quantiles of the normal and of Student's t with N - 1
     degrees of freedom when N >= 2 (Korn & Graubard 1998); x_eff = p n_eff.
     """
@@ -340,15 +442,17 @@ def cluster_exact_interval(flip_counts, draws: int, confidence: float = 0.95) ->
     bounds when x and n are integers (flips spread evenly, many samples).
 
     Degenerate data: with no flips at all (p = 0) the design effect cannot be
-    estimated and is taken as 1, so the upper bound is that of 0 flips in
-    N K draws (less the degrees-of-freedom factor). That bound is still valid
-    for the audited samples however unevenly their flip rates differ: the
-    chance of no flip, prod_i (1 - p_i)^K, is at most (1 - mean p_i)^(N K)
-    (Jensen), which is the chance Clopper-Pearson assumes. When one sample
-    carries all the flips the estimated design effect is about its count
-    n_i, clipped to K (one Bernoulli trial per sample, the worst case), so
-    such an interval is about as wide as that of one sample's worth of
-    evidence. N = 1 gives deff = K: the interval of a single trial.
+    estimated and the worst case is taken, deff = K (``cluster_design_effect``):
+    the upper bound is that of 0 flips in N trials (one per sample, less the
+    degrees-of-freedom factor), about 3.7 / N at 95%, not 3.7 / (N K). The
+    audited samples stand for the images the model will see, and a few
+    fragile images that happen not to be among them can carry the whole rate;
+    only a bound on N samples covers that (see ``cluster_design_effect`` for
+    the argument); p = 1 mirrors it. When one sample carries all the flips the
+    estimated design effect is about its count n_i, clipped to K (one Bernoulli
+    trial per sample, the worst case), so such an interval is about as wide as
+    that of one sample's worth of evidence. N = 1 gives deff = K: the interval
+    of a single trial.
 
     Near zero this is the interval to use for decisions: Wilson's lower bound
     is anti-conservative there (see the module docstring).
@@ -392,9 +496,10 @@ def exact_upper_bound(flip_counts, draws: int, confidence: float = 0.95) -> floa
 
     ``flip_counts``: n_i per sample (N,), ``draws``: K; NaN for N = 0. The
     counterpart of ``exact_lower_bound`` (tail probability 1 - confidence);
-    with no flips it is 1 - (1 - confidence)^(1 / n_eff), n_eff the effective
-    number of draws (see ``cluster_exact_interval`` for why that stays valid
-    however the flip rates differ between samples).
+    with no flips it is 1 - (1 - confidence)^(1 / n_eff), n_eff = N (z / t_{N-1})^2
+    for N >= 2: the number of samples, not of draws (deff = K; see
+    ``cluster_design_effect`` for why nothing larger is valid however the flip
+    rates differ between samples).
     """
     conf = _checks.confidence(confidence)
     n_i, k = _pooled_input(flip_counts, draws)

@@ -357,3 +357,45 @@ def ndimage_smooth(a: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
     return ndimage.gaussian_filter(a, 1.0).astype(a.dtype)
+
+
+def test_clean_reference_is_reused_bit_for_bit_and_once_per_sample(monkeypatch):
+    """``lesion_flips`` with a ``clean_reference`` equals it with the clean candidates; the detection head matches a
+    sample's clean output once for all its draws in a batch (not once per draw) and gives the same columns."""
+    import audit.artifact.heads as heads
+    from audit.artifact.heads import Decisions, head_from
+    from audit.metrics.detection import clean_reference
+
+    rng = np.random.default_rng(5)
+    les = [Lesions.of(rng.uniform(5, 30, (3, 3)), [3.0, 4.0, 2.5], excluded=[0, 0, 1]), Lesions.of([], [])]
+
+    def random_cands(m):
+        return Candidates(rng.uniform(3, 32, (m, 3)), rng.uniform(0, 1, m))
+
+    clean = [random_cands(12), random_cands(6)]
+    for c, lesions in zip(clean, les):
+        draws = [random_cands(int(rng.integers(0, 14))) for _ in range(5)]
+        a = lesion_flips(c, draws, lesions, SPACING, threshold=0.4, min_radius_mm=1.0)
+        ref = clean_reference(c, lesions, SPACING, threshold=0.4, min_radius_mm=1.0)
+        b = lesion_flips(ref, draws, lesions, SPACING, threshold=0.4, min_radius_mm=1.0)
+        for field in ("clean_found", "noisy_found", "missed", "gained", "new_fp", "lesion_sar", "fp_flip"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    with pytest.raises(InputError, match="clean reference"):
+        lesion_flips(ref, draws, les[1], SPACING, threshold=0.5, min_radius_mm=1.0)
+
+    head = head_from({"audit.task": "detection", "audit.threshold": "0.4", "audit.min_radius_mm": "1.0"})
+    rows = np.repeat([0, 1], 4)  # the campaign's layout: a sample's draws in a run, sharing its objects
+    noisy = [random_cands(int(rng.integers(0, 14))) for _ in rows]
+    ref_dec = Decisions(np.zeros(rows.size, np.int64), np.zeros(rows.size, np.float32),
+                        candidates=[clean[int(i)] for i in rows])
+    noisy_dec = Decisions(np.zeros(rows.size, np.int64), np.zeros(rows.size, np.float32), candidates=noisy)
+    calls = []
+    real = heads.clean_reference
+    monkeypatch.setattr(heads, "clean_reference", lambda *a, **k: calls.append(1) or real(*a, **k))
+    flags, cols = head.draw_metrics(ref_dec, noisy_dec, SPACING, [les[int(i)] for i in rows])
+    assert len(calls) == 2  # once per sample, not 8 times
+    for j, i in enumerate(rows):  # the columns of a per-draw recomputation from the clean candidates
+        f = lesion_flips(clean[int(i)], [noisy[j]], les[int(i)], SPACING, threshold=0.4, min_radius_mm=1.0)
+        assert (cols["missed"][j], cols["gained"][j], cols["new_fp"][j]) == \
+            (f.missed[0].sum(), f.gained[0].sum(), f.new_fp[0])
+        assert flags[j] == (f.missed[0].any() or f.gained[0].any() or f.new_fp[0] > 0)

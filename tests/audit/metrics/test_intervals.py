@@ -8,6 +8,7 @@ from scipy.stats import beta, binomtest, norm
 from scipy.stats import t as student_t
 
 from audit.errors import InputError
+from audit.metrics.intervals import cluster_design_effect, cluster_rate_interval
 from audit.metrics import (
     binomial_interval,
     bootstrap_interval,
@@ -77,9 +78,18 @@ def test_design_effect_by_hand():
     assert design_effect([2, 2, 2, 2], 4) == 1.0
     # All-or-nothing samples: raw deff 64/12 > K clips to K = 4, one Bernoulli trial per sample.
     assert design_effect([0, 0, 4, 4], 4) == 4.0
-    # Conventions: no flips at all -> 1; one sample -> K.
-    assert design_effect([0, 0, 0], 5) == 1.0
+    # Where the data cannot show the clustering, the worst case: no flips at all (or only flips) -> K, so the
+    # effective sample size is the number of samples (it was 1: all N K draws independent); one sample -> K.
+    assert design_effect([0, 0, 0], 5) == 5.0
+    assert design_effect([5, 5, 5], 5) == 5.0
     assert design_effect([2], 5) == 5.0
+    # The one home: clusters of unequal sizes (the lesion SAR's m_i = K L_i), equal sizes give design_effect.
+    assert cluster_design_effect([1, 3], [4, 4]) == pytest.approx(design_effect([1, 3], 4))
+    assert cluster_design_effect([0, 0, 0], [4, 8, 2]) == 8.0
+    x, m = np.array([0, 3, 1, 5]), np.array([6, 12, 6, 18])
+    p = x.sum() / m.sum()
+    ratio = 4 / 3 * np.sum((x - p * m) ** 2) / m.sum() ** 2 / (p * (1 - p) / m.sum())
+    assert cluster_design_effect(x, m) == pytest.approx(np.clip(ratio, 1, 18), rel=1e-12)
 
 
 def test_cluster_wilson_by_hand():
@@ -187,10 +197,14 @@ def test_one_sided_exact_bounds():
     lo, hi = cluster_exact_interval(n_i, 10, 0.99)
     assert exact_lower_bound(n_i, 10, 0.995) == pytest.approx(lo, abs=1e-14)
     assert exact_upper_bound(n_i, 10, 0.995) == pytest.approx(hi, abs=1e-14)
-    # No flips: lower 0, upper 1 - (1 - c)^(1 / n_eff) with deff = 1 and the one-sided t factor.
-    n_eff = 200 * (norm.ppf(0.99) / student_t.ppf(0.99, 39)) ** 2
+    # No flips: lower 0, upper 1 - (1 - c)^(1 / n_eff) with deff = K (n_eff = N = 40 samples, not N K = 200
+    # draws: no flip says nothing about how flips cluster) and the one-sided t factor.
+    n_eff = 40 * (norm.ppf(0.99) / student_t.ppf(0.99, 39)) ** 2
     assert exact_lower_bound([0] * 40, 5, 0.99) == 0.0
     assert exact_upper_bound([0] * 40, 5, 0.99) == pytest.approx(1 - 0.01 ** (1 / n_eff), rel=1e-10)
+    assert exact_upper_bound([0] * 40, 5, 0.99) == pytest.approx(exact_upper_bound([0] * 40, 1, 0.99), rel=1e-12)
+    # All flipped mirrors it: the lower bound is that of N trials.
+    assert exact_lower_bound([5] * 40, 5, 0.99) == pytest.approx(0.01 ** (1 / n_eff), rel=1e-10)
     # One sample carries all flips: deff about its count (here clipped to K = 5), the bounds widen accordingly.
     assert design_effect([5] + [0] * 39, 5) == 5.0
     assert exact_lower_bound([5] + [0] * 39, 5, 0.99) < exact_lower_bound([1] * 5 + [0] * 35, 5, 0.99)
@@ -228,3 +242,74 @@ def test_exact_lower_bound_covers_rare_rates_where_wilson_does_not():
             "upper < mean p_i": float(np.mean(highs < rates.mean(1)))}
     print(f"clustered rare flips, exact bounds missing: {miss}")
     assert max(miss.values()) <= 0.005, miss
+
+
+# --- no flip seen: the design effect is the worst case (the number of samples is the effective size) -------------
+
+# (N_c, K, fraction of fragile images, their per-draw flip probability); the rest of the images never flip
+FRAGILE_FEW = [(20, 20, 0.05, 0.3), (50, 10, 0.03, 0.3), (30, 20, 0.05, 0.2)]
+
+
+def _old_zero_upper(n: int, k: int, confidence: float) -> float:
+    """The old rule's one-sided upper bound with no flip: deff = 1, 0 flips in N K (z / t_{N-1})^2 'independent' draws."""
+    n_eff = n * k * (norm.ppf(confidence) / student_t.ppf(confidence, n - 1)) ** 2
+    return 1 - (1 - confidence) ** (1 / n_eff)
+
+
+@pytest.mark.parametrize(("n", "k", "fragile", "q"), FRAGILE_FEW)
+def test_upper_bound_covers_clustered_rare_flips_where_deff_one_at_zero_did_not(n, k, fragile, q):
+    """Per-class SAR of a class whose flips sit on a few fragile images: the 95% upper bounds cover the true SAR.
+
+    Each replicate draws N_c images from a population in which a fraction ``fragile`` flips with probability q per
+    draw and the rest never flip (true SAR = fragile x q, the population's: the report's per-class SAR stands for
+    the images the model will see), then K draws per image. Often no fragile image is drawn, no flip is seen, and
+    the old rule (deff = 1 at p = 0: all N_c K draws independent) gave an upper bound of about 3 / (N_c K), far
+    below the truth. 600 replicates each (seed 2026), coverage of the one-sided 95% exact upper bound (the fast
+    gate's), old rule -> new rule (deff = K at p = 0: 0 flips in about N_c trials):
+
+        N_c = 20, K = 20, 5% at 0.3 (SAR 0.015; no flip in 39% of audits): 0.60 -> 0.997
+        N_c = 50, K = 10, 3% at 0.3 (SAR 0.009; no flip in 21%):           0.80 -> 1.000
+        N_c = 30, K = 20, 5% at 0.2 (SAR 0.010; no flip in 24%):           0.75 -> 0.985
+
+    The two-sided 95% intervals' upper ends (report's ``cluster_exact``, ``cluster_wilson``) cover as often or more.
+    Audits with flips are unchanged (deff estimated from the data); their misses are the 0.3% to 1.5% left.
+    """
+    rng = np.random.default_rng(2026)
+    reps, true_sar, conf = 600, fragile * q, 0.95
+    new = old = exact_two_sided = wilson_two_sided = zero = 0
+    for _ in range(reps):
+        n_i = rng.binomial(k, np.where(rng.random(n) < fragile, q, 0.0))
+        high = exact_upper_bound(n_i, k, conf)
+        new += high >= true_sar
+        if n_i.sum() == 0:
+            zero += 1
+            old += _old_zero_upper(n, k, conf) >= true_sar
+            assert high == pytest.approx(1 - (1 - conf) ** (1 / (n * (norm.ppf(conf) / student_t.ppf(conf, n - 1)) ** 2)))
+        else:
+            old += high >= true_sar  # with flips the two rules agree
+        exact_two_sided += cluster_exact_interval(n_i, k, conf)[1] >= true_sar
+        wilson_two_sided += cluster_wilson_interval(n_i, k, conf)[1] >= true_sar
+    coverage = {"new": new / reps, "old": old / reps, "cluster_exact": exact_two_sided / reps,
+                "cluster_wilson": wilson_two_sided / reps, "no flip": zero / reps}
+    print(f"\nN_c={n} K={k} {fragile:.0%} at {q}: {coverage}")
+    assert zero / reps > 0.15  # the case the fix is about occurs often
+    assert coverage["new"] >= 0.95 and coverage["cluster_exact"] >= 0.95 and coverage["cluster_wilson"] >= 0.95
+    assert coverage["old"] <= 0.85  # the old rule's failure, in the same test
+
+
+def test_lesion_sar_and_per_class_sar_share_the_design_effect():
+    """One home: the lesion SAR's interval is ``cluster_rate_interval`` on m_i = K L_i lesion-draws per sample."""
+    from audit.metrics.detection import lesion_sar
+
+    rng = np.random.default_rng(3)
+    changed = [rng.random((8, c)) < r for c, r in zip([2, 1, 3, 2], [0.0, 0.5, 0.1, 0.0])]
+    s = lesion_sar(changed, [np.zeros(c.shape[1], bool) for c in changed])
+    r = cluster_rate_interval([int(c.sum()) for c in changed], [c.size for c in changed])
+    assert (s.sar, s.low, s.high, s.deff, s.n_eff) == (r.rate, r.low, r.high, r.deff, r.n_eff)
+    zero = lesion_sar([np.zeros((8, 2), bool)] * 5, [np.zeros(2, bool)] * 5)
+    assert zero.deff == 16.0 == cluster_design_effect([0] * 5, [16] * 5)
+    # Equal sizes: the per-class SAR's interval, bound for bound.
+    assert (zero.low, zero.high) == cluster_wilson_interval([0] * 5, 16)
+    assert np.isnan(cluster_rate_interval([], []).high)
+    with pytest.raises(InputError, match="successes, trials"):
+        cluster_rate_interval([3, 1], [2, 4])
