@@ -172,8 +172,10 @@ def model_entries(raw: Any, base: Path) -> tuple[ModelEntry, ...]:
         name = t.str("name", path.stem if engine != "remote" else str(path))
         options: dict[str, Any] = {}
         for key in backend(engine).OPTIONS:
-            if key in ("threads", "max_batch", "opt_batch"):  # C ints in the engines
+            if key in ("threads", "streams", "micro_batch", "max_batch", "opt_batch"):  # C ints in the engines
                 value = (t.int(key, None, low=0, high=MAX_THREADS) if key == "threads"
+                         else t.int(key, None, low=1, high=MAX_THREADS) if key == "streams"
+                         else t.int(key, None, low=0, high=2**31 - 1) if key == "micro_batch"
                          else t.int(key, None, low=1, high=2**31 - 1))
             elif key == "providers":
                 value = t.strings(key, None)
@@ -340,12 +342,14 @@ def noise_section(t: Table, **defaults: Any) -> NoiseSpec:
 
 
 def campaign_threads(entries: tuple[ModelEntry, ...]) -> tuple[ModelEntry, ...]:
-    """``audit run``: an ONNX Runtime model without ``threads`` gets the campaign's layout (``thread_layout`` before
-    any model ran: every core up to 4 cores, three quarters above, the noise producer the rest). A ``threads``
-    given in the config wins (on 2 cores a noise-heavy 2D campaign runs best with ``threads = 1``)."""
+    """``audit run``: an ONNX Runtime model with neither ``threads`` nor ``streams`` gets the campaign's layout
+    (``thread_layout`` before any model ran: every core up to 4 cores, three quarters above, the noise producer the
+    rest; one single-thread stream per engine core). ``threads`` or ``streams`` given in the config win (on 2 cores
+    a noise-heavy 2D campaign runs best with ``threads = 1``)."""
     layout = thread_layout()
-    return tuple(dataclasses.replace(e, options=MappingProxyType({**e.options, "threads": layout.engine}))
-                 if e.engine == "onnxruntime" and "threads" not in e.options else e for e in entries)
+    return tuple(dataclasses.replace(e, options=MappingProxyType({**e.options, "threads": layout.engine,
+                                                                  "streams": layout.streams}))
+                 if e.engine == "onnxruntime" and not {"threads", "streams"} & set(e.options) else e for e in entries)
 
 
 def run_section(t: Table) -> RunOptions:

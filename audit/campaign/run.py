@@ -83,13 +83,20 @@ MAX_RUN_INFERENCES = 10**8
 available_cpus = usable_cpus
 
 
+#: At most this many concurrent engine runs per batch (``ThreadLayout.streams``): a batch of 64 keeps parts of 8 images
+#: or more; more cores then give each run more intra-op threads. Measured only on 2 cores here.
+MAX_STREAMS = 8
+
+
 @dataclass(frozen=True)
 class ThreadLayout:
-    """How a campaign splits the cores: ``engine`` intra-op threads of a CPU engine, ``noise`` producer workers."""
+    """How a campaign splits the cores: ``engine`` cores of a CPU engine, run as ``streams`` concurrent parts of each
+    batch (``engine // streams`` intra-op threads each; ``audit.engines.ort``), and ``noise`` producer workers."""
 
     cpus: int
     engine: int
     noise: int
+    streams: int = 1
 
 
 def thread_layout(cpus: int | None = None, *, device: bool = False, noise_share: float | None = None) -> ThreadLayout:
@@ -105,19 +112,25 @@ def thread_layout(cpus: int | None = None, *, device: bool = False, noise_share:
     model ran): the engine keeps every core on up to 4 cores with 1 noise worker (measured here on 2 contended
     cores: the 2D campaign equal at 1 or 2 engine threads, the 3D one faster at 2), a quarter of the cores go to
     noise above that. ``device`` (noise and engine on a GPU): the host only launches work, 1 + 1. Explicit config
-    values (``[[model]] threads``, ``[run] noise_workers``) always win over this rule.
+    values (``[[model]] threads`` / ``streams``, ``[run] noise_workers``) always win over this rule.
+
+    The engine's cores run as ``streams`` concurrent single-thread runs on parts of each batch (up to
+    ``MAX_STREAMS``), not as intra-op threads of one run: intra-op threads wait for each other after every operator,
+    so the producer preempting one stalls all, while separate runs meet once per batch. On 2 cores with NoduleNet3D
+    (2 engine + 1 noise) the campaign reached 0.93-0.98 of its bare engine this way against 0.83-0.87 (issue 17).
     """
     cpus = available_cpus() if cpus is None else max(1, int(cpus))
     if device:
         return ThreadLayout(cpus, 1, 1)
     if noise_share is None:
         noise = 1 if cpus <= 4 else cpus // 4
-        return ThreadLayout(cpus, cpus if cpus <= 4 else cpus - noise, noise)
-    need = min(max(float(noise_share), 0.0), 1.0) * cpus
-    if need <= 0.5:
-        return ThreadLayout(cpus, cpus, 1)
-    noise = max(1, min(cpus - 1, round(need))) if cpus > 1 else 1
-    return ThreadLayout(cpus, max(1, cpus - noise), noise)
+        engine = cpus if cpus <= 4 else cpus - noise
+    elif min(max(float(noise_share), 0.0), 1.0) * cpus <= 0.5:
+        engine, noise = cpus, 1
+    else:
+        noise = max(1, min(cpus - 1, round(min(max(float(noise_share), 0.0), 1.0) * cpus))) if cpus > 1 else 1
+        engine = max(1, cpus - noise)
+    return ThreadLayout(cpus, engine, noise, min(engine, MAX_STREAMS))
 
 
 @dataclass(frozen=True)

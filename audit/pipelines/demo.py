@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from audit.artifact import open_path
 from audit.campaign.noise import NoiseSpec
-from audit.campaign.run import RunOptions, fingerprint, run_campaign
+from audit.campaign.run import RunOptions, fingerprint, run_campaign, thread_layout
 from audit.data import phantom_source
 from audit.io import progress_enabled
 from audit.pipelines.run import write_reports
@@ -55,7 +55,8 @@ def audit_reference(out: Path, onnx_path: Path, *, quick: bool = False, progress
                     log: Callable[[str], None] = print, build: dict[str, Any] | None = None) -> tuple[dict[str, Any], Any]:
     """The demo's audit of the nodule model at ``onnx_path``: the demo's data, noise and sizes."""
     n, k = QUICK_SIZE if quick else DEFAULT_SIZE
-    model = open_path(onnx_path, "nodule3d")
+    layout = thread_layout()  # the campaign's layout, as ``audit run`` gives a model without thread options
+    model = open_path(onnx_path, "nodule3d", threads=layout.engine, streams=layout.streams)
     source = phantom_source("nodules", n, AUDIT_SET_SEED)
     noise = NoiseSpec(kind="nps", levels=LEVELS, draws=k, seed=0, preset="standard", sigma_ref=25.0,
                       mas_ref=100.0).resolved(source)  # phantoms: the whole noise of each dose is added

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import threading
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,6 +17,7 @@ from audit.errors import EngineError, InputError
 from audit.serve import ServedModel, serve_in_thread
 from tests.audit.conftest import REGION, SHAPE
 from tests.audit.planted import WINDOW, planted_model
+from models.phantoms.nodules import nodule_cubes
 from tests.conftest import to_host
 
 
@@ -161,3 +164,31 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path):
     onnx.save(model, str(path))
     with pytest.raises(EngineError, match="outside the model's folder"):
         load_engine(path)
+
+
+def test_ort_streams_run_parts_of_a_batch_concurrently_with_each_samples_own_outputs():
+    """``streams``: a batch cut into parts run concurrently on one session by single-thread streams (the campaign's
+    CPU layout). Each sample's outputs are those of the session running it alone (exact: ONNX Runtime on one thread
+    gives this model the same bits at any batch size), and within float tolerance of one whole-batch run on the
+    same thread count; fewer samples than streams and bad counts are handled."""
+    path = Path(__file__).resolve().parents[2] / "models" / "artifacts" / "nodule3d" / "nodule3d-r0-f0.onnx"
+    x = ((np.clip(nodule_cubes(13, 11).images, -1000, 400) + 1000) / 1400)[:, None].astype(np.float32)
+    split = load_engine(path, threads=3, streams=3)
+    alone = load_engine(path, threads=1)
+    assert split.streams == 3 and split.describe()["streams"] == 3
+    out, whole = split.run(x), alone.run(x)
+    one_by_one = [alone.run(x[i:i + 1]) for i in range(len(x))]
+    for name in split.output_names:
+        np.testing.assert_array_equal(out[name], np.concatenate([o[name] for o in one_by_one]))
+        np.testing.assert_allclose(out[name], whole[name], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(split.run(x[:2])[name], out[name][:2])
+    assert any(t.name.startswith("ort-stream") for t in threading.enumerate())  # the other parts ran on its threads
+    parts = load_engine(path, threads=1, micro_batch=3)  # one thread: parts of 3 run in turn
+    assert [len(c) for c in parts._parts(x)] == [3, 3, 3, 2, 2] and parts.describe()["micro_batch"] == 3
+    assert len(load_engine(path, threads=2)._parts(x)) == 1  # intra-op threads need the batch whole
+    for name in split.output_names:
+        np.testing.assert_array_equal(parts.run(x)[name], out[name])
+    with pytest.raises(EngineError, match="streams"):
+        load_engine(path, streams=0)
+    with pytest.raises(EngineError, match="micro_batch"):
+        load_engine(path, micro_batch=-1)

@@ -27,13 +27,13 @@ DATA = Path(__file__).parent / "data"
 
 
 def _comparable(report: dict) -> dict:
-    """A report without what may differ between two runs of the same audit: time, timing, library versions and
-    where files are."""
+    """A report without what may differ between two runs of the same audit: time, timing, library versions, where
+    files are and the engine's thread counts (the campaign's layout follows the machine's cores)."""
     r = json.loads(json.dumps(report))
     for key in ("created", "timing", "tool"):
         r.pop(key, None)
     for m in r["models"]:
-        for key in ("source", "path"):
+        for key in ("source", "path", "threads", "streams"):
             m["engine"].pop(key, None)
     return _rounded(r)
 
