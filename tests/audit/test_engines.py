@@ -184,7 +184,9 @@ def test_ort_streams_run_parts_of_a_batch_concurrently_with_each_samples_own_out
         np.testing.assert_array_equal(split.run(x[:2])[name], out[name][:2])
     assert any(t.name.startswith("ort-stream") for t in threading.enumerate())  # the other parts ran on its threads
     parts = load_engine(path, threads=1, micro_batch=3)  # one thread: parts of 3 run in turn
-    assert [len(c) for c in parts._parts(x)] == [3, 3, 3, 2, 2] and parts.describe()["micro_batch"] == 3
+    assert [len(c) for c in parts._parts(x)] == [3, 3, 3, 3, 1] and parts.describe()["micro_batch"] == 3
+    sizes = [len(c) for c in split._parts(np.zeros((64, 1, 32, 32, 32), np.float32))]  # guided: shrinking to 1
+    assert sum(sizes) == 64 and sizes == sorted(sizes, reverse=True) and sizes[0] == 8 and sizes[-3:] == [1, 1, 1]
     assert len(load_engine(path, threads=2)._parts(x)) == 1  # intra-op threads need the batch whole
     for name in split.output_names:
         np.testing.assert_array_equal(parts.run(x)[name], out[name])
