@@ -19,7 +19,9 @@ makes it), so (a)/(b) <= 1 / (1 + t_n E / C) (t_n of the bank's shifted copies
 with the bank). E, not one thread's CPU time, sets the engine's share: single-thread
 runs in cache-sized parts and concurrent streams make the engine's cores do more
 than one thread's CPU time per image suggests (BodySiteNet2D: 0.23 CPU-ms per
-slice on one thread, 2 / E = 0.30 core-ms at 2 streams).
+slice on one thread, 2 / E = 0.30 core-ms at 2 streams). It is an estimate, not a
+bound: where the engine scales worse than linearly with cores, the campaign's
+engine (on fewer cores beside the producer) is more efficient than C / E says.
 Then peak RSS of the campaign for N = 200 vs N = 2000 samples (child processes).
 Last line: one JSON object with the ratios, their limits, the CPU-ms per image
 and the RSS growth. The variants run alternately in ``--rounds`` rounds (default 3) and each ratio is the

@@ -9,10 +9,12 @@ are allocated by ONNX Runtime on the device and handed back as CuPy arrays
 GPU-generated noise never leaves the device. NumPy batches take the plain
 ``session.run`` path on any provider.
 
-``streams`` (host batches): a batch is cut into that many contiguous parts run
-concurrently on the one session (``InferenceSession.run`` is thread-safe), each
-on ``threads // streams`` intra-op threads: data-parallel across the batch
-instead of parallel inside each operator. Beside a campaign's noise producer
+``streams`` (host batches on a CPU session): a batch is cut into parts run
+concurrently by that many single-thread runs of the one session
+(``InferenceSession.run`` is thread-safe; its intra-op pool is one per session
+and shared by concurrent runs, so streams run with intra-op threads off and
+``threads`` is not used): data-parallel across the batch instead of parallel
+inside each operator. Beside a campaign's noise producer
 this matters: ONNX Runtime's intra-op threads meet at a barrier after every
 operator, and one thread preempted by the producer stalls the others there,
 while independent single-thread runs only meet once per batch. Measured on
@@ -39,7 +41,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from audit.engines.base import Engine, InputSpec, cuda_device, dims, sha256_file
-from audit.engines.threads import usable_cpus
 from audit.errors import EngineError, InputError
 from kernels._xp import optional_import
 
@@ -108,9 +109,8 @@ class OnnxRuntimeEngine(Engine):
                 raise InputError(f"{path}: model file not found")
             check_external_data(path)
             options = ort.SessionOptions()
-            # each of ``streams`` concurrent runs gets its share of the engine's threads (0: ORT's default, all cores)
-            intra = int(threads) if self.streams == 1 else max(1, (int(threads) or usable_cpus()) // self.streams)
-            options.intra_op_num_threads = self.intra = intra
+            # streams: single-thread runs (the session's one intra-op pool would be shared by all of them)
+            options.intra_op_num_threads = self.intra = int(threads) if self.streams == 1 else 1
             options.inter_op_num_threads = 1
             levels = {"none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                       "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
@@ -164,11 +164,19 @@ class OnnxRuntimeEngine(Engine):
                     values[i] = self._session_run(chunks[i])
 
             pending = [self._executor().submit(work) for _ in range(streams - 1)]
-            work()  # this thread is one of the streams
-            for f in pending:
-                f.result()
+            try:
+                work()  # this thread is one of the streams
+            finally:  # every part done (or failed) before the batch returns or raises
+                for f in pending:
+                    f.result()
         if len(values) == 1:
             return dict(zip(self.output_names, values[0]))
+        for part, outs in zip(chunks, values):  # a part's outputs must have its samples on axis 0 to be joined
+            for name, value in zip(self.output_names, outs):
+                if np.ndim(value) == 0 or value.shape[0] != part.shape[0]:
+                    raise EngineError(f"{self.source}: output '{name}' has batch size {np.shape(value)[:1]} for a part of "
+                                      f"{part.shape[0]} samples: it is not per sample; set streams = 1 and a micro_batch "
+                                      "above the batch size so batches run whole, or export it with the batch on axis 0")
         return {name: np.concatenate(parts) for name, parts in zip(self.output_names, zip(*values))}
 
     def _parts(self, batch: np.ndarray) -> list[np.ndarray]:
@@ -178,7 +186,7 @@ class OnnxRuntimeEngine(Engine):
         sample apart however the noise producer slowed them: equal parts left one core idle for half a part per
         batch (lock waits 13-17% of the engine's time on both reference models)."""
         n = batch.shape[0]
-        if self.input_spec.shape[0] is not None or n <= 1:
+        if self.input_spec.shape[0] is not None or n <= 1 or self.device != "cpu":  # a GPU session takes batches whole
             return [batch]
         cap = self.micro_batch if self.intra == 1 else n
         if self.streams <= 1:

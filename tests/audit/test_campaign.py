@@ -310,10 +310,10 @@ def test_thread_layout_follows_the_cores_and_the_noise_share_and_explicit_values
     assert layout(16, 0.65) == (6, 10) and layout(16, 0.02) == (16, 1)
     assert layout(2) == (2, 1) and layout(16) == (12, 4) and layout(1, 0.9) == (1, 1)
     assert layout(16, 0.5, device=True) == (1, 1)
-    # the engine's cores run as single-thread streams, at most MAX_STREAMS of them
+    # the engine's cores run as single-thread streams, one per core
     assert campaign_run.thread_layout(2, noise_share=0.13).streams == 2
     assert campaign_run.thread_layout(2, noise_share=0.65).streams == 1
-    assert campaign_run.thread_layout(16).streams == campaign_run.MAX_STREAMS == 8
+    assert campaign_run.thread_layout(16).streams == 12
     assert campaign_run.thread_layout(16, device=True).streams == 1
     assert RunOptions(noise_workers=3).workers() == 3
     assert RunOptions().workers() == campaign_run.thread_layout().noise

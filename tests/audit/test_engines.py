@@ -194,3 +194,20 @@ def test_ort_streams_run_parts_of_a_batch_concurrently_with_each_samples_own_out
         load_engine(path, streams=0)
     with pytest.raises(EngineError, match="micro_batch"):
         load_engine(path, micro_batch=-1)
+
+
+def test_ort_parts_refuse_outputs_without_the_batch_on_axis_0(tmp_path):
+    """A split batch is joined on axis 0: an output that is not per sample (here a scalar mean over the batch) is
+    refused in one line naming it, never joined into something else; run whole (streams 1, a micro_batch above the
+    batch) the base class's batch check names it too."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("ReduceMean", ["x"], ["s"], keepdims=0)], "scalar",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+                              [helper.make_tensor_value_info("s", TensorProto.FLOAT, [])])
+    path = tmp_path / "scalar.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    x = np.ones((16, 1, 4, 4), np.float32)
+    for options in ({"threads": 1}, {"threads": 2, "streams": 2}, {"threads": 1, "micro_batch": 64}):
+        with pytest.raises(EngineError, match="output 's' has batch size"):
+            load_engine(path, **options).run(x)
