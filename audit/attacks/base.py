@@ -64,6 +64,9 @@ OOD_DEFINITIONS = {
     "score_unit": "the head's ood_output as the deployed engine gives it (higher = more OOD); AUROC is a probability",
 }
 #: Default valid HU range: air to the top of a 12-bit scanner range.
+#: Fewest samples with attacked inputs for an OOD AUROC interval: resampling 1-2 clusters gives a degenerate or
+#: conditional interval (all successes in one sample: [1, 1] from the resamples that happen to draw it).
+MIN_OOD_SAMPLES = 3
 HU_RANGE = (-1024.0, 3071.0)
 SPACES = ("hu", "input")
 
@@ -350,10 +353,20 @@ class AttackResult:
             a, non_finite = sample_ood_auroc(clean, adv, confidence, keep=keep)
             kept = adv if keep is None else adv[keep]
             part = {"auroc": None, "ci": [None, None]} if a is None else a.to_dict()
-            part.update(non_finite=non_finite, mean_clean=_finite_mean(clean), mean_attacked=_finite_mean(kept))
+            rows = np.isfinite(adv) & (True if keep is None else np.asarray(keep, bool))
+            samples = int(rows.any(axis=1).sum())  # samples with an attacked input counted: the clusters on that side
+            part.update(non_finite=non_finite, mean_clean=_finite_mean(clean), mean_attacked=_finite_mean(kept),
+                        samples_attacked=samples)
             if a is None:
                 part["note"] = ("no successful candidate" if key == "successful" and not kept.size
                                 else "no finite OOD score on one side: the AUROC is undefined")
+            elif part.get("auroc") is None or not np.isfinite(part["auroc"]):
+                part.update(auroc=None, ci=[None, None],
+                            note="undefined: only pairs of different samples count, and there are none (one sample)")
+            elif samples < MIN_OOD_SAMPLES:  # a bootstrap over 1-2 clusters on one side says nothing about spread
+                part["ci"] = [None, None]
+                part["note"] = (f"attacked inputs from {samples} sample(s): no interval (a bootstrap over samples "
+                                f"needs {MIN_OOD_SAMPLES} or more on each side)")
             out[key] = part
         out["successful"]["ood"] = "successful candidates only (a success on the deployed model, as the SAN counts it)"
         return {**out.pop("all"), **OOD_DEFINITIONS, **out}

@@ -246,3 +246,19 @@ def test_audit_run_puts_the_per_attack_ood_auroc_in_the_attack_block(ood_model, 
     page = (tmp_path / "out" / "report.html").read_text()
     section = page[page.index('<section class="attack"'):]
     _check_page(section[: section.index("</section>")])
+
+
+def test_degenerate_ood_aurocs_say_why_instead_of_showing_an_interval(pgd_run):
+    """Successes in one sample only: an AUROC but no interval (a bootstrap over 1 cluster on that side is [1, 1] or
+    conditional on drawing it), with the count of samples; one sample in all: undefined, with the reason."""
+    import dataclasses
+
+    _, _, _, res = pgd_run
+    one = np.zeros_like(res.deployed_flips)
+    one[int(np.argmax(res.deployed_flips.any(axis=1)))] = res.deployed_flips[int(np.argmax(res.deployed_flips.any(axis=1)))]
+    s = dataclasses.replace(res, deployed_flips=one).ood()["successful"]
+    assert s["samples_attacked"] == 1 and s["auroc"] is not None and s["ci"] == [None, None] and "1 sample" in s["note"]
+    assert res.ood()["samples_attacked"] == N and res.ood()["ci"][0] is not None
+    single = dataclasses.replace(res, clean_ood=res.clean_ood[:1], adv_ood=res.adv_ood[:1],
+                                 deployed_flips=res.deployed_flips[:1]).ood()
+    assert single["auroc"] is None and "different samples" in single["note"]
