@@ -621,8 +621,12 @@ def lesion_sar(lesion_changed: Sequence[np.ndarray], lesion_excluded: Sequence[n
     K = 20 the p = 0 upper bound was ~3.84 / M and covered a rare fragile scan 35% of the time). Wilson's interval
     on n_eff = M / deff, times (z / t_{N-1})^2 for N >= 2 (Korn & Graubard). The design effect and the interval are
     ``audit.metrics.intervals.cluster_design_effect`` and ``cluster_rate_interval`` (one home with the per-class
-    SAR's), which reduce to ``cluster_wilson_interval`` when every sample has the same number of lesions. NaN
-    without an included lesion.
+    SAR's), which reduce to ``cluster_wilson_interval`` when every sample has the same number of lesions. With
+    changes seen, the upper end is never below the p = 0 one on the same scans (Wilson at p = 0 on M / max m_i,
+    times the factor) and the lower end never above its mirror at p = 1: the no-flip floor of
+    ``cluster_design_effect`` (a few changes whose spread suggests deff near 1 must not bound the rate tighter
+    than no change at all). ``deff`` and ``n_eff`` are the estimate's; where the floor decides, the interval is
+    wider than Wilson's on ``n_eff``. NaN without an included lesion.
     """
     conf = _checks.confidence(confidence)
     if len(lesion_changed) != len(lesion_excluded):

@@ -192,13 +192,34 @@ def cluster_design_effect(successes, trials) -> float:
       (sum w_i) log(1 - p) (Jensen), p the m-weighted mean, so n_eff = M / max m_i = sum w_i is valid too.
     - N = 1: between-cluster spread unobservable; m_1, the interval of one trial.
 
-    Consequences, stated. An audit with no flip gets a wider upper bound than one whose few flips look spread
-    out (one flip in N K draws estimates deff near 1): the first says nothing about how flips cluster, the
-    second's estimate comes from the data. That estimate cannot see fragile images the sample happens to miss
-    either: where a few images flip often and the rest rarely (not never), the 95% upper bound's coverage drops
-    to about 0.82 to 0.92 (N = 20 to 40, K = 20, 5% of images at 0.3 to 0.5, the rest at 0.001 to 0.003). Only
-    a bound that assumes nothing about the clustering avoids that (e.g. Clopper-Pearson on SAN of N: an image
-    flips at least once with probability >= its p_i), at the price of far wider bounds when flips are spread.
+    No-flip floor (applied by the intervals, not to this estimate). With flips seen, the design effect is
+    estimated from the data, and that estimate cannot see fragile images the sample happens to miss or to
+    catch on few draws: one flip in N K draws looks spread out (deff near 1), so it gave a far TIGHTER upper
+    bound than no flip at all (N = 48, K = 10, 95% one-sided exact: 0 flips 0.063, 1 flip 0.010), and where a
+    few images flip often and the rest rarely (not never) the 95% upper bound covered the true SAR in only
+    0.79 to 0.91 of audits (N = 20 to 40, K = 20, 5% of images at 0.3 to 0.5, the rest at 0.001 to 0.003;
+    ``test_no_flip_floor_covers_rare_fragile_images``). So every upper bound of a pooled rate
+    (``cluster_rate_interval``, ``cluster_wilson_interval``, ``cluster_exact_interval``, ``exact_upper_bound``;
+    the lesion SAR's through the first) is max(the bound with the estimated deff, the bound of 0 successes with
+    deff = max m_i on the same clusters), and every lower bound mirrors it near p = 1: min(the bound with the
+    estimated deff, the bound of all successes with deff = max m_i), which is 1 minus the no-flip upper bound.
+    An interval for a rate observed with few flips cannot claim more than one observed with none: more flips
+    are never evidence of a lower rate (the no-flip bound is the valid one for x = 0, argued above, and any flip
+    makes a low SAR less plausible, not more, so a confidence procedure ordered by the evidence cannot bound
+    x >= 1 below it). Raising a bound never lowers its coverage, so the max covers at least as often as the
+    estimate alone; in the scenario above it covers in 1.0 of audits (the floor, about 3 / N, lies above the
+    SAR of 0.022 up to N of about 130; past that the estimate alone decides, and there it already covered
+    0.96 at N = 100 and 200). It costs nothing where flips
+    are many: once the estimated bound exceeds the floor (a few flips in the N K draws) it decides. With the
+    floor the upper bound is non-decreasing in the number of flips where flips are added evenly or over a part
+    of the samples; where they fill one sample after another, the estimated deff falls from its clip at K
+    just after a sample fills, and the bound can dip by about 1% of itself (never below the floor).
+    ``test_upper_bound_never_drops_below_no_flips_and_grows_with_flips``. A floor on the deff alone (e.g. max
+    m_i while few clusters flip) was not taken: it needs a threshold for "few" and still lets one flip in many
+    draws give a tighter bound than none whenever the threshold is passed.
+
+    The design effect returned here is the estimate (what ``ClusterRate.deff`` and ``LesionSar.deff`` report);
+    where the floor decides, the interval is wider than deff alone implies.
     """
     x, m = _cluster_counts(successes, trials)
     if x.size == 0:
@@ -229,14 +250,22 @@ def design_effect(flip_counts, draws: int) -> float:
     return _cluster_design_effect(n_i, np.full(n_i.size, k, np.int64))
 
 
+def _df_factor(n: int, z: float, t_quantile) -> float:
+    """Korn & Graubard's (z / t_{N-1})^2 for N >= 2 clusters, 1 for N = 1 (no degrees of freedom)."""
+    return (z / float(t_quantile(n - 1))) ** 2 if n >= 2 else 1.0
+
+
 def _effective_two_sided(x: np.ndarray, m: np.ndarray, conf: float) -> tuple[float, float]:
     """(deff, n_eff) for a two-sided interval at ``conf`` on checked, non-empty cluster counts (``effective_draws``)."""
-    n = x.size
     deff = _cluster_design_effect(x, m)
-    n_eff = float(m.sum()) / deff
-    if n >= 2:
-        n_eff *= (_z(conf) / float(stats.t.ppf(0.5 + conf / 2.0, n - 1))) ** 2
-    return deff, float(n_eff)
+    factor = _df_factor(x.size, _z(conf), lambda df: stats.t.ppf(0.5 + conf / 2.0, df))
+    return deff, float(float(m.sum()) / deff * factor)
+
+
+def _no_flip_size(m: np.ndarray, factor: float) -> float:
+    """n_eff of the same clusters with no flip (or only flips): M / max m_i (deff = the largest cluster), times
+    the degrees-of-freedom ``factor``: the floor's effective size (``cluster_design_effect``, "No-flip floor")."""
+    return float(m.sum()) / float(m.max()) * factor
 
 
 def effective_draws(flip_counts, draws: int, confidence: float = 0.95) -> float:
@@ -283,6 +312,11 @@ def cluster_rate_interval(successes, trials, confidence: float = 0.95) -> Cluste
     times (z / t_{N-1})^2 for N >= 2 (Korn & Graubard 1998), on which Wilson's formula is evaluated. All NaN for
     N = 0. With equal sizes m_i = K it is ``cluster_wilson_interval``; ``audit.metrics.detection.lesion_sar``
     uses it with m_i = K L_i lesion-draws per sample.
+
+    The upper end is never below that of 0 successes on the same clusters (Wilson's upper bound at p = 0 on
+    n_eff = M / max m_i, times the factor), and the lower end never above that of all successes (1 minus it):
+    the no-flip floor of ``cluster_design_effect``. ``deff`` and ``n_eff`` are the estimate's, so where the
+    floor decides the interval is wider than Wilson's on ``n_eff``.
     """
     conf = _checks.confidence(confidence)
     x, m = _cluster_counts(successes, trials)
@@ -291,8 +325,12 @@ def cluster_rate_interval(successes, trials, confidence: float = 0.95) -> Cluste
         return ClusterRate(nan, nan, nan, nan, nan)
     deff, n_eff = _effective_two_sided(x, m, conf)
     p = float(x.sum()) / float(m.sum())
-    lo, hi = _wilson_bounds(np.float64(p), np.float64(n_eff), _z(conf))
-    return ClusterRate(p, float(lo), float(hi), deff, n_eff)
+    z = _z(conf)
+    lo, hi = _wilson_bounds(np.float64(p), np.float64(n_eff), z)
+    # No-flip floor (``cluster_design_effect``): never tighter than the interval of 0 (of all) flips.
+    n0 = _no_flip_size(m, _df_factor(x.size, z, lambda df: stats.t.ppf(0.5 + conf / 2.0, df)))
+    _, hi0 = _wilson_bounds(np.float64(0.0), np.float64(n0), z)
+    return ClusterRate(p, min(float(lo), 1.0 - float(hi0)), max(float(hi), float(hi0)), deff, n_eff)
 
 
 def cluster_wilson_interval(flip_counts, draws: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -313,7 +351,8 @@ def cluster_wilson_interval(flip_counts, draws: int, confidence: float = 0.95) -
     against about 0.4 for naive Wilson on the N K draws; with very rare,
     concentrated flips and N ~ 10 no method covers well. With no flip the
     upper bound is that of 0 successes in about N trials (deff = K, see
-    ``cluster_design_effect``).
+    ``cluster_design_effect``), and with flips it is never lower than that
+    (the no-flip floor; the lower bound mirrors it near 1).
     """
     k = _checks.draws("draws", draws)
     n_i = _checks.flip_counts("flip_counts", flip_counts, k)
@@ -398,11 +437,22 @@ def _effective_counts(n_i: np.ndarray, k: int, tail: float) -> tuple[float, floa
     degrees of freedom when N >= 2 (Korn & Graubard 1998); x_eff = p n_eff.
     """
     n = n_i.size
-    n_eff = n * k / design_effect(n_i, k)
-    if n >= 2:
-        n_eff *= (float(special.ndtri(tail)) / float(special.stdtrit(n - 1, tail))) ** 2
+    n_eff = n * k / design_effect(n_i, k) * _tail_factor(n, tail)
     p = n_i.sum() / (n * k)
     return float(p * n_eff), float(n_eff)
+
+
+def _tail_factor(n: int, tail: float) -> float:
+    """(z / t_{N-1})^2 at the (1 - tail) quantiles for N >= 2 samples, 1 for N = 1."""
+    return _df_factor(n, float(special.ndtri(tail)), lambda df: special.stdtrit(df, tail))
+
+
+def _no_flip_upper(n: int, tail: float) -> float:
+    """The exact upper bound of N samples with no flip: 0 flips in n_eff = N (z / t_{N-1})^2 trials (deff = K).
+
+    The floor of every exact upper bound on N samples (and 1 minus it the ceiling of every lower bound), see
+    ``cluster_design_effect``, "No-flip floor"."""
+    return _beta_upper(0.0, n * _tail_factor(n, tail), tail)
 
 
 def _beta_lower(x: float, n: float, tail: float) -> float:
@@ -452,7 +502,10 @@ def cluster_exact_interval(flip_counts, draws: int, confidence: float = 0.95) ->
     estimated design effect is about its count n_i, clipped to K (one Bernoulli
     trial per sample, the worst case), so such an interval is about as wide as
     that of one sample's worth of evidence. N = 1 gives deff = K: the interval
-    of a single trial.
+    of a single trial. With flips, the upper bound is never below the no-flip
+    one and the lower bound never above its mirror at p = 1 (the no-flip floor
+    of ``cluster_design_effect``: a few flips whose spread suggests deff near 1
+    must not give a tighter bound than none).
 
     Near zero this is the interval to use for decisions: Wilson's lower bound
     is anti-conservative there (see the module docstring).
@@ -463,7 +516,8 @@ def cluster_exact_interval(flip_counts, draws: int, confidence: float = 0.95) ->
         return float("nan"), float("nan")
     tail = (1.0 - conf) / 2.0
     x, n = _effective_counts(n_i, k, tail)
-    return _beta_lower(x, n, tail), _beta_upper(x, n, tail)
+    floor = _no_flip_upper(n_i.size, tail)
+    return min(_beta_lower(x, n, tail), 1.0 - floor), max(_beta_upper(x, n, tail), floor)
 
 
 def exact_lower_bound(flip_counts, draws: int, confidence: float = 0.95) -> float:
@@ -473,7 +527,9 @@ def exact_lower_bound(flip_counts, draws: int, confidence: float = 0.95) -> floa
     bound exceeds the true rate with probability at most 1 - confidence
     (exactly so for evenly spread flips; clustering is handled through the
     effective counts of ``cluster_exact_interval``, here with one-sided
-    quantiles: tail probability 1 - confidence). 0 when no sample flipped.
+    quantiles: tail probability 1 - confidence). 0 when no sample flipped;
+    never above 1 minus the no-flip ``exact_upper_bound`` (the mirror of its
+    floor, binding only near a rate of 1).
 
     Notes
     -----
@@ -488,7 +544,7 @@ def exact_lower_bound(flip_counts, draws: int, confidence: float = 0.95) -> floa
         return float("nan")
     tail = 1.0 - conf
     x, n = _effective_counts(n_i, k, tail)
-    return _beta_lower(x, n, tail)
+    return min(_beta_lower(x, n, tail), 1.0 - _no_flip_upper(n_i.size, tail))
 
 
 def exact_upper_bound(flip_counts, draws: int, confidence: float = 0.95) -> float:
@@ -499,7 +555,9 @@ def exact_upper_bound(flip_counts, draws: int, confidence: float = 0.95) -> floa
     with no flips it is 1 - (1 - confidence)^(1 / n_eff), n_eff = N (z / t_{N-1})^2
     for N >= 2: the number of samples, not of draws (deff = K; see
     ``cluster_design_effect`` for why nothing larger is valid however the flip
-    rates differ between samples).
+    rates differ between samples). With flips it is the larger of the bound on
+    the estimated effective counts and that no-flip bound (the no-flip floor):
+    one flip does not claim more than none.
     """
     conf = _checks.confidence(confidence)
     n_i, k = _pooled_input(flip_counts, draws)
@@ -507,4 +565,4 @@ def exact_upper_bound(flip_counts, draws: int, confidence: float = 0.95) -> floa
         return float("nan")
     tail = 1.0 - conf
     x, n = _effective_counts(n_i, k, tail)
-    return _beta_upper(x, n, tail)
+    return max(_beta_upper(x, n, tail), _no_flip_upper(n_i.size, tail))

@@ -417,7 +417,9 @@ DEFINITIONS = (
     ("design effect / cluster interval", "the K draws of one image are clustered, not independent: the variance of a "
      "pooled rate is deff = 1 + (K - 1) ICC times the independent-draws variance; the SAR and SAR_c intervals are "
      "Clopper-Pearson intervals on the effective number of draws N K / deff (exact near 0); with no flip seen, "
-     "deff = K (N samples, not N K draws: no flip says nothing about how flips would cluster).", "Kish 1965; Korn-Graubard 1998"),
+     "deff = K (N samples, not N K draws: no flip says nothing about how flips would cluster); with flips seen, an "
+     "upper bound is never below that no-flip one for the same samples (nor a lower bound above its mirror at 1): a "
+     "rate observed with few flips is not bounded tighter than one observed with none.", "Kish 1965; Korn-Graubard 1998"),
     ("critical dose", "the dose at which a logistic (or Weibull) fit of SAR against log dose reaches a target SAR "
      "(1%, 5%); above it the fitted SAR stays below the target; CI: bootstrap over samples.", "after FDA's LCD-CT reporting"),
     ("Z-test (CMR)", "study 2's two-proportion Z between CMR entries; it treats every draw as independent, so it is "

@@ -94,12 +94,18 @@ def test_clear_cases_are_still_decided_early():
 
     "Clear" is judged against what N = 40 images can show: with no flip seen, the exact upper bound is that of 0
     flips in about N trials (the design effect is K when no flip shows how flips cluster), 0.136 at the per-look
-    confidence 0.995, however many draws were made; a limit of 0.05 (the old test's) cannot be passed early by an
-    audit without a flip (in 35 of the 200 runs at SAR 0.001), only by the full gate on the estimate."""
+    confidence 0.995, however many draws were made; and with flips it is never lower (the no-flip floor of
+    ``audit.metrics.intervals.cluster_design_effect``: before it, one flip in 200 draws gave 0.039, a pass of a
+    0.05 limit that no flip at all could not earn). So a limit under 0.136 (0.05, the old test's) is never passed
+    early with N = 40, only by the full gate on the estimate; a clear pass is a limit above what N images bound."""
     confidence = 1 - 0.05 / ROUNDS
     zero = np.zeros(N, np.int64)
+    one = zero.copy()
+    one[0] = 1
     assert bounded_verdict(zero, 5, 0.05, confidence)[0] is None
+    assert bounded_verdict(one, 5, 0.05, confidence)[0] is None
     assert bounded_verdict(zero, 5, 0.2, confidence)[:2] == (True, pytest.approx(0.136, abs=5e-4))
+    assert bounded_verdict(one, 5, 0.2, confidence)[:2] == bounded_verdict(zero, 5, 0.2, confidence)[:2]
     _, early_pass = _wrong_early(_exact, 0.001, 0.2, 0.05, "equal", seed=3)
     _, early_fail = _wrong_early(_exact, 0.30, 0.10, 0.05, "clustered", seed=4)
     assert early_pass == RUNS and early_fail >= 0.8 * RUNS

@@ -256,6 +256,16 @@ def _old_zero_upper(n: int, k: int, confidence: float) -> float:
     return 1 - (1 - confidence) ** (1 / n_eff)
 
 
+def _unfloored_upper(n_i, k: int, confidence: float) -> float:
+    """The one-sided exact upper bound on the estimated effective counts alone, without the no-flip floor: the rule
+    before the floor (commit 86398b2), written out from ``cluster_exact_interval``'s definition."""
+    n_i = np.asarray(n_i)
+    n = n_i.size
+    n_eff = n * k / design_effect(n_i, k) * (norm.ppf(confidence) / student_t.ppf(confidence, n - 1)) ** 2
+    x = n_i.sum() / (n * k) * n_eff
+    return 1.0 if x >= n_eff else float(beta.ppf(confidence, x + 1, n_eff - x))
+
+
 @pytest.mark.parametrize(("n", "k", "fragile", "q"), FRAGILE_FEW)
 def test_upper_bound_covers_clustered_rare_flips_where_deff_one_at_zero_did_not(n, k, fragile, q):
     """Per-class SAR of a class whose flips sit on a few fragile images: the 95% upper bounds cover the true SAR.
@@ -265,14 +275,15 @@ def test_upper_bound_covers_clustered_rare_flips_where_deff_one_at_zero_did_not(
     the images the model will see), then K draws per image. Often no fragile image is drawn, no flip is seen, and
     the old rule (deff = 1 at p = 0: all N_c K draws independent) gave an upper bound of about 3 / (N_c K), far
     below the truth. 600 replicates each (seed 2026), coverage of the one-sided 95% exact upper bound (the fast
-    gate's), old rule -> new rule (deff = K at p = 0: 0 flips in about N_c trials):
+    gate's), old rule -> deff = K at p = 0 (0 flips in about N_c trials, commit 86398b2):
 
         N_c = 20, K = 20, 5% at 0.3 (SAR 0.015; no flip in 39% of audits): 0.60 -> 0.997
         N_c = 50, K = 10, 3% at 0.3 (SAR 0.009; no flip in 21%):           0.80 -> 1.000
         N_c = 30, K = 20, 5% at 0.2 (SAR 0.010; no flip in 24%):           0.75 -> 0.985
 
     The two-sided 95% intervals' upper ends (report's ``cluster_exact``, ``cluster_wilson``) cover as often or more.
-    Audits with flips are unchanged (deff estimated from the data); their misses are the 0.3% to 1.5% left.
+    Audits with flips kept the estimated deff there; their misses were the 0.3% to 1.5% left, which the no-flip
+    floor (``test_no_flip_floor_covers_rare_fragile_images``) now removes (coverage 1.0 in all three).
     """
     rng = np.random.default_rng(2026)
     reps, true_sar, conf = 600, fragile * q, 0.95
@@ -286,7 +297,7 @@ def test_upper_bound_covers_clustered_rare_flips_where_deff_one_at_zero_did_not(
             old += _old_zero_upper(n, k, conf) >= true_sar
             assert high == pytest.approx(1 - (1 - conf) ** (1 / (n * (norm.ppf(conf) / student_t.ppf(conf, n - 1)) ** 2)))
         else:
-            old += high >= true_sar  # with flips the two rules agree
+            old += _unfloored_upper(n_i, k, conf) >= true_sar  # with flips the old rule estimated deff, no floor
         exact_two_sided += cluster_exact_interval(n_i, k, conf)[1] >= true_sar
         wilson_two_sided += cluster_wilson_interval(n_i, k, conf)[1] >= true_sar
     coverage = {"new": new / reps, "old": old / reps, "cluster_exact": exact_two_sided / reps,
@@ -313,3 +324,108 @@ def test_lesion_sar_and_per_class_sar_share_the_design_effect():
     assert np.isnan(cluster_rate_interval([], []).high)
     with pytest.raises(InputError, match="successes, trials"):
         cluster_rate_interval([3, 1], [2, 4])
+
+
+# --- with flips seen: the no-flip floor -------------------------------------------------------------------------
+
+
+def _flip_sequence(n: int, k: int, spread: str) -> list[np.ndarray]:
+    """Per-sample flip counts for x = 0 .. N K flips, one flip added at a time: ``even`` round-robin over all N
+    samples; ``quarter`` round-robin over the first N / 4 until they are full, then over the rest; ``fill`` one
+    sample after another (the most clustered order)."""
+    counts, out, q = np.zeros(n, np.int64), [], max(1, n // 4)
+    out.append(counts.copy())
+    for x in range(n * k):
+        if spread == "even":
+            i = x % n
+        elif spread == "fill":
+            i = x // k
+        else:
+            part = np.arange(q) if x < q * k else np.arange(q, n)
+            i = int(part[np.argmin(counts[part])])
+        counts[i] += 1
+        out.append(counts.copy())
+    return out
+
+
+def _bounds(n_i, k: int) -> dict[str, tuple[float, float]]:
+    """(lower, upper) of each cluster-aware bound at 95%: one-sided exact, two-sided exact and Wilson."""
+    return {"exact one-sided": (exact_lower_bound(n_i, k), exact_upper_bound(n_i, k)),
+            "cluster_exact": cluster_exact_interval(n_i, k), "cluster_wilson": cluster_wilson_interval(n_i, k)}
+
+
+@pytest.mark.parametrize(("n", "k"), [(48, 10), (20, 20)])
+def test_upper_bound_never_drops_below_no_flips_and_grows_with_flips(n, k):
+    """An interval for a rate observed with few flips cannot claim more than one observed with none.
+
+    Before the floor, one flip gave a far tighter upper bound than none (N = 48, K = 10, one-sided 95% exact:
+    0 flips 0.063, 1 flip 0.010; cluster Wilson 0.078 and 0.012): one flip estimates deff near 1, no flip takes
+    deff = K. Now every upper bound is at least the no-flip one for the same N (and every lower bound at most
+    the all-flip one), and it is non-decreasing in the number of flips x = 0 .. N K when flips are added evenly
+    or over a quarter of the samples first. Filling one sample after another, the estimated deff drops from its
+    clip at K just after a sample fills, and the bound may dip by about 1% of itself there, never below the floor.
+    """
+    zero = _bounds(np.zeros(n, np.int64), k)
+    full = _bounds(np.full(n, k, np.int64), k)
+    for name in zero:
+        assert zero[name][0] == 0.0 and full[name][1] == 1.0
+        assert full[name][0] == pytest.approx(1.0 - zero[name][1], abs=1e-12)  # the mirror at p = 1
+    for spread in ("even", "quarter", "fill"):
+        seq = [_bounds(c, k) for c in _flip_sequence(n, k, spread)]
+        for name in zero:
+            lows = np.array([b[name][0] for b in seq])
+            highs = np.array([b[name][1] for b in seq])
+            assert np.all(highs >= zero[name][1]) and np.all(lows <= full[name][0] + 1e-12), (spread, name)
+            assert highs[1] == zero[name][1]  # one flip: the no-flip bound decides
+            if spread == "fill":
+                assert np.all(np.diff(highs) >= -0.015 * highs[1:]), (spread, name)
+                assert np.all(np.diff(lows) >= -0.015 * (1.0 - lows[:-1])), (spread, name)
+            else:
+                assert np.all(np.diff(highs) >= -1e-12) and np.all(np.diff(lows) >= -1e-12), (spread, name)
+
+
+def test_no_flip_floor_covers_rare_fragile_images():
+    """Coverage of the 95% upper bounds where a few images flip often and the rest rarely (not never).
+
+    Each replicate draws N images from a population in which 5% flip with probability U(0.3, 0.5) per draw and
+    the rest with U(0.001, 0.003) (true SAR 0.05 x 0.4 + 0.95 x 0.002 = 0.0219), then K = 20 draws each. Flips
+    are then seen in almost every audit, the design effect is estimated from them, and a sample that misses the
+    fragile images (or catches one on few draws) looks spread out. 400 replicates per N (seed 7), one-sided 95%
+    exact upper bound (the fast gate's), estimated deff alone (the rule of commit 86398b2) -> with the no-flip
+    floor (max with the bound of 0 flips in N samples):
+
+        N = 20: 0.79 -> 1.0     N = 30: 0.85 -> 1.0     N = 40: 0.88 -> 1.0
+
+    The two-sided 95% upper ends (``cluster_exact``, ``cluster_wilson``) likewise go to 1.0 (from 0.80 to 0.91
+    before the floor, over seeds and N).
+    The floor, about 3 / N, lies above this SAR up to N of about 130; past that the estimate alone decides.
+    """
+    rng = np.random.default_rng(7)
+    reps, k, sar, conf = 400, 20, 0.05 * 0.4 + 0.95 * 0.002, 0.95
+    for n in (20, 30, 40):
+        hits = {"old one-sided": 0, "exact one-sided": 0, "cluster_exact": 0, "cluster_wilson": 0}
+        for _ in range(reps):
+            p_i = np.where(rng.random(n) < 0.05, rng.uniform(0.3, 0.5, n), rng.uniform(0.001, 0.003, n))
+            n_i = rng.binomial(k, p_i)
+            hits["old one-sided"] += _unfloored_upper(n_i, k, conf) >= sar
+            hits["exact one-sided"] += exact_upper_bound(n_i, k, conf) >= sar
+            hits["cluster_exact"] += cluster_exact_interval(n_i, k, conf)[1] >= sar
+            hits["cluster_wilson"] += cluster_wilson_interval(n_i, k, conf)[1] >= sar
+        coverage = {name: h / reps for name, h in hits.items()}
+        print(f"\nN={n} K={k} 5% at 0.3-0.5, rest 0.001-0.003: {coverage}")
+        assert coverage["old one-sided"] < 0.93  # the gap, in the same test
+        assert min(coverage["exact one-sided"], coverage["cluster_exact"], coverage["cluster_wilson"]) >= 0.93
+
+
+def test_no_flip_floor_leaves_many_flips_alone():
+    """Where flips are many, the bound on the estimated deff is above the floor and decides, unchanged."""
+    rng = np.random.default_rng(5)
+    n_i = rng.binomial(20, rng.beta(0.3, 3.0, 40))
+    assert exact_upper_bound(n_i, 20) == pytest.approx(_unfloored_upper(n_i, 20, 0.95), rel=1e-9)
+    r = cluster_rate_interval(n_i, np.full(40, 20))
+    assert (r.low, r.high) == pytest.approx(_wilson(r.rate, r.n_eff), abs=1e-12)
+    # Lesion SAR (unequal clusters): the floor is Wilson's at p = 0 on M / max m_i samples.
+    one = cluster_rate_interval([1, 0, 0, 0, 0, 0], [40, 20, 20, 60, 20, 40])
+    n0 = 200 / 60 * (norm.ppf(0.975) / student_t.ppf(0.975, 5)) ** 2
+    assert one.high == pytest.approx(_wilson(0.0, n0)[1], abs=1e-12)
+    assert one.high > _wilson(one.rate, one.n_eff)[1]
