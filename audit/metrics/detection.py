@@ -680,13 +680,14 @@ class CleanReference:
 
     ``found`` (L,): lesions found by the clean candidates at ``threshold``; ``fp_mm`` (F, 3): the clean false
     positives at the threshold, in mm. Built by ``clean_reference`` for one set of lesions, spacing and
-    ``min_radius_mm``; ``lesion_flips`` checks the threshold, the lesion count and ``min_radius_mm``.
+    ``min_radius_mm``; ``lesion_flips`` checks the threshold, the lesion count, the spacing and ``min_radius_mm``.
     """
 
     found: np.ndarray
     fp_mm: np.ndarray
     threshold: float
     min_radius_mm: float
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 def clean_reference(clean: Candidates, lesions: Lesions, spacing, *, threshold: float,
@@ -696,7 +697,7 @@ def clean_reference(clean: Candidates, lesions: Lesions, spacing, *, threshold: 
     c_kept = clean.above(threshold)
     c_match = match_candidates(c_kept, lesions, sp, min_radius_mm=min_radius_mm)
     return CleanReference(c_match.lesion_found, c_kept.centres[c_match.role == FALSE_POSITIVE] * sp,
-                          float(threshold), float(min_radius_mm))
+                          float(threshold), float(min_radius_mm), tuple(float(v) for v in sp))
 
 
 def lesion_flips(clean: Candidates | CleanReference, noisy: Sequence[Candidates], lesions: Lesions, spacing, *,
@@ -717,10 +718,11 @@ def lesion_flips(clean: Candidates | CleanReference, noisy: Sequence[Candidates]
         raise InputError(f"fp_radius_mm: expected a distance >= 0 in mm, got {fp_radius_mm!r}")
     if isinstance(clean, CleanReference):
         if (clean.threshold != threshold or clean.min_radius_mm != min_radius_mm
-                or clean.found.shape[0] != lesions.centres.shape[0]):
+                or clean.found.shape[0] != lesions.centres.shape[0] or clean.spacing != tuple(float(v) for v in sp)):
             raise InputError(f"clean: a clean reference made at threshold {clean.threshold:g}, min_radius_mm "
-                             f"{clean.min_radius_mm:g} for {clean.found.shape[0]} lesions; this call has "
-                             f"{threshold!r}, {min_radius_mm!r} and {lesions.centres.shape[0]}")
+                             f"{clean.min_radius_mm:g}, spacing {clean.spacing} mm for {clean.found.shape[0]} lesions; "
+                             f"this call has {threshold!r}, {min_radius_mm!r}, {tuple(float(v) for v in sp)} and "
+                             f"{lesions.centres.shape[0]}")
         ref = clean
     else:
         ref = clean_reference(clean, lesions, sp, threshold=threshold, min_radius_mm=min_radius_mm)

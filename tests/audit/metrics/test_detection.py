@@ -385,6 +385,8 @@ def test_clean_reference_is_reused_bit_for_bit_and_once_per_sample(monkeypatch):
             np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
     with pytest.raises(InputError, match="clean reference"):
         lesion_flips(ref, draws, les[1], SPACING, threshold=0.5, min_radius_mm=1.0)
+    with pytest.raises(InputError, match="spacing"):  # its false positives are in mm of the spacing it was made at
+        lesion_flips(ref, draws, les[1], tuple(2 * v for v in SPACING), threshold=0.4, min_radius_mm=1.0)
 
     head = head_from({"audit.task": "detection", "audit.threshold": "0.4", "audit.min_radius_mm": "1.0"})
     rows = np.repeat([0, 1], 4)  # the campaign's layout: a sample's draws in a run, sharing its objects
