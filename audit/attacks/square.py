@@ -25,19 +25,28 @@ widened to include the clean pixel, as for every attack).
   lesion (on the shipped nodule3d half of |gradient| lies in the central 8^3 of 32^3 voxels, 1.6% of the
   volume), so uniform windows spend most queries where nothing moves the score, and random stripes move it by
   ~0 where the probe's start already moves it a third of the way the gradient sign would.
-- ``"search"`` (default): the probe, then ``SEARCH_SHARE`` (0.8) of the remaining queries on an octree search of
-  the signs (a best-first form of SignHunter's hierarchical sign flips, Al-Dujaili & O'Reilly 2020): every query
-  flips one block of the current vertex (each of its pixels to the other end of its eps interval, so a window
-  update of +-eps whose place and size the search picks instead of the dice) and keeps it when the margin drops;
-  the block whose test moved the margin most, kept or not, is split next into its 2^d halves (down to
-  ``SEARCH_MIN_VOXELS``; the probe's blocks are the roots, re-tested when nothing is left to split), so the
-  budget goes down to single voxels where the margin is sensitive and stays coarse elsewhere. The windows of
-  ``"probe"`` then spend the rest, drawn from the map the search's tests refined, on the paper's schedule from
-  where the search stopped (small windows). Below the probe's budget both are the stripes start and windows
-  from a map their own queries learn. Why: the samples PGD flips on nodule3d and the probe's windows do not
-  need nearly the whole gradient-sign move in the sensitive region (the clean gradient's sign moves their logit
-  0.63-0.72 where 0.69-0.78 is needed); one random window rarely improves a vertex already near that optimum,
-  a systematic sign search at shrinking block sizes does.
+- ``"search"`` (default): the probe, with a second pattern, then an octree search of the signs (a best-first form
+  of SignHunter's hierarchical sign flips, Al-Dujaili & O'Reilly 2020) for ``SEARCH_SHARE`` (1.0: all) of the
+  remaining queries. The probe also shifts each block by eps x the image's high-pass sign (``texture_signs``:
+  sign(x - smooth(x))), another 4^d queries, and starts each block from whichever pattern, +1 or the texture,
+  moved its margin more, at the sign that lowered it (``TEXTURE``). Then every query flips one block of the
+  current vertex (each of its pixels to the other end of its eps interval, so a window update of +-eps whose
+  place and size the search picks instead of the dice) and keeps it when the margin drops; the block whose test
+  moved the margin most, kept or not, is split next into its 2^d halves, and a block no longer than
+  ``VOXELS_SIDE`` (4) on any axis straight into its single voxels (the probe's blocks are the roots, re-tested when
+  nothing is left to split), so the budget goes down to single voxels where the margin is sensitive and stays
+  coarse elsewhere. A block's pass over its voxels that gained g (the margin's drop) puts it back in the heap
+  keyed ``REVISIT`` x g: the kept flips move the gradient of the voxels tested before them, and a second pass
+  where the margin is most sensitive beats a first one where it hardly is. With ``SEARCH_SHARE`` < 1 the
+  windows of ``"probe"`` spend the rest, drawn from the map the search's tests refined, on the paper's schedule
+  from where the search stopped (small windows). Below the probe's budget both are the stripes start and
+  windows from a map their own queries learn. Why: the samples PGD flips on nodule3d and the probe's windows do
+  not need nearly the whole gradient-sign move, with the sign right voxel by voxel (the signs of the clean
+  gradient's 2^3 block sums, or of its smoothed or low-frequency (DCT) parts, flip 2-5 of 11 samples on the twin
+  where its per-voxel sign flips 8; its top 2,048 voxels carry 86-92% of its L1 mass); one random window rarely improves a vertex
+  already near that optimum, a systematic sign search at shrinking block sizes does, and its start decides how
+  much is left to find: the high-pass sign agrees with the gradient's (up to one polarity) on 65-75% of its L1
+  mass, a block's single sign on about half.
 - L2: start from a grid of pseudo-Gaussian bumps with random signs scaled to
   ||p|| = eps; each iteration moves the perturbation's mass of a second random
   window into a first one, adding a new bump there (the paper's Algorithm 3). Uniform windows: its step
@@ -65,19 +74,20 @@ output (probabilities exactly 0 or 1 in float32) leaves the margin nothing to
 follow: with gain 1e5 Square finds 0.15 where PGD through the twin's logit
 finds 0.48 and HopSkipJump (labels only) 0.44 (these with the paper's uniform windows).
 
-On the shipped nodule3d (32^3 cubes, 32 samples, L-inf 0.02 in model-input units = 28 HU,
-``bench/attacks_blackbox.py --no-art --no-nps [--prior probe] [--uniform]``, same samples and seed 0): PGD (20
-steps, twin) 0.344 (11/32); at 5,000 queries Square with the search (default) 0.281 (9/32, 0.82 of PGD; 971
-queries per success, median 414; the 9 are among PGD's 11, every one flipped within the search's share), with the
-probe's windows alone 0.219 (7/32, 0.64; 546 per success, median 209), the paper's uniform windows 0.188 (0.55;
-1,462 per success). On PGD's 11 alone the search with ``SEARCH_SHARE`` 1.0 (no windows) flips the same 9, 0.5 of
-the budget 8. The 2 PGD flips it misses end 0.05 and 0.01 logit short of the threshold (the search alone) and
-stay unflipped at 7,500 queries; the probe's windows needed 10,000-20,000 queries for 2-3 of the 4 they missed.
-Heap keys normalised by block size (|change| / voxels^0.5 or ^1, deeper first) did worse on those 4 (1 and 0 of
-4 against 2 of 4), as did blocks no smaller than 8 voxels (0 of 2, and further from the threshold).
-At seed 1 PGD's random start flips 12/32 (sample 1 too) and the search the same 9: 0.75 of PGD, so the 0.8 holds
-at seed 0 but not at every PGD seed; probe blocks of 2^3 or 8^3 instead of 4^3 (the octree's roots) flip none
-of the 3 missed samples either.
+On the shipped nodule3d as rebuilt in ac4dc98 (32^3 cubes, 32 samples, L-inf 0.02 in model-input units = 28 HU,
+5,000 queries; ``bench/attacks_blackbox.py --no-art --no-nps``, here with ONNX Runtime and torch at one thread):
+PGD (20 steps, twin) flips 10, 10, 9 of 32 at seeds 0, 1, 2 (10, 9 at seeds 3, 4); Square with the search
+(default) flips 8 at every seed (its only randomness breaks zero-change ties): 0.80, 0.80, 0.89 of PGD, every flip
+among PGD's, 492 queries per success, median 196; the search before the texture start, the voxel-level split and
+the second passes (``SEARCH_SHARE`` 0.8) flipped the same 8 at 683 queries per success, median 295. The 2 PGD flips it
+misses (samples 1, 16) end 0.011 and 0.001 (probability) short of the threshold, were 0.016 and 0.012 before;
+tried there without a flip: ``REVISIT`` 0.3-1.0 (16 ends 0.0003-0.007 short), second passes over the more
+sensitive half of a block only, voxels ordered by their high-pass magnitude. Before the rebuild (the artifact of
+0fcb745): PGD 11/32 and 12/32 at seeds 0 and 1, the search 9/32. Smooth subspaces do not fit this model: on the twin, of 11
+samples near the threshold the clean gradient's per-voxel sign flips 8, the sign of its 2^3 block sums 5, of the
+gradient Gaussian-smoothed (sigma 1-2 voxels) 5, of its lowest 4^3-16^3 DCT coefficients 2-5.
+bodysite2d (quick build, 256^2 images, 32 samples, seed 0): PGD 17/32; Square 7/32 before and after (median
+queries per success 3,087 before, 1,670 after).
 """
 
 from __future__ import annotations
@@ -111,7 +121,8 @@ PRIORS = ("search", "probe", "uniform")
 #: Cells per axis of the sensitivity map windows are drawn from.
 PRIOR_CELLS = 8
 #: Probe blocks per axis (4^d queries: 16 on 2D images, 64 on volumes), each shifted by +eps alone from the clean
-#: image; done only when they cost at most ``PROBE_SHARE`` of the budget (else the stripes start).
+#: image; done only when they cost at most ``PROBE_SHARE`` of the budget, else the stripes start (the search's
+#: texture pattern doubles them).
 PROBE_BLOCKS = 4
 PROBE_SHARE = 0.05
 #: Share of window draws that follow the map (the rest uniform: every region keeps being explored).
@@ -119,10 +130,23 @@ PRIOR_MIX = 0.9
 #: How fast a cell's sensitivity follows what the queries of windows over it measure (exponential average).
 PRIOR_RATE = 0.3
 #: Share of the queries left after the probe and the start that the octree search (``prior = "search"``) spends
-#: before the map-guided windows; the windows then continue the paper's schedule from that point (small windows).
-SEARCH_SHARE = 0.8
+#: before the map-guided windows (1.0: all of them; with its second passes the search gained more per query than
+#: the windows on the nodule3d samples it misses); windows, if any, continue the paper's schedule from that point.
+SEARCH_SHARE = 1.0
 #: The octree search splits a block only while it has more voxels (pixels) than this (1: down to single voxels).
 SEARCH_MIN_VOXELS = 1
+#: The search's probe also shifts each block by eps x the image's high-pass sign (``texture_signs``) and starts
+#: each block from whichever pattern moved the margin more: on nodule3d the gradient's sign agrees with the
+#: high-pass sign (or its opposite) on 65-75% of the gradient's L1 mass, where a block's one sign gets about half.
+TEXTURE = True
+#: A block no longer than this on every axis (4^3 voxels, 4^2 pixels) splits straight into single voxels, skipping
+#: the 2^d level: the sign of a CNN's gradient varies voxel to voxel (on nodule3d the signs of its 2^3 block sums
+#: flip 5 of 11 samples where its per-voxel signs flip 8), so that level's tests mostly cancel. (Skipping two levels
+#: on bodysite2d's 256^2 images, 8^2 blocks to pixels, lost a sample the full quadtree and 4^2 flip.)
+VOXELS_SIDE = 4
+#: A block whose single-voxel pass gained (lowered the margin by) g re-enters the heap keyed ``REVISIT`` x g, for
+#: a second pass (the flips move the gradient of the voxels tested earlier); 0: one pass per block.
+REVISIT = 0.5
 
 
 # --- the deployed engine as an oracle ------------------------------------------------------------------------
@@ -310,12 +334,32 @@ def p_selection(p_init: float, it: int, n_iters: int) -> float:
     return p_init / 512
 
 
+def texture_signs(z: np.ndarray, nd: int) -> np.ndarray:
+    """The image's high-pass sign: sign(z - smooth(z)) of ``z`` (B, *spatial) with ``nd`` spatial axes, smooth: a
+    [1, 2, 1] / 4 filter along every spatial axis (edges replicated); +1 where the image is locally flat."""
+    sm = z.astype(np.float64)
+    for a in range(1, nd + 1):
+        n = sm.shape[a]
+        if n < 2:
+            continue
+        lo = np.take(sm, np.r_[0, np.arange(n - 1)], axis=a)
+        hi = np.take(sm, np.r_[np.arange(1, n), n - 1], axis=a)
+        sm = 0.25 * lo + 0.5 * sm + 0.25 * hi
+    t = np.sign(z - sm)
+    t[np.abs(z - sm) <= 1e-12 * max(1.0, float(np.abs(z).max(initial=0.0)))] = 1.0
+    return t
+
+
 Box = tuple[tuple[int, int], ...]
 
 
 def split_box(box: Box) -> list[Box]:
     """The children of a block ``box`` (one (start, stop) per axis): every axis longer than one pixel halved, so up
-    to 2^d children (an octree on volumes, a quadtree on images)."""
+    to 2^d children (an octree on volumes, a quadtree on images); a block no longer than ``VOXELS_SIDE`` on any
+    axis: its single voxels (pixels)."""
+    if voxel_level(box):  # straight to single voxels
+        return [tuple((int(c), int(c) + 1) for c in cell)
+                for cell in itertools.product(*[range(a0, a1) for a0, a1 in box])]
     parts = []
     for a0, a1 in box:
         mid = (a0 + a1) // 2
@@ -327,6 +371,11 @@ def box_size(box: Box) -> int:
     return int(np.prod([a1 - a0 for a0, a1 in box]))
 
 
+def voxel_level(box: Box) -> bool:
+    """Whether ``box`` splits straight into its single voxels (no side longer than ``VOXELS_SIDE``)."""
+    return all(a1 - a0 <= VOXELS_SIDE for a0, a1 in box)
+
+
 def box_index(box: Box) -> tuple[slice, ...]:
     return tuple(slice(a0, a1) for a0, a1 in box)
 
@@ -334,14 +383,18 @@ def box_index(box: Box) -> tuple[slice, ...]:
 class BlockSearch:
     """Per sample, the blocks the octree search tests next: a max-heap of tested blocks keyed by |margin change|
     their last test measured (the block whose flip moved the margin most is split first), and a queue of the
-    children of the block split last. When a sample's heap is empty the root blocks are tested again."""
+    children of the block split last. A block split into single voxels (``VOXELS_SIDE``) is a pass: ``report``
+    gets each of its voxels' gains, and a pass that gained g puts the block back keyed ``REVISIT`` x g. When a
+    sample's heap is empty the root blocks are tested again."""
 
     def __init__(self, roots: Sequence[Box], keys: np.ndarray) -> None:
         """``keys`` (len(roots), b): the |margin change| the probe measured per root block and sample."""
         self.roots = list(roots)
         self.order = itertools.count()
         self.heaps: list[list[tuple[float, int, Box]]] = [[] for _ in range(keys.shape[1])]
-        self.queues: list[list[Box]] = [[] for _ in range(keys.shape[1])]
+        self.queues: list[list[tuple[Box, Box | None]]] = [[] for _ in range(keys.shape[1])]
+        self.passes: list[dict[Box, list[float]]] = [{} for _ in range(keys.shape[1])]  # open passes: [left, gain]
+        self.parent: list[Box | None] = [None] * keys.shape[1]  # the pass the block ``next`` gave belongs to
         for j, box in enumerate(self.roots):
             for i in range(keys.shape[1]):
                 self.push(i, box, float(keys[j, i]))
@@ -354,10 +407,29 @@ class BlockSearch:
         """The next block to flip for sample ``i``."""
         while not self.queues[i]:
             if not self.heaps[i]:
-                self.queues[i].extend(self.roots)
+                self.queues[i].extend((r, None) for r in self.roots)
                 break
-            self.queues[i].extend(split_box(heapq.heappop(self.heaps[i])[2]))
-        return self.queues[i].pop(0)
+            box = heapq.heappop(self.heaps[i])[2]
+            kids = split_box(box)
+            par = box if REVISIT and voxel_level(box) and box not in self.passes[i] else None
+            if par is not None:
+                self.passes[i][box] = [len(kids), 0.0]
+            self.queues[i].extend((k, par) for k in kids)
+        box, self.parent[i] = self.queues[i].pop(0)
+        return box
+
+    def report(self, i: int, gain: float) -> None:
+        """What the test of the block ``next`` gave last for sample ``i`` gained (the margin's drop, 0 if not kept)."""
+        par = self.parent[i]
+        if par is None:
+            return
+        rec = self.passes[i][par]
+        rec[0] -= 1
+        rec[1] += gain
+        if rec[0] == 0:
+            del self.passes[i][par]
+            if rec[1] > 0:
+                self.push(i, par, REVISIT * rec[1])
 
 
 def pseudo_gaussian(shape: Sequence[int]) -> np.ndarray:
@@ -441,7 +513,7 @@ class Square(Attack):
         guided = self.prior != "uniform" and self.norm == "linf"
         probed = guided and min(PROBE_BLOCKS, min(spatial)) ** nd <= PROBE_SHARE * self.queries
         if probed:
-            signs, rate, roots, dm = self.probe(oracle, z0, hi, rng, spatial, v0.shape)
+            signs, rate, roots, dm = self.probe(oracle, z0, lo, hi, rng, spatial, v0.shape)
             best = np.clip(z0 + self.eps * signs[..., None], lo, hi)
         else:  # no probe within the budget: the stripes, and a map (guided) the windows' own queries learn
             best = self.initial(z0, lo, hi, rng, spatial)
@@ -491,35 +563,51 @@ class Square(Attack):
         side += 1 - side % 2
         return min(side, min(spatial))
 
-    def probe(self, oracle: "EngineOracle", z0: np.ndarray, hi: np.ndarray, rng: np.random.Generator,
+    def probe(self, oracle: "EngineOracle", z0: np.ndarray, lo: np.ndarray, hi: np.ndarray, rng: np.random.Generator,
               spatial: Sequence[int], shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray, list[Box], np.ndarray]:
-        """``PROBE_BLOCKS``^d queries per sample: block k shifted alone by +eps changes the margin by m_k. Returns
-        the start's signs (b, *spatial): each block at the sign that lowered the margin (-sign m_k; a random sign
-        where m_k = 0), the sensitivity (b, *spatial): |m_k| / (block's L1 change) on its pixels, the blocks and the
-        changes m (blocks, b)."""
+        """``PROBE_BLOCKS``^d queries per sample and pattern: block k shifted alone by eps x pattern changes the
+        margin by m_k. Patterns: +1 everywhere, and for ``prior = "search"`` (``TEXTURE``) the image's high-pass sign
+        (``texture_signs``). Returns the start's signs (b, *spatial): each block at the pattern that moved the
+        margin most, with the sign that lowered it (-sign m_k; a random sign where m_k = 0), the sensitivity (b,
+        *spatial): |m_k| of the +1 pattern / (block's L1 change) on its pixels, the blocks and the largest |m_k|
+        (blocks, b)."""
         b, nd = z0.shape[0], len(spatial)
         blocks = [edges(n, PROBE_BLOCKS) for n in spatial]
         grid = [len(e) - 1 for e in blocks]
+        roots = [tuple((int(e[i]), int(e[i + 1])) for e, i in zip(blocks, cell)) for cell in np.ndindex(*grid)]
+        patterns = [np.ones((b, *spatial))]
+        if TEXTURE and self.prior == "search":
+            patterns.append(texture_signs(z0.mean(axis=-1), nd))
         signs = np.zeros((b, *spatial))
         rate = np.zeros((b, *spatial))
-        roots = [tuple((int(e[i]), int(e[i + 1])) for e, i in zip(blocks, cell)) for cell in np.ndindex(*grid)]
-        dm = np.zeros((len(roots), b))
-        chunk = max(1, 256 // max(b, 1))  # engine calls of about 256 volumes
-        for c0 in range(0, len(roots), chunk):
-            boxes = [box_index(box) for box in roots[c0:c0 + chunk]]
-            batch = np.repeat(z0[None], len(boxes), axis=0)  # (k, b, *spatial, C)
-            for j, box in enumerate(boxes):
-                batch[(j, slice(None), *box)] = np.minimum(z0[(slice(None), *box)] + self.eps, hi[(slice(None), *box)])
-            moved = np.abs(batch - z0[None]).reshape(len(boxes), b, -1).sum(axis=2)
-            idx = np.tile(np.arange(b), len(boxes))
+        dm = np.zeros((len(patterns), len(roots), b))
+        chunk = max(1, 256 // max(b, 1))
+        jobs = [(k, r) for k in range(len(patterns)) for r in range(len(roots))]
+        for c0 in range(0, len(jobs), chunk):
+            part = jobs[c0:c0 + chunk]
+            batch = np.repeat(z0[None], len(part), axis=0)
+            for j, (k, r) in enumerate(part):
+                box = box_index(roots[r])
+                at = (slice(None), *box)
+                batch[(j, *at)] = np.clip(z0[at] + self.eps * patterns[k][at][..., None], lo[at], hi[at])
+            idx = np.tile(np.arange(b), len(part))
             _, m, _ = oracle.query(from_layout(batch.reshape(-1, *z0.shape[1:]), (len(idx), *shape[1:])), idx)
-            dm[c0:c0 + len(boxes)] = (m - oracle.clean_margin[idx]).reshape(len(boxes), b)
-            for j, box in enumerate(boxes):
-                sign = -np.sign(dm[c0 + j])
-                sign[sign == 0] = rng.choice([-1.0, 1.0], size=int((sign == 0).sum()))
-                signs[(slice(None), *box)] = sign.reshape(b, *([1] * nd))
-                rate[(slice(None), *box)] = (np.abs(dm[c0 + j]) / np.maximum(moved[j], 1e-300)).reshape(b, *([1] * nd))
-        return signs, rate, roots, dm
+            m = (m - oracle.clean_margin[idx]).reshape(len(part), b)
+            for j, (k, r) in enumerate(part):
+                dm[k, r] = m[j]
+        best_k = np.abs(dm).argmax(axis=0)  # (roots, b)
+        keys = np.take_along_axis(np.abs(dm), best_k[None], axis=0)[0]
+        for r, root in enumerate(roots):
+            box = box_index(root)
+            moved = np.abs(np.clip(z0[(slice(None), *box)] + self.eps, None, hi[(slice(None), *box)])
+                           - z0[(slice(None), *box)]).reshape(b, -1).sum(axis=1)
+            for i in range(b):
+                k = int(best_k[r, i])
+                d = dm[k, r, i]
+                sign = -np.sign(d) if d != 0 else rng.choice([-1.0, 1.0])
+                signs[(i, *box)] = sign * patterns[k][(i, *box)]
+                rate[(i, *box)] = abs(dm[0, r, i]) / max(float(moved[i]), 1e-300)
+        return signs, rate, roots, keys
 
     def search(self, oracle: "EngineOracle", z0: np.ndarray, lo: np.ndarray, hi: np.ndarray, signs: np.ndarray,
                rate: np.ndarray, best: np.ndarray, best_margin: np.ndarray, done: np.ndarray, blocks: BlockSearch,
@@ -544,6 +632,7 @@ class Square(Attack):
                 moved = np.abs(new[(j, *box)] - best[(i, *box)]).sum()
                 rate[(i, *box)] = abs(change[j]) / max(moved, 1e-300)
                 blocks.push(int(i), tuple((sl.start, sl.stop) for sl in box), abs(float(change[j])))
+                blocks.report(int(i), -float(change[j]) if take[j] else 0.0)
                 if take[j]:
                     signs[(i, *box)] *= -1.0
             best[idx[take]] = new[take]
