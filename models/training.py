@@ -262,6 +262,85 @@ def _stage2_patches(net, bp: Blueprint, data: Data, idx: np.ndarray, rng: np.ran
     return np.concatenate(patches), np.concatenate(labels).astype(np.int64)
 
 
+def _train_stage1(net, bp: Blueprint, recipe: Recipe, data: Data, split: Split, rng: np.random.Generator,
+                  gen: torch.Generator, report: Callable[[int, int, float, float], None]) -> tuple[int, float]:
+    """Stage 1 of ``train_detector`` (in place on ``net.stage1``): returns the kept epoch and its validation CPM."""
+    augment = AUGMENTATIONS[bp.augment] if bp.augment else None
+    task, size = bp.task, data.x.shape[-1]
+    targets = {int(i): heat_target(data.targets["lesions"][i], size) for i in split.train}
+    opt = torch.optim.Adam(net.stage1.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    steps = -(-split.train.size * STAGE1_CROPS // recipe.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs * steps)
+    best, best_state, best_epoch = -np.inf, None, -1
+    for epoch in range(recipe.epochs):
+        net.train()
+        order = np.repeat(split.train, STAGE1_CROPS)[rng.permutation(split.train.size * STAGE1_CROPS)]
+        total = 0.0
+        for start in range(0, order.size, recipe.batch_size):
+            b = order[start : start + recipe.batch_size]
+            crops = []
+            for i in b:
+                o = _crop_origins(data.targets["lesions"][i], size, rng)
+                sl = tuple(slice(int(v), int(v) + STAGE1_CROP) for v in o)
+                crops.append(np.stack([data.x[i, 0][sl], targets[int(i)][sl]]))
+            xt = torch.from_numpy(np.stack(crops))
+            if augment is not None:
+                xt = augment(xt, gen, max_shift=0)
+            loss = task.heatmap_loss(net.stage1(xt[:, :1]), xt[:, 1:])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * b.size
+        net.eval()
+        c, p = detect(net, data.x[split.val])
+        score = froc(task.matches(c.astype(np.float64), p, data.targets["lesions"][split.val])).cpm
+        report(1, epoch, total / order.size, score)
+        if score > best or best_state is None:
+            best, best_state, best_epoch = score, copy.deepcopy(net.stage1.state_dict()), epoch + 1
+    net.stage1.load_state_dict(best_state)
+    net.eval()
+    return best_epoch, float(best)
+
+
+def _train_stage2(net, bp: Blueprint, recipe: Recipe, data: Data, split: Split, rng: np.random.Generator,
+                  gen: torch.Generator,
+                  report: Callable[[int, int, float, float], None]) -> tuple[int, dict, np.ndarray]:
+    """Stage 2 of ``train_detector`` (in place on ``net.stage2``, stage 1 fixed): returns the kept epoch, its
+    validation metrics and the training patches' labels."""
+    augment = AUGMENTATIONS[bp.augment] if bp.augment else None
+    task = bp.task
+    net.eval()
+    px, py = _stage2_patches(net, bp, data, split.train, rng)
+    opt = torch.optim.Adam(net.stage2.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs * -(-py.size // recipe.batch_size))
+    best, best_state, best_epoch, best_metrics = -np.inf, None, -1, {}
+    for epoch in range(recipe.epochs):
+        net.stage2.train()
+        order = balanced_order(py, rng)
+        total = 0.0
+        for start in range(0, order.size, recipe.batch_size):
+            b = order[start : start + recipe.batch_size]
+            xb = torch.from_numpy(px[b])
+            if augment is not None:
+                xb = augment(xb, gen)
+            loss = beta_loss(net.stage2(xb), torch.from_numpy(py[b]), min(1.0, epoch / STAGE2_KL_ANNEAL))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * b.size
+        net.eval()
+        m = evaluate(bp, net, data, split.val)
+        report(2, epoch, total / order.size, task.score(m))
+        if task.score(m) > best or best_state is None:
+            best, best_state, best_epoch, best_metrics = task.score(m), copy.deepcopy(net.stage2.state_dict()), \
+                epoch + 1, m
+    net.stage2.load_state_dict(best_state)
+    net.eval()
+    return best_epoch, best_metrics, py
+
+
 def train_detector(bp: Blueprint, recipe: Recipe, data: Data, split: Split, seed: int, *, progress: bool = False,
                    desc: str = "", log: Callable[[str], None] | None = None) -> TrainResult:
     """Train a two-stage detector (``models.nets.Detector3D``), each stage with its own loss, best-on-validation.
@@ -274,8 +353,6 @@ def train_detector(bp: Blueprint, recipe: Recipe, data: Data, split: Split, seed
     beta loss with class-balanced batches and cube augmentation, ``recipe.epochs`` epochs; the epoch kept is the
     one with the best CPM of the whole detector on the validation volumes. Deterministic like ``train``.
     """
-    augment = AUGMENTATIONS[bp.augment] if bp.augment else None
-    task, size = bp.task, data.x.shape[-1]
     history: list[dict] = []
 
     def report(stage: int, epoch: int, loss: float, score: float) -> None:
@@ -288,68 +365,8 @@ def train_detector(bp: Blueprint, recipe: Recipe, data: Data, split: Split, seed
         net = bp.make_net()
         gen = torch.Generator().manual_seed(int(seed))
         rng = np.random.default_rng([int(seed), 11])
-        targets = {int(i): heat_target(data.targets["lesions"][i], size) for i in split.train}
-        opt = torch.optim.Adam(net.stage1.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-        steps = -(-split.train.size * STAGE1_CROPS // recipe.batch_size)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs * steps)
-        best, best_state, best_epoch = -np.inf, None, -1
-        for epoch in range(recipe.epochs):
-            net.train()
-            order = np.repeat(split.train, STAGE1_CROPS)[rng.permutation(split.train.size * STAGE1_CROPS)]
-            total = 0.0
-            for start in range(0, order.size, recipe.batch_size):
-                b = order[start : start + recipe.batch_size]
-                crops = []
-                for i in b:
-                    o = _crop_origins(data.targets["lesions"][i], size, rng)
-                    sl = tuple(slice(int(v), int(v) + STAGE1_CROP) for v in o)
-                    crops.append(np.stack([data.x[i, 0][sl], targets[int(i)][sl]]))
-                xt = torch.from_numpy(np.stack(crops))
-                if augment is not None:
-                    xt = augment(xt, gen, max_shift=0)
-                loss = task.heatmap_loss(net.stage1(xt[:, :1]), xt[:, 1:])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += loss.item() * b.size
-            net.eval()
-            c, p = detect(net, data.x[split.val])
-            score = froc(task.matches(c.astype(np.float64), p, data.targets["lesions"][split.val])).cpm
-            report(1, epoch, total / order.size, score)
-            if score > best or best_state is None:
-                best, best_state, best_epoch = score, copy.deepcopy(net.stage1.state_dict()), epoch + 1
-        net.stage1.load_state_dict(best_state)
-        stage1_epoch, stage1_cpm = best_epoch, best
-
-        net.eval()
-        px, py = _stage2_patches(net, bp, data, split.train, rng)
-        opt = torch.optim.Adam(net.stage2.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs * -(-py.size // recipe.batch_size))
-        best, best_state, best_epoch, best_metrics = -np.inf, None, -1, {}
-        for epoch in range(recipe.epochs):
-            net.stage2.train()
-            order = balanced_order(py, rng)
-            total = 0.0
-            for start in range(0, order.size, recipe.batch_size):
-                b = order[start : start + recipe.batch_size]
-                xb = torch.from_numpy(px[b])
-                if augment is not None:
-                    xb = augment(xb, gen)
-                loss = beta_loss(net.stage2(xb), torch.from_numpy(py[b]), min(1.0, epoch / STAGE2_KL_ANNEAL))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += loss.item() * b.size
-            net.eval()
-            m = evaluate(bp, net, data, split.val)
-            report(2, epoch, total / order.size, task.score(m))
-            if task.score(m) > best or best_state is None:
-                best, best_state, best_epoch, best_metrics = task.score(m), copy.deepcopy(net.stage2.state_dict()), \
-                    epoch + 1, m
-        net.stage2.load_state_dict(best_state)
-        net.eval()
+        stage1_epoch, stage1_cpm = _train_stage1(net, bp, recipe, data, split, rng, gen, report)
+        best_epoch, best_metrics, py = _train_stage2(net, bp, recipe, data, split, rng, gen, report)
     best_metrics = {**best_metrics, "stage1_cpm": stage1_cpm, "stage1_best_epoch": stage1_epoch,
                     "stage2_patches": int(py.size), "stage2_positive_fraction": float(py.mean())}
     return TrainResult(net, best_epoch, best_metrics, history)

@@ -22,8 +22,10 @@ any dose: with ground glass limited to -600..-300 HU (250-550 HU of contrast) a 
 (50-150 HU of contrast, under 2 sigma per voxel at 10 mAs; faint pure ground-glass nodules and atypical adenomatous
 hyperplasia are this faint), of 4-6 mm fades into the noise's own nodule-sized blobs, and those blobs become new
 false positives, while the clean volumes (parenchyma texture ~7 HU) keep every lesion visible. Measured with this
-mix (quick build, 60 held-out volumes x 4 draws): CPM 0.714 clean, 0.629 at 10 mAs, paired drop 0.085 (95% CI
--0.004..0.152), the sensitivity at 1/8 FP per scan falling from 0.58 to 0.29.
+mix (quick build: 32 candidates, 5^3 NMS, stage 1 with a parenchyma-window channel, 16 epochs; 120 held-out
+volumes, 188 nodules, x 4 noise draws): CPM 0.878 (95% CI 0.834..0.915) clean, 0.767 at 10 mAs, paired drop 0.111
+(CI 0.077..0.142), the sensitivity at 1/8 FP per scan falling by 0.17; the share of nodules among the candidates
+falls from 95% to 90%. (The earlier 16-candidate build, 10 epochs: CPM 0.714 clean, drop 0.085, CI -0.004..0.152.)
 """
 
 from __future__ import annotations

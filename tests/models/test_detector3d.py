@@ -119,8 +119,6 @@ def heldout_matches(onnx_path, task, n=N_EVAL, k=K_DRAWS, mas=LOW_MAS):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 18 open: the quick build's stage 1 finds ~70% of the lesions among its "
-                   "16 candidates (faint ground glass), so CPM is 0.64-0.71 < 0.8; remove this mark when it passes")
 def test_quick_detector_finds_nodules_clean_and_loses_some_at_10_mas(tmp_path_factory):
     build = models.cached_build("detector3d", quick=True, cache_dir=tmp_path_factory.mktemp("detector-cache"))
     assert build.artifacts[0].test["cpm"] >= MIN_CPM  # the build's own held-out split
