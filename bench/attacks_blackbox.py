@@ -12,11 +12,11 @@ Runtime engine's decision changing against its clean decision.
   (``space = "input"``; x = clip((HU - lo) / (hi - lo), 0, 1), so eps x (hi - lo) HU where unclipped); with
   ``--uniform`` also Square with the paper's uniform windows (``prior = "uniform"``) on the same samples and seed.
   The JSON names the samples only PGD or only Square flips, Square's success over PGD's (``square_over_pgd``) and
-  whether it exceeds it (``square_exceeds_pgd``). Measured (nodule3d, n 32, eps 0.02, 5,000 queries, seed 0,
-  2-core CPU): PGD 0.344; Square with the octree search (default) 0.281 (0.818 of PGD, 971 queries per success,
-  median 414, PGD-only samples [18, 30], none Square-only; 597 s on a loaded machine); ``--prior probe`` 0.219
-  (0.636, 546 queries per success), uniform windows 0.188 (0.545). ``--seed 1``: PGD 0.375 (12/32), Square the
-  same 0.281 (0.75 of PGD).
+  whether it exceeds it (``square_exceeds_pgd``). Measured (shipped nodule3d, n 32, eps 0.02, 5,000 queries,
+  2-core CPU, quiet): PGD 0.3125 (10/32) at seeds 0 and 1, 9/32 at seed 2; Square with the octree search
+  (default: texture-signed start, voxel-level splits, second passes) 0.25 (8/32) at every seed (0.80, 0.80, 0.89
+  of PGD; 492 queries per success, median 196; PGD-only samples [1, 16], none Square-only; 133-143 s). The search
+  before this (block signs only, 80% of the budget) flipped the same 8 at 683 per success, median 295.
 - NPS search (``--nps-queries`` per sample, 100 draws then refinement) vs random noise of the same dose
   (``--dose`` mAs of the default ``[noise]`` model) on the same samples with the same number of engine queries
   (``--nps-queries`` - 1 random draws per sample; a sample counts if any draw flips it).
