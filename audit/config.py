@@ -40,10 +40,11 @@ from models.registry import REGISTRY
 SECTIONS = ("model", "head", "preprocess", "data", "noise", "run", "report", "scan_arm", "pacs", "attack", "track")
 ATTACK_SECTIONS = ("model", "head", "preprocess", "data", "attack", "noise")
 RETRAIN_SECTIONS = ("model", "retrain", "attack", "noise")
-#: Reference models ``audit retrain`` refuses, with the reason: its loop attacks and fine-tunes one net on per-image
-#: labels; a two-stage detector trains its stages separately on lesion annotations (``models.training.train_detector``).
-RETRAIN_REFUSED = {"detector3d": "a two-stage detector: its stages train separately on lesion annotations, and the "
-                                 "attacks judge per-image decisions, not lesions"}
+#: Trainers (``Blueprint.trainer``) whose models ``audit retrain`` refuses, with the reason: its loop attacks and
+#: fine-tunes one net on per-image labels; a two-stage detector trains its stages separately on lesion annotations
+#: (``models.training.train_detector``).
+RETRAIN_REFUSED = {"detector": "a two-stage detector: its stages train separately on lesion annotations, and the "
+                               "attacks judge per-image decisions, not lesions"}
 NOISE_KEYS = ("kind", "levels", "draws", "seed", "preset", "table", "sigma_ref", "mas_ref", "electronic_fraction",
               "cutoff", "z_fwhm_mm", "method", "mode", "fractions", "acquired_mas", "scan_noise", "phantom_series",
               "phantom_mas", "reference_diameter_mm", "strict_kernel", "roi_mm", "spatial", "ctdivol_mgy",
@@ -346,9 +347,8 @@ def campaign_threads(entries: tuple[ModelEntry, ...]) -> tuple[ModelEntry, ...]:
     (``thread_layout`` before any model ran: every core up to 4 cores, three quarters above, the noise producer the
     rest; one single-thread stream per engine core). ``threads`` or ``streams`` given in the config win (on 2 cores
     a noise-heavy 2D campaign runs best with ``threads = 1``)."""
-    layout = thread_layout()
-    return tuple(dataclasses.replace(e, options=MappingProxyType({**e.options, "threads": layout.engine,
-                                                                  "streams": layout.streams}))
+    layout = thread_layout().engine_options()
+    return tuple(dataclasses.replace(e, options=MappingProxyType({**e.options, **layout}))
                  if e.engine == "onnxruntime" and not {"threads", "streams"} & set(e.options) else e for e in entries)
 
 
@@ -449,8 +449,9 @@ def parse_retrain_config(raw: Mapping[str, Any], base: Path) -> RetrainConfig:
     name = m.str("name", "nodule3d")
     if name not in REGISTRY:
         raise ConfigError(f"model.name: unknown model {name!r}; expected one of {', '.join(REGISTRY)}")
-    if name in RETRAIN_REFUSED:  # adversarial fine-tuning is written for single-stage models with per-image labels
-        raise ConfigError(f"model.name: {name!r} cannot be retrained here ({RETRAIN_REFUSED[name]})")
+    trainer = REGISTRY[name].blueprint().trainer  # fine-tuning is written for single-stage models, per-image labels
+    if trainer in RETRAIN_REFUSED:
+        raise ConfigError(f"model.name: {name!r} cannot be retrained here ({RETRAIN_REFUSED[trainer]})")
     kw: dict[str, Any] = {"model": name, "variant": m.str("variant", None),
                           "quick": m.bool("quick", True), "cache_dir": m.str("cache_dir", None)}
     m.done(("name", "variant", "quick", "cache_dir"))

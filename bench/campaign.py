@@ -56,9 +56,8 @@ def setup(name: str, n: int, threads: int | None = None, streams: int = 1):
     from models.build import cached_build, load_checkpoint
 
     build = cached_build(name, quick=True, progress=False)
-    layout = thread_layout()
-    model = open_path(build.primary, name, threads=layout.engine if threads is None else threads,
-                      streams=layout.streams if threads is None else streams)
+    options = thread_layout().engine_options() if threads is None else {"threads": threads, "streams": streams}
+    model = open_path(build.primary, name, **options)
     source = phantom_source(MODELS[name], n, 1000)
     net = load_checkpoint(name, None, build.artifacts[0].checkpoint)
     return model, source, net

@@ -63,10 +63,10 @@ OOD_DEFINITIONS = {
     "positive": "attacked (higher score = OOD)",
     "score_unit": "the head's ood_output as the deployed engine gives it (higher = more OOD); AUROC is a probability",
 }
-#: Default valid HU range: air to the top of a 12-bit scanner range.
 #: Fewest samples with attacked inputs for an OOD AUROC interval: resampling 1-2 clusters gives a degenerate or
 #: conditional interval (all successes in one sample: [1, 1] from the resamples that happen to draw it).
 MIN_OOD_SAMPLES = 3
+#: Default valid HU range: air to the top of a 12-bit scanner range.
 HU_RANGE = (-1024.0, 3071.0)
 SPACES = ("hu", "input")
 
@@ -314,11 +314,17 @@ class AttackResult:
     def k(self) -> int:
         return int(self.torch_flips.shape[1])
 
+    def success_rates(self) -> tuple[float, float]:
+        """(twin, deployed) success rates over samples: a sample succeeds if any of its K candidates flips."""
+        if not self.n:
+            return 0.0, 0.0
+        return float(self.torch_flips.any(axis=1).mean()), float(self.deployed_flips.any(axis=1).mean())
+
     def summary(self) -> dict[str, Any]:
-        """Rates over samples (a sample succeeds if any of its K candidates flips), SAN and SAR (DESIGN.md)."""
+        """Rates over samples (``success_rates``), SAN and SAR (DESIGN.md), and the OOD block (``ood``: two
+        bootstraps; callers wanting only the rates call ``success_rates``)."""
         n_i = self.deployed_flips.sum(axis=1)
-        torch_rate = float(self.torch_flips.any(axis=1).mean()) if self.n else 0.0
-        deployed_rate = float((n_i >= 1).mean()) if self.n else 0.0
+        torch_rate, deployed_rate = self.success_rates()
         out = {
             "n": self.n, "k": self.k, "torch_success_rate": torch_rate, "deployed_success_rate": deployed_rate,
             "san": int((n_i >= 1).sum()), "san_fraction": deployed_rate,

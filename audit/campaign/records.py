@@ -160,27 +160,6 @@ def _read_all(files: list[Path]) -> dict[str, np.ndarray]:
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
 
 
-#: Clean detection records kept for ``load_level`` (a report reads every level of a model against the same clean
-#: shards): at most this many (root, model) entries, each keyed by the clean shards' names, sizes and mtimes so a
-#: rewritten shard (a resume) is read again.
-CLEAN_CACHE_ENTRIES = 4
-_clean_cache: dict[tuple, CleanRecords] = {}
-
-
-def _clean_cached(root: Path, model: str, n: int) -> CleanRecords:
-    """``load_clean`` through a small cache keyed by the clean shards' file identities (see ``CLEAN_CACHE_ENTRIES``)."""
-    files = sorted((root / "records" / model).glob("clean-*.parquet"))
-    key = (str(Path(root).resolve()), model, n,
-           tuple((f.name, st.st_size, st.st_mtime_ns) for f in files for st in (f.stat(),)))
-    hit = _clean_cache.get(key)
-    if hit is None:
-        hit = load_clean(root, model, n)
-        while len(_clean_cache) >= CLEAN_CACHE_ENTRIES:
-            _clean_cache.pop(next(iter(_clean_cache)))
-        _clean_cache[key] = hit
-    return hit
-
-
 def load_clean(root: Path, model: str, n: int) -> CleanRecords:
     cols = _read_all(sorted((root / "records" / model).glob("clean-*.parquet")))
     if not cols or len(cols["sample"]) != n or len(np.unique(cols["sample"])) != n:
@@ -198,7 +177,10 @@ def load_clean(root: Path, model: str, n: int) -> CleanRecords:
                         detection, ood)
 
 
-def load_level(root: Path, model: str, level: float, level_key: int, n: int, k: int) -> LevelRecords:
+def load_level(root: Path, model: str, level: float, level_key: int, n: int, k: int,
+               clean: CleanRecords | None = None) -> LevelRecords:
+    """One level's (N, K) records. ``clean``: the model's ``load_clean`` when the caller holds it (a detection level
+    needs the clean matches; without it they are read from the clean shards here)."""
     cols = _read_all(sorted((root / "records" / model / f"level-{level_key}").glob("shard-*.parquet")))
     if not cols or len(cols["sample"]) != n * k:
         got = len(cols["sample"]) if cols else 0
@@ -213,16 +195,19 @@ def load_level(root: Path, model: str, level: float, level_key: int, n: int, k: 
 
     dice = grid("dice") if not np.all(np.isnan(cols["dice"].astype(np.float64))) else None
     contours = {c: grid(c).astype(np.float64) for c in CONTOUR_COLUMNS if c in cols}
-    detection = _detection_draws(root, model, n, k, {c: grid(c) for c in DETECTION_COLUMNS}) \
-        if DETECTION_COLUMNS[0] in cols else None
+    detection = None
+    if DETECTION_COLUMNS[0] in cols:
+        clean = clean if clean is not None else load_clean(root, model, n)
+        detection = _detection_draws(root, model, clean, n, k, {c: grid(c) for c in DETECTION_COLUMNS})
     ood = grid(OOD_COLUMN).astype(np.float64) if OOD_COLUMN in cols else None
     return LevelRecords(level, grid("label"), grid("score"), grid("flipped").astype(bool), dice, **contours,
                         detection=detection, ood_score=ood)
 
 
-def _detection_draws(root: Path, model: str, n: int, k: int, g: dict[str, np.ndarray]) -> DetectionDraws:
+def _detection_draws(root: Path, model: str, clean_records: CleanRecords, n: int, k: int,
+                     g: dict[str, np.ndarray]) -> DetectionDraws:
     """``DetectionDraws`` from the (N, K) grids of the detection columns and the model's clean records."""
-    clean = _clean_cached(root, model, n).detection  # one read of the clean shards for all levels of a model
+    clean = clean_records.detection
     if clean is None:
         raise InputError(f"{root}: model '{model}' has detection level records but no detection clean records; "
                          "run again in a new --out")

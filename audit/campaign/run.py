@@ -85,14 +85,21 @@ available_cpus = usable_cpus
 
 @dataclass(frozen=True)
 class ThreadLayout:
-    """How a campaign splits the cores: ``engine`` cores of a CPU engine, run as ``streams`` concurrent single-thread
-    runs over parts of each batch (``audit.engines.ort``; 1: one run on ``engine`` intra-op threads), and ``noise``
-    producer workers."""
+    """How a campaign splits the cores: ``engine`` cores of a CPU engine, each running one single-thread stream over
+    parts of each batch (``audit.engines.ort``), and ``noise`` producer workers."""
 
     cpus: int
     engine: int
     noise: int
-    streams: int = 1
+
+    @property
+    def streams(self) -> int:
+        """Concurrent single-thread engine runs: one per engine core."""
+        return self.engine
+
+    def engine_options(self) -> dict[str, int]:
+        """The ONNX Runtime engine options this layout gives a CPU model (``[[model]] threads`` / ``streams``)."""
+        return {"threads": self.engine, "streams": self.streams}
 
 
 def thread_layout(cpus: int | None = None, *, device: bool = False, noise_share: float | None = None) -> ThreadLayout:
@@ -113,7 +120,7 @@ def thread_layout(cpus: int | None = None, *, device: bool = False, noise_share:
     The engine's cores run as ``streams`` concurrent single-thread runs on parts of each batch, one per core, not
     as intra-op threads of one run: intra-op threads wait for each other after every operator,
     so the producer preempting one stalls all, while separate runs meet once per batch. On 2 cores with NoduleNet3D
-    (2 engine + 1 noise) the campaign reached 0.93-0.98 of its bare engine this way against 0.83-0.87 (issue 17).
+    (2 engine + 1 noise) the campaign reached 0.90 of its bare engine this way against 0.83 (issue 17; bench/campaign.py, 3 quiet rounds).
     """
     cpus = available_cpus() if cpus is None else max(1, int(cpus))
     if device:
@@ -121,12 +128,12 @@ def thread_layout(cpus: int | None = None, *, device: bool = False, noise_share:
     if noise_share is None:
         noise = 1 if cpus <= 4 else cpus // 4
         engine = cpus if cpus <= 4 else cpus - noise
-    elif min(max(float(noise_share), 0.0), 1.0) * cpus <= 0.5:
+    elif (need := min(max(float(noise_share), 0.0), 1.0) * cpus) <= 0.5:
         engine, noise = cpus, 1
     else:
-        noise = max(1, min(cpus - 1, round(min(max(float(noise_share), 0.0), 1.0) * cpus))) if cpus > 1 else 1
+        noise = max(1, min(cpus - 1, round(need))) if cpus > 1 else 1
         engine = max(1, cpus - noise)
-    return ThreadLayout(cpus, engine, noise, engine)
+    return ThreadLayout(cpus, engine, noise)
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,10 @@ inside each operator. Beside a campaign's noise producer
 this matters: ONNX Runtime's intra-op threads meet at a barrier after every
 operator, and one thread preempted by the producer stalls the others there,
 while independent single-thread runs only meet once per batch. Measured on
-2 cores with NoduleNet3D (32^3, batches of 64): the bare engine +2-5%, the
-campaign 0.93-0.98 of its engine against 0.83-0.87 with 2 intra-op threads
-(issue 17). The outputs are each sample's own, as in one run.
+2 cores with NoduleNet3D (32^3, batches of 64): the bare engine +2-5%; the
+campaign 0.90 of its engine (bench/campaign.py, median of 3 quiet rounds)
+against 0.83 with 2 intra-op threads (issue 17). The outputs are each
+sample's own, as in one run.
 
 ``micro_batch``: single-thread runs take host batches in parts of at most
 that many samples (default ``MICRO_BATCH``; 0: the default): a part's

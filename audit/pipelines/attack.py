@@ -178,4 +178,12 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         if ref:
             lines.append(f"  vs {ref['reference']}: {ref['verdict']}" if "verdict" in ref
                          else f"  no FP32 comparison: {ref.get('reason')}")
+        o = s.get("ood")  # a model with an OOD output: the detector's AUROC of clean against attacked inputs
+        if o and o.get("auroc") is None:
+            lines.append(f"{b['label']}: OOD AUROC undefined ({o.get('note', '')})")
+        elif o:
+            won = (o.get("successful") or {}).get("auroc")
+            lo, hi = (f"{v:.3f}" if v is not None else "-" for v in o["ci"])
+            lines.append(f"{b['label']}: OOD AUROC clean vs attacked {o['auroc']:.3f} [{lo}, {hi}]"
+                         + (f", successful candidates only {won:.3f}" if won is not None else ""))
     return lines

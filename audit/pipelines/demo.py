@@ -55,8 +55,8 @@ def audit_reference(out: Path, onnx_path: Path, *, quick: bool = False, progress
                     log: Callable[[str], None] = print, build: dict[str, Any] | None = None) -> tuple[dict[str, Any], Any]:
     """The demo's audit of the nodule model at ``onnx_path``: the demo's data, noise and sizes."""
     n, k = QUICK_SIZE if quick else DEFAULT_SIZE
-    layout = thread_layout()  # the campaign's layout, as ``audit run`` gives a model without thread options
-    model = open_path(onnx_path, "nodule3d", threads=layout.engine, streams=layout.streams)
+    # the campaign's layout, as ``audit run`` gives a model without thread options
+    model = open_path(onnx_path, "nodule3d", **thread_layout().engine_options())
     source = phantom_source("nodules", n, AUDIT_SET_SEED)
     noise = NoiseSpec(kind="nps", levels=LEVELS, draws=k, seed=0, preset="standard", sigma_ref=25.0,
                       mas_ref=100.0).resolved(source)  # phantoms: the whole noise of each dose is added

@@ -146,7 +146,7 @@ def run_fast_gate(config: AuditConfig, rules: list[dict[str, Any]], out: Path, *
             if rule["metric"] not in LEVEL_RULES:
                 continue
             lv = next(v for v in noise.levels if math.isclose(v, rule["level"]))
-            rec = records.load_level(out, m.name, lv, noise.level_key(lv), n, done_at[lv])
+            rec = records.load_level(out, m.name, lv, noise.level_key(lv), n, done_at[lv], cleans[m.name])
             verdict, value, note = _early(rule, clean, rec, list(m.head.labels_names), confidence)
             if verdict is not None:
                 limit = f"<= {rule['max']:g}"
@@ -167,7 +167,7 @@ def run_fast_gate(config: AuditConfig, rules: list[dict[str, Any]], out: Path, *
 def _exact(rule, model, clean, out, noise, n, done_at, baseline) -> Verdict:
     """The full gate's verdict on the draws so far (all K of the rule's level): exact."""
     levels = [lv for lv in noise.levels if lv in done_at and done_at[lv] == noise.draws]
-    blocks = [level_block(model, clean, records.load_level(out, model.name, lv, noise.level_key(lv), n, noise.draws))
+    blocks = [level_block(model, clean, records.load_level(out, model.name, lv, noise.level_key(lv), n, noise.draws, clean))
               for lv in levels]
     mini = {"models": [{"name": model.name, "levels": blocks, "clean": clean_performance(model, clean),
                         "head": model.head.to_dict()}], "noise": noise.to_dict()}

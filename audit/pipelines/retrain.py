@@ -147,9 +147,9 @@ def audit_rounds(config: RetrainConfig, bp, data, test_idx: np.ndarray, onnx_pat
 
 def _san(result) -> dict[str, Any]:
     """The attack's SAN and pooled SAR on one split, with the campaign report's intervals."""
-    s = result.summary()
-    return {**attack_rates(result.deployed_flips), "torch_success_rate": s["torch_success_rate"],
-            "deployed_success_rate": s["deployed_success_rate"]}
+    torch_rate, deployed_rate = result.success_rates()  # not summary(): its OOD bootstraps are not wanted here
+    return {**attack_rates(result.deployed_flips), "torch_success_rate": torch_rate,
+            "deployed_success_rate": deployed_rate}
 
 
 def retrain_from_config(config: RetrainConfig, out: str | Path, *, progress: bool | None = None) -> dict[str, Any]:

@@ -511,7 +511,7 @@ def build_report(out: Path, models: Sequence[Audited], source: Any, noise: Noise
     loaded = []
     for m in models:
         clean = records.load_clean(out, m.name, n)
-        by_level = {lv: records.load_level(out, m.name, lv, noise.level_key(lv), n, k) for lv in noise.levels}
+        by_level = {lv: records.load_level(out, m.name, lv, noise.level_key(lv), n, k, clean) for lv in noise.levels}
         loaded.append((m, clean, by_level))
         model_blocks.append({
             **m.describe(),
