@@ -344,9 +344,8 @@ def noise_section(t: Table, **defaults: Any) -> NoiseSpec:
 
 def campaign_threads(entries: tuple[ModelEntry, ...]) -> tuple[ModelEntry, ...]:
     """``audit run``: an ONNX Runtime model with neither ``threads`` nor ``streams`` gets the campaign's layout
-    (``thread_layout`` before any model ran: every core up to 4 cores, three quarters above, the noise producer the
-    rest; one single-thread stream per engine core). ``threads`` or ``streams`` given in the config win (on 2 cores
-    a noise-heavy 2D campaign runs best with ``threads = 1``)."""
+    (``thread_layout``: single-thread runs, one stream per core; the campaign's workers, one per core, each run it
+    unsplit on the batches they made). ``threads`` or ``streams`` given in the config win."""
     layout = thread_layout().engine_options()
     return tuple(dataclasses.replace(e, options=MappingProxyType({**e.options, **layout}))
                  if e.engine == "onnxruntime" and not {"threads", "streams"} & set(e.options) else e for e in entries)

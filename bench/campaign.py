@@ -3,10 +3,12 @@
 For NoduleNet3D (32^3 cubes) and BodySiteNet2D (256^2 slices), in one process,
 same model and batch size:
   (a) the campaign end to end (noise + preprocessing + ONNX Runtime + records,
-      the clean pass counted), engine cores, streams and noise workers from
-      ``thread_layout`` given the measured noise share of the CPU time per
-      image (2D on 2 cores: 1 + 1; 3D: 2 single-thread streams + 1), with
-      fresh noise and, for screening runs, with the noise bank (``bank``);
+      the clean pass counted) in ``thread_layout``'s layout: one worker per
+      core, each making a batch's noise and running the single-thread engine
+      on it, with fresh noise and, for screening runs, with the noise bank
+      (``bank``); and, beside it, the layout issue 17 measured before: one
+      noise producer feeding the engine's cores as concurrent single-thread
+      streams on the main thread (``pipelined``);
   (b) the bare engine on pre-generated inputs, the ceiling: the best of 1
       thread, all cores as intra-op threads of one run, and all cores as
       concurrent single-thread streams (the campaign cannot beat it);
@@ -14,7 +16,7 @@ same model and batch size:
       per-slice float64 NumPy FFT noise.
 The computed limit of (a)/(b) comes beside each ratio: the bare engine at its best
 rate E takes C / E core-seconds per image on C cores; the campaign adds t_n of
-noise + preprocessing (process CPU time per image on one thread, as the producer
+noise + preprocessing (process CPU time per image on one thread, as a worker
 makes it), so (a)/(b) <= 1 / (1 + t_n E / C) (t_n of the bank's shifted copies
 with the bank). E, not one thread's CPU time, sets the engine's share: single-thread
 runs in cache-sized parts and concurrent streams make the engine's cores do more
@@ -193,39 +195,34 @@ def main() -> None:
         n = 100
         one, source, net = setup(name, n, threads=1)
         full, _, _ = setup(name, n, threads=cpus)
-        streamed = setup(name, n, threads=cpus, streams=cpus)[0] if cpus > 1 else full
-        # CPU time per image first: the layout (engine threads, noise workers) follows the producer's share of it
+        streamed = setup(name, n, threads=1, streams=cpus)[0] if cpus > 1 else one
         t_e = engine_cpu_ms(one, source, args.images // 2, args.batch)
         t_n = noise_cpu_ms(one, source, args.images // 2, args.batch)
         t_b = noise_cpu_ms(one, source, args.images // 2, args.batch, BANK_FIELDS)
-        fresh, banked = thread_layout(noise_share=t_n / (t_n + t_e)), thread_layout(noise_share=t_b / (t_b + t_e))
+        layout = thread_layout()
         print(f"{name:12} CPU-ms per image: engine {t_e:.3f}, fresh noise + preprocessing {t_n:.3f}, bank {t_b:.3f}; "
-              f"layout fresh {fresh.engine} engine ({fresh.streams} streams) + {fresh.noise} noise, "
-              f"bank {banked.engine} ({banked.streams}) + {banked.noise}")
-        models = {(1, 1): one, (cpus, 1): full, (cpus, cpus): streamed}
+              f"layout {layout.workers} workers, engine {layout.engine_options()}")
+        models = {(1, 1): one, (cpus, 1): full, (1, cpus): streamed}
+        key = (layout.engine_threads, layout.streams)
+        model = models[key] if key in models else setup(name, n, *key)[0]
         draws = max(1, args.images // n)
-
-        def opened(t):
-            key = (t.engine, t.streams)
-            return models[key] if key in models else setup(name, n, t.engine, t.streams)[0]
-
-        fresh_model, bank_model = opened(fresh), opened(banked)
         per_round = []  # the variants alternate within each round, so a slow spell of the machine hits all of them
         for _ in range(args.rounds):
             per_round.append({
-                "campaign": campaign_rate(fresh_model, source, draws, args.batch, workers=fresh.noise),
-                "campaign_bank": campaign_rate(bank_model, source, draws, args.batch, BANK_FIELDS, workers=banked.noise),
+                "campaign": campaign_rate(model, source, draws, args.batch, workers=layout.workers),
+                "campaign_bank": campaign_rate(model, source, draws, args.batch, BANK_FIELDS, workers=layout.workers),
+                # the layout before: one producer thread, the engine's cores as streams on the main thread
+                "pipelined": campaign_rate(streamed, source, draws, args.batch, workers=1),
                 "engine": max(engine_rate(m, source, args.images, args.batch) for m in {id(m): m for m in (one, full, streamed)}.values())})
         rates = {k: float(np.median([r[k] for r in per_round])) for k in per_round[0]}
         spread = {k: [round(min(r[k] / r["engine"] for r in per_round), 3), round(max(r[k] / r["engine"] for r in per_round), 3)]
-                  for k in ("campaign", "campaign_bank")}
+                  for k in ("campaign", "campaign_bank", "pipelined")}
         if not args.no_naive:
             rates["naive"] = naive_rate(net, source, one, args.naive_images)
         print(f"{'model':12}{'variant':>14}{'images/s':>12}")
         for variant, r in rates.items():
             print(f"{name:12}{variant:>14}{r:12.1f}")
-        ratios[f"{name}_layout"] = {"fresh": [fresh.engine, fresh.noise], "bank": [banked.engine, banked.noise],
-                                    "streams": {"fresh": fresh.streams, "bank": banked.streams}}
+        ratios[f"{name}_layout"] = {"workers": layout.workers, **layout.engine_options()}
         # the median over rounds of each round's own ratio; its range over rounds beside it
         ratios[f"{name}_campaign_vs_engine"] = round(float(np.median([r["campaign"] / r["engine"] for r in per_round])), 3)
         ratios[f"{name}_campaign_vs_engine_range"] = spread["campaign"]
@@ -234,6 +231,8 @@ def main() -> None:
         ratios[f"{name}_bank_vs_engine"] = round(float(np.median([r["campaign_bank"] / r["engine"] for r in per_round])), 3)
         ratios[f"{name}_bank_vs_engine_range"] = spread["campaign_bank"]
         ratios[f"{name}_bank_vs_engine_limit"] = round(1 / (1 + t_b / core_ms), 3)
+        ratios[f"{name}_pipelined_vs_engine"] = round(float(np.median([r["pipelined"] / r["engine"] for r in per_round])), 3)
+        ratios[f"{name}_pipelined_vs_engine_range"] = spread["pipelined"]
         ratios[f"{name}_cpu_ms"] = {"engine": round(t_e, 3), "engine_core_ms_at_best": round(core_ms, 3),
                                     "noise": round(t_n, 3), "bank": round(t_b, 3)}
         if "naive" in rates:

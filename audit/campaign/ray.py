@@ -69,10 +69,12 @@ def _open(config: Any):
 
 
 def _one_thread_per_task(config: Any) -> Any:
-    """A task gets one CPU: default ONNX Runtime to one intra-op thread unless the config says otherwise."""
+    """A task gets one CPU: default ONNX Runtime to one intra-op thread and the campaign to one worker (not one per
+    core of the node: tasks share it) unless the config says otherwise."""
     models = tuple(m if m.engine != "onnxruntime" or "threads" in m.options else
                    dataclasses.replace(m, options={**dict(m.options), "threads": 1}) for m in config.models)
-    return dataclasses.replace(config, models=models)
+    run = config.run if config.run.noise_workers is not None else dataclasses.replace(config.run, noise_workers=1)
+    return dataclasses.replace(config, models=models, run=run)
 
 
 def project_version() -> str:

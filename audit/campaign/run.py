@@ -6,10 +6,12 @@ sample stream through the engines in batches. A shard (one file of records)
 holds one block at one level for a range of draws: all K when the block's
 records fit ``SHARD_RECORDS``, else consecutive ranges of as many draws as fit,
 so the records held in memory until a shard is written do not grow with K. A
-producer thread loads images, generates noise (keyed, see
-``audit.campaign.noise``) and preprocesses while the main thread runs
-inference: NumPy's FFT and ONNX Runtime both release the GIL. The queue
-between them is bounded, so memory stays flat whatever N and K are.
+dispatcher thread loads images and hands each batch to a pool of workers
+that generate its noise (keyed, see ``audit.campaign.noise``), preprocess it
+and, on the host, run the engines on it; the main thread takes the batches
+in order, computes flips and writes shards (NumPy's FFT and ONNX Runtime
+release the GIL). The queue between them is bounded, so memory stays flat
+whatever N and K are, and the records do not depend on the worker count.
 
 Before a fresh campaign writes anything, ``start_store`` checks the data and
 the models, and (when asked, as ``audit run`` does) hands a ``RunSize`` (its
@@ -17,8 +19,9 @@ inferences, records on disk and a time estimate from a probe batch) to a
 callback that may refuse it.
 
 Three steps, one function each: ``plan`` (what is left to do, from the
-records on disk), ``produce`` (the producer thread: images, noise,
-preprocessing) and ``Consumer`` (inference, flips, shards written atomically).
+records on disk), ``produce`` (the dispatcher: images, then one ``make_batch``
+job per batch: noise, preprocessing, inference on the host) and ``Consumer``
+(flips, shards written atomically; inference where the engines are on a GPU).
 
 One campaign, on the engines' array namespace (``campaign_namespace``): noise,
 add, window and clip are made where the engine runs (CuPy for an engine on a
@@ -32,20 +35,23 @@ Detection models (``audit.artifact.heads``: what a detection flip is) need the d
 (``records.DETECTION_COLUMNS``). A model whose data exceed its fixed input runs by sliding window
 (``AuditedModel.window_tile``), inside ``decide_input``.
 
-Threads (``thread_layout``): the producer's noise workers and the engine's
-intra-op threads share the machine's cores; explicit ``[run] noise_workers``
-and ``[[model]] threads`` always win.
+Threads (``thread_layout``): on the host one worker per core, each doing all
+of a batch's work with single-thread engine runs; with a GPU one worker
+launching device noise beside the engine on the main thread. Explicit
+``[run] noise_workers`` and ``[[model]] threads`` / ``streams`` always win.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import queue
 import re
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -56,7 +62,7 @@ from audit.artifact import AuditedModel, Decisions
 from audit.campaign import records
 from audit.campaign.noise import NoiseBank, NoiseSpec
 from audit.data import data_fingerprint, lesions_of
-from audit.engines.threads import usable_cpus
+from audit.engines.threads import one_stream, usable_cpus
 from audit.errors import ConfigError, InputError
 from audit.io import atomic_path, is_temp, progress_bar, remove_stale_temps
 from kernels._xp import namespace
@@ -85,62 +91,54 @@ available_cpus = usable_cpus
 
 @dataclass(frozen=True)
 class ThreadLayout:
-    """How a campaign splits the cores: ``engine`` cores of a CPU engine, each running one single-thread stream over
-    parts of each batch (``audit.engines.ort``), and ``noise`` producer workers."""
+    """How a campaign splits the cores: ``workers`` threads each making whole batches (noise, add, window, clip) and,
+    where the engines run on the host, also running the engines on the batch it made (``engines_in_workers``), there
+    unsplit on the worker's thread (``one_stream``). ``engine_threads`` / ``streams``: the ONNX Runtime options a CPU
+    model gets for runs outside the workers (the clean pass, attacks' queries): single-thread runs, one stream per
+    core (``audit.engines.ort``)."""
 
     cpus: int
-    engine: int
-    noise: int
-
-    @property
-    def streams(self) -> int:
-        """Concurrent single-thread engine runs: one per engine core."""
-        return self.engine
+    workers: int
+    engine_threads: int = 1
+    streams: int = 1
 
     def engine_options(self) -> dict[str, int]:
         """The ONNX Runtime engine options this layout gives a CPU model (``[[model]] threads`` / ``streams``)."""
-        return {"threads": self.engine, "streams": self.streams}
+        return {"threads": self.engine_threads, "streams": self.streams}
 
 
-def thread_layout(cpus: int | None = None, *, device: bool = False, noise_share: float | None = None) -> ThreadLayout:
+def thread_layout(cpus: int | None = None, *, device: bool = False) -> ThreadLayout:
     """The thread layout for ``cpus`` cores (default: ``available_cpus()``).
 
-    ``noise_share``: the producer's share of the CPU time per image, t_n / (t_n + t_e) (noise + preprocessing
-    against the engine, both as CPU time per image; ``bench/campaign.py`` measures them). The producer then needs
-    ``noise_share x cpus`` cores. Under half a core (3D cubes: 0.7 against 4.9 CPU-ms per image, 0.26 of 2 cores)
-    the engine keeps every core and the producer one thread, which runs in the gaps of an engine that does not spin
-    (ONNX Runtime's spinning is off). Above it the cores are split in proportion: ``noise = round(share x cpus)``
-    workers, the engine the rest, at least 1 each (2D slices on 2 cores: 1.4 against 0.75 CPU-ms, 1 + 1, the
-    layout issue 17 measured +33% over 2 ORT threads beside the producer). Share unknown (a config, before any
-    model ran): the engine keeps every core on up to 4 cores with 1 noise worker (measured here on 2 contended
-    cores: the 2D campaign equal at 1 or 2 engine threads, the 3D one faster at 2), a quarter of the cores go to
-    noise above that. ``device`` (noise and engine on a GPU): the host only launches work, 1 + 1. Explicit config
-    values (``[[model]] threads`` / ``streams``, ``[run] noise_workers``) always win over this rule.
-
-    The engine's cores run as ``streams`` concurrent single-thread runs on parts of each batch, one per core, not
-    as intra-op threads of one run: intra-op threads wait for each other after every operator,
-    so the producer preempting one stalls all, while separate runs meet once per batch. On 2 cores with NoduleNet3D
-    (2 engine + 1 noise) the campaign reached 0.90 of its bare engine this way against 0.83 (issue 17; bench/campaign.py, 3 quiet rounds).
+    On the host: one worker per core, each taking whole batches in turn and doing all of a batch's work on its
+    core (keys, noise, add, window, clip, then every model's single-thread engine run; ``engines_in_workers``),
+    the main thread only ordering their results and writing shards. No core waits for another and no thread
+    preempts another: the work per image (noise + engine CPU time) is spread over every core, whatever the split
+    between noise and engine is. Measured on 2 cores (issue 17, bench/campaign.py): BodySiteNet2D, where noise
+    takes more CPU than inference, 0.38 of its bare engine with a noise producer feeding 2 engine streams (the
+    producer one thread: a core idles while the engine waits for it) against 0.45 this way (limit 0.47);
+    NoduleNet3D, where inference dominates, 0.88 against 0.91 (limit 0.92; medians of 5 quiet rounds).
+    ``device`` (noise and engine on a GPU): the host only launches work: 1 worker making the device's noise and
+    the engine run on the main thread, so the two overlap. Outside the workers (the clean pass beside them
+    excepted) an ONNX Runtime model runs single-thread streams, one per core. Explicit config values (``[[model]] threads`` / ``streams``, ``[run] noise_workers``) always win over this rule.
     """
     cpus = available_cpus() if cpus is None else max(1, int(cpus))
-    if device:
-        return ThreadLayout(cpus, 1, 1)
-    if noise_share is None:
-        noise = 1 if cpus <= 4 else cpus // 4
-        engine = cpus if cpus <= 4 else cpus - noise
-    elif (need := min(max(float(noise_share), 0.0), 1.0) * cpus) <= 0.5:
-        engine, noise = cpus, 1
-    else:
-        noise = max(1, min(cpus - 1, round(need))) if cpus > 1 else 1
-        engine = max(1, cpus - noise)
-    return ThreadLayout(cpus, engine, noise)
+    return ThreadLayout(cpus, 1 if device else cpus, 1, cpus)
+
+
+def engines_in_workers(models: Sequence[AuditedModel], xp: Any, workers: int) -> bool:
+    """Whether the campaign's workers run the engines on the batches they make (``thread_layout``): noise on the host,
+    every engine on the host (``engine.device == "cpu"``; host engines' ``run`` is safe from several threads: ONNX
+    Runtime's and torch's sessions, HTTP requests) and more than one worker. Otherwise the engines run on the main
+    thread, overlapping the workers' noise (a GPU engine, or a single worker)."""
+    return xp is np and workers > 1 and all(str(getattr(m.engine, "device", "cpu")) == "cpu" for m in models)
 
 
 @dataclass(frozen=True)
 class RunOptions:
     batch_size: int = 64
     shard_samples: int = 64
-    noise_workers: int | None = None  # None: from ``thread_layout`` (the machine and where the engines run)
+    noise_workers: int | None = None  # workers making batches; None: from ``thread_layout`` (the cores, the engines' device)
     prefetch: int = 4
     progress: bool | None = None  # None: on a terminal only, never under CI
     shard_records: int | None = None  # most records per shard; None: SHARD_RECORDS
@@ -152,8 +150,8 @@ class RunOptions:
                 raise ConfigError(f"run.{key}: expected an integer >= 1, got {v!r}")
 
     def workers(self, xp: Any = np) -> int:
-        """The noise workers: ``noise_workers`` if given, else ``thread_layout``'s for where the noise is made."""
-        return self.noise_workers if self.noise_workers is not None else thread_layout(device=xp is not np).noise
+        """The workers making batches: ``noise_workers`` if given, else ``thread_layout``'s for where the noise is made."""
+        return self.noise_workers if self.noise_workers is not None else thread_layout(device=xp is not np).workers
 
     def draw_step(self, draws: int) -> int:
         """The length of the draw ranges shards are cut into for ``draws`` = K: K itself when a block's
@@ -216,7 +214,9 @@ class RunSize:
 class CampaignStats:
     """What a campaign did and how long it took. ``inferences``: the noisy ones (one record each);
     ``clean_inferences``: the clean pass (once per sample block and model), inside ``seconds`` and
-    ``engine_seconds`` too, so ``images_per_second`` counts both: every image the engines ran, per wall second."""
+    ``engine_seconds`` too, so ``images_per_second`` counts both: every image the engines ran, per wall second.
+    ``noise_seconds`` and ``engine_seconds`` are summed over the workers (``thread_layout``): with several they exceed
+    the wall time."""
 
     inferences: int = 0
     shards_run: int = 0
@@ -353,19 +353,21 @@ def start_store(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, o
 def _probe_seconds(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, options: RunOptions,
                    dose_model: Any) -> float:
     """The whole campaign's time, estimated from one batch of sample 0 at the first level, as the campaign runs it
-    (noise, preprocessing, every model; the engines are warm from the head probe). One process: ``--ray`` is
-    faster. An estimate: per image cost differs a little between levels and samples."""
+    (noise, preprocessing, every model; the engines are warm from the head probe), divided by the workers where each
+    does all of a batch's work (``engines_in_workers``). One process: ``--ray`` is faster. An estimate: per image cost
+    differs a little between levels and samples, and workers sharing a machine's memory scale less than linearly."""
     b = min(options.batch_size, noise.draws)
     hu = np.repeat(source.load([0]), b, axis=0)
     level = noise.levels[0]
     t0 = time.perf_counter()
     keys = noise.keys(np.zeros(b, np.int64), level, np.arange(b))
-    noisy = hu + noise.sample(keys, level, hu, source.spacing, workers=options.workers(), model=dose_model)
+    noisy = hu + noise.sample(keys, level, hu, source.spacing, model=dose_model)
     for m in models:  # a model with a fixed batch size gets batches of that size, as in the head probe
         fixed = m.engine.input_spec.shape[0]
         m.decide_batched(noisy if not isinstance(fixed, int) else np.resize(noisy, (fixed, *noisy.shape[1:])),
                          fixed if isinstance(fixed, int) else b, source.spacing)
-    per_image = (time.perf_counter() - t0) / b
+    workers = options.workers()
+    per_image = (time.perf_counter() - t0) / b / (workers if engines_in_workers(models, np, workers) else 1)
     return per_image * len(source) * len(noise.levels) * (noise.draws + 1)
 
 
@@ -494,19 +496,59 @@ def fused_inputs(models: Sequence[AuditedModel], plan: Any, hu: Any, keys: np.nd
     return {(prep, rank): out}
 
 
+@dataclass(frozen=True)
+class Made:
+    """One batch as a worker made it: the engines' inputs (engines on the main thread) or every model's decisions
+    (``engines_in_workers``), with the seconds its noise and its engines took on that worker."""
+
+    inputs: dict[Any, Any] | None
+    decisions: dict[str, Decisions] | None
+    noise_seconds: float
+    engine_seconds: float = 0.0
+
+
+def make_batch(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, hu: Any, rows: np.ndarray, keys: np.ndarray,
+               level: float, plan: Any, bank: NoiseBank | None, dose_model: Any, xp: Any, infer: bool) -> Made:
+    """A worker's whole batch: noisy, preprocessed inputs of images ``hu[rows]`` under ``keys`` in ``xp`` (the lean
+    kernel where it applies, else the noise drawn once and each preprocessing applied to it), then, with ``infer``,
+    every model's decisions on them. One thread: the workers, not the threads inside a batch, use the cores."""
+    t0 = time.perf_counter()
+    images = hu[xp.asarray(rows)]
+    # Preprocess here, off the main thread; models sharing a preprocessing share the input.
+    inputs = fused_inputs(models, plan, images, keys, 1) if plan is not None else {}
+    if not inputs:
+        drawn = (bank.sample(keys, level) if bank is not None else
+                 plan.noise(keys, workers=1) if plan is not None else
+                 noise.sample(keys, level, images, source.spacing, workers=1, model=dose_model, xp=xp))
+        inputs = noisy_inputs(models, images, drawn)
+    if xp is not np:  # device work is queued, not done: wait, so the time is the noise's and the
+        xp.cuda.get_current_stream().synchronize()  # engine's stream never reads a batch half made
+    t1 = time.perf_counter()
+    if not infer:
+        return Made(inputs, None, t1 - t0)
+    decisions = {m.name: m.decide_input(inputs[(m.preprocess, len(m.engine.input_spec.shape))], source.spacing)
+                 for m in models}
+    return Made(None, decisions, t1 - t0, time.perf_counter() - t1)
+
+
 def produce(put: Any, stopped: Any, work: Plan, models: Sequence[AuditedModel], source: Any, noise: NoiseSpec,
             options: RunOptions, dose_model: Any, *, xp: Any = np, bank: NoiseBank | None = None,
-            workers: int | None = None) -> None:
-    """The producer: for each block, its images, then per level and shard (draw range) batches of noisy,
-    preprocessed inputs, all in ``xp`` (``campaign_namespace``). ``dose_model``: ``noise.noise_model(source)`` (the
-    whole noise of a dose, or what a lower dose adds); ``bank``: draws taken from a ``NoiseBank`` instead of fresh."""
-    workers = options.workers(xp) if workers is None else workers
+            submit: Callable[[Callable[[], Made]], Any] | None = None, infer: bool = False) -> None:
+    """The dispatcher: for each block, its images, then per level and shard (draw range) one job per batch
+    (``make_batch``: noisy, preprocessed inputs in ``xp``, ``campaign_namespace``; with ``infer`` the decisions too),
+    handed to ``submit`` (the workers' pool; None: made here) and put in order as futures. ``dose_model``:
+    ``noise.noise_model(source)`` (the whole noise of a dose, or what a lower dose adds); ``bank``: draws taken from a
+    ``NoiseBank`` instead of fresh."""
     plans: dict[float, Any] = {}  # the lean kernel per level (None where only ``NoiseSpec.sample`` applies)
     for first, levels in work.todo:
         idx = np.arange(first, min(first + options.shard_samples, work.n))
         hu = xp.asarray(source.load(idx))
         put(("block", first, idx, hu))
         for level, done in levels:
+            if bank is not None:
+                bank.fields(level)  # drawn once per level, here (its own threads), before the workers share it
+            elif level not in plans:
+                plans[level] = noise.plan(level, hu.shape[1:], source.spacing, model=dose_model, xp=xp)
             for k0, k1 in work.ranges(done):
                 k = k1 - k0
                 for lo in range(0, idx.size * k, options.batch_size):
@@ -514,27 +556,22 @@ def produce(put: Any, stopped: Any, work: Plan, models: Sequence[AuditedModel], 
                         return
                     flat = np.arange(lo, min(lo + options.batch_size, idx.size * k))
                     rows, ks = flat // k, k0 + flat % k
-                    t0 = time.perf_counter()
-                    keys = noise.keys(idx[rows], level, ks)
-                    images = hu[xp.asarray(rows)]
-                    if bank is None and level not in plans:
-                        plans[level] = noise.plan(level, images.shape[1:], source.spacing, model=dose_model, xp=xp)
-                    plan = None if bank is not None else plans[level]
-                    # Preprocess here, off the engine's thread; models sharing a preprocessing share the input.
-                    inputs = fused_inputs(models, plan, images, keys, workers) if plan is not None else {}
-                    if not inputs:
-                        drawn = (bank.sample(keys, level) if bank is not None else
-                                 plan.noise(keys, workers=workers) if plan is not None else
-                                 noise.sample(keys, level, images, source.spacing, workers=workers, model=dose_model, xp=xp))
-                        inputs = noisy_inputs(models, images, drawn)
-                    if xp is not np:  # device work is queued, not done: wait, so the time is the noise's and the
-                        xp.cuda.get_current_stream().synchronize()  # engine's stream never reads a batch half made
-                    put(("batch", level, rows, ks, inputs, time.perf_counter() - t0))
+                    job = functools.partial(make_batch, models, source, noise, hu, rows, noise.keys(idx[rows], level, ks),
+                                            level, plans.get(level), bank, dose_model, xp, infer)
+                    put(("batch", level, rows, ks, submit(job) if submit is not None else _done(job())))
                 put(("shard_end", level, k0, k1))
 
 
+def _done(value: Any) -> Future:
+    """A future already holding ``value``: a batch made by the dispatcher itself."""
+    f: Future = Future()
+    f.set_result(value)
+    return f
+
+
 class Consumer:
-    """The engine side: clean decisions per block, flips per batch, one shard per block, level, draw range and model."""
+    """The main thread's side: clean decisions per block, flips per batch (in order, whichever worker made it), one
+    shard per block, level, draw range and model."""
 
     def __init__(self, models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, out: Path, options: RunOptions,
                  work: Plan, stats: CampaignStats, bar: Any, sink: Callable[[Path, dict], None] | None = None) -> None:
@@ -582,12 +619,18 @@ class Consumer:
                 self._write(path, cols)
         self.acc = {m.name: {c: [] for c in records.RECORD_COLUMNS} for m in self.models}
 
-    def batch(self, level: float, rows: np.ndarray, ks: np.ndarray, inputs: dict, noise_s: float) -> None:
-        self.stats.noise_seconds += noise_s
+    def batch(self, level: float, rows: np.ndarray, ks: np.ndarray, made: Future) -> None:
+        """A batch's records, in order: its worker's ``Made`` (waited for), the engines run here where it holds inputs."""
+        done: Made = made.result()
+        self.stats.noise_seconds += done.noise_seconds
+        self.stats.engine_seconds += done.engine_seconds
         for m in self.models:
-            t0 = time.perf_counter()
-            dec = m.decide_input(inputs[(m.preprocess, len(m.engine.input_spec.shape))], self.source.spacing)
-            self.stats.engine_seconds += time.perf_counter() - t0
+            if done.decisions is not None:
+                dec = done.decisions[m.name]
+            else:
+                t0 = time.perf_counter()
+                dec = m.decide_input(done.inputs[(m.preprocess, len(m.engine.input_spec.shape))], self.source.spacing)
+                self.stats.engine_seconds += time.perf_counter() - t0
             ref = self.clean[m.name].take(rows)
             flipped, metrics = m.head.draw_metrics(ref, dec, self.source.spacing, self._lesions(m, self.idx[rows]))
             a = self.acc[m.name]
@@ -670,12 +713,22 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
     work = plan(models, len(source), noise, out, options, draws=draws, levels=levels, blocks=blocks)
     xp, device = campaign_namespace(models)
     workers = options.workers(xp)
+    infer = engines_in_workers(models, xp, workers)
     stats = CampaignStats(shards_reused=work.reused, namespace=xp.__name__, noise_workers=workers)
-    # an opt-in bank (screening runs): its fields are drawn lazily, per level, in the producer thread
+    # an opt-in bank (screening runs): its fields are drawn lazily, per level, in the dispatcher thread
     bank = NoiseBank(noise, source.shape, source.spacing, dose_model, xp=xp, workers=workers) if noise.bank else None
 
     stop = threading.Event()
-    q: "queue.Queue[Any]" = queue.Queue(maxsize=options.prefetch)
+    # batches in flight: ``prefetch`` made ahead of the main thread, plus one per busy worker
+    q: "queue.Queue[Any]" = queue.Queue(maxsize=options.prefetch + (workers if workers > 1 else 0))
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="audit-worker") if workers > 1 else None
+
+    def submit(job: Callable[[], Made]) -> Future:
+        def worker_job() -> Made:  # CuPy's current device is per thread; a worker's engine runs stay on its thread
+            with on_device(xp, device), one_stream():
+                return job()
+        assert pool is not None
+        return pool.submit(worker_job)
 
     def put(item: Any) -> None:
         while not stop.is_set():
@@ -689,7 +742,7 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
         try:
             with on_device(xp, device):
                 produce(put, stop.is_set, work, models, source, noise, options, dose_model, xp=xp, bank=bank,
-                        workers=workers)
+                        submit=submit if pool is not None else None, infer=infer)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
             put(("error", exc))
         finally:
@@ -701,12 +754,16 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
     bar = progress_bar(work.total, options.progress, "audit")
     consumer = Consumer(models, source, noise, out, options, work, stats, bar, sink)
     try:
-        with on_device(xp, device):  # CuPy's current device is per thread: the clean pass preprocesses here too
+        # CuPy's current device is per thread: the clean pass preprocesses here too; beside workers that run the
+        # engines (and so keep every core busy) the clean pass runs unsplit on this thread as well
+        with on_device(xp, device), (one_stream() if infer else contextlib.nullcontext()):
             consume(q, consumer)
     finally:
         stop.set()
         bar.close()
         thread.join(timeout=10)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     stats.seconds = time.perf_counter() - start
     return stats
 

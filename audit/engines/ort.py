@@ -14,13 +14,17 @@ concurrently by that many single-thread runs of the one session
 (``InferenceSession.run`` is thread-safe; its intra-op pool is one per session
 and shared by concurrent runs, so streams run with intra-op threads off and
 ``threads`` is not used): data-parallel across the batch instead of parallel
-inside each operator. Beside a campaign's noise producer
-this matters: ONNX Runtime's intra-op threads meet at a barrier after every
-operator, and one thread preempted by the producer stalls the others there,
-while independent single-thread runs only meet once per batch. Measured on
-2 cores with NoduleNet3D (32^3, batches of 64): the bare engine +2-5%; the
-campaign 0.90 of its engine (bench/campaign.py, median of 3 quiet rounds)
-against 0.83 with 2 intra-op threads (issue 17). The outputs are each
+inside each operator: ONNX Runtime's intra-op threads meet at a barrier
+after every operator, and one thread preempted by other work stalls the
+others there, while independent single-thread runs only meet once per
+batch. Measured on 2 cores with NoduleNet3D (32^3, batches of 64): the bare
+engine +2-5%; a campaign with one noise producer beside it 0.90 of its
+engine against 0.83 with 2 intra-op threads (issue 17). A campaign on the
+host runs its engine inside workers that each take whole batches
+(``audit.campaign.run.thread_layout``): there a batch runs unsplit on its
+worker's thread (``audit.engines.threads.one_stream``); streams serve the
+engine used alone (the clean pass, attacks' queries, a bare benchmark).
+The outputs are each
 sample's own, as in one run.
 
 ``micro_batch``: single-thread runs take host batches in parts of at most
@@ -42,6 +46,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from audit.engines.base import Engine, InputSpec, cuda_device, dims, sha256_file
+from audit.engines.threads import in_one_stream
 from audit.errors import EngineError, InputError
 from kernels._xp import optional_import
 
@@ -147,8 +152,9 @@ class OnnxRuntimeEngine(Engine):
     def _run(self, batch: Any) -> dict[str, Any]:
         if not isinstance(batch, np.ndarray):
             return self._run_device(batch)  # a CuPy batch: the base class copied it to the host unless on CUDA
-        chunks = self._parts(batch)
-        streams = min(self.streams, len(chunks))
+        streams = 1 if in_one_stream() else self.streams  # a campaign worker's thread runs its batch alone
+        chunks = self._parts(batch, streams)
+        streams = min(streams, len(chunks))
         if streams <= 1:
             values = [self._session_run(c) for c in chunks]
         else:
@@ -180,7 +186,7 @@ class OnnxRuntimeEngine(Engine):
                                       "above the batch size so batches run whole, or export it with the batch on axis 0")
         return {name: np.concatenate(parts) for name, parts in zip(self.output_names, zip(*values))}
 
-    def _parts(self, batch: np.ndarray) -> list[np.ndarray]:
+    def _parts(self, batch: np.ndarray, streams: int) -> list[np.ndarray]:
         """The parts a host batch runs in: whole for a fixed batch size or a multi-thread run of one stream; parts of
         at most ``micro_batch`` for single-thread runs. With ``streams`` > 1 the parts shrink toward the batch's end
         (each about 1 / (2 streams) of what is left; guided self-scheduling), so the streams end the batch about one
@@ -190,11 +196,11 @@ class OnnxRuntimeEngine(Engine):
         if self.input_spec.shape[0] is not None or n <= 1 or self.device != "cpu":  # a GPU session takes batches whole
             return [batch]
         cap = self.micro_batch if self.intra == 1 else n
-        if self.streams <= 1:
+        if streams <= 1:
             return [batch] if cap >= n else [batch[i:i + cap] for i in range(0, n, cap)]
         parts, start = [], 0
         while start < n:
-            size = min(cap, max(1, -(-(n - start) // (2 * self.streams))))
+            size = min(cap, max(1, -(-(n - start) // (2 * streams))))
             parts.append(batch[start:start + size])
             start += size
         return parts

@@ -23,10 +23,13 @@ same process (a test session) on cores that are then idle.
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
 import torch
+
+_HERE = threading.local()
 
 #: Environment variable that fixes torch's intra-op thread count.
 ENV = "AUDIT_TORCH_THREADS"
@@ -79,3 +82,21 @@ def torch_threads_during(cpus: int | None = None, *, shared: bool = True) -> Ite
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
+
+
+@contextmanager
+def one_stream() -> Iterator[None]:
+    """Engine runs made in this thread meanwhile take their batch on this thread alone (an ONNX Runtime engine's
+    ``streams`` do not split it): the thread is one of a campaign's workers, which already keep every core busy
+    with batches of their own (``audit.campaign.run.thread_layout``)."""
+    before = getattr(_HERE, "one_stream", False)
+    _HERE.one_stream = True
+    try:
+        yield
+    finally:
+        _HERE.one_stream = before
+
+
+def in_one_stream() -> bool:
+    """Whether this thread is inside ``one_stream``."""
+    return getattr(_HERE, "one_stream", False)

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -300,26 +301,80 @@ def test_records_equal_a_draw_by_draw_recomputation_on_numpy_and_the_clean_pass_
         assert rec.scores[i, k] == dec.scores[0] and rec.labels[i, k] == dec.labels[0]
 
 
-def test_thread_layout_follows_the_cores_and_the_noise_share_and_explicit_values_win(tmp_path):
-    def layout(cpus, share=None, device=False):
-        t = campaign_run.thread_layout(cpus, noise_share=share, device=device)
-        return t.engine, t.noise
-
-    assert layout(2, 0.65) == (1, 1)     # 2D slices on 2 cores: noise 1.4 against engine 0.75 CPU-ms per image
-    assert layout(2, 0.13) == (2, 1)     # 3D cubes: the producer needs a quarter core, the engine keeps both
-    assert layout(16, 0.65) == (6, 10) and layout(16, 0.02) == (16, 1)
-    assert layout(2) == (2, 1) and layout(16) == (12, 4) and layout(1, 0.9) == (1, 1)
-    assert layout(16, 0.5, device=True) == (1, 1)
-    # the engine's cores run as single-thread streams, one per core
-    assert campaign_run.thread_layout(2, noise_share=0.13).streams == 2
-    assert campaign_run.thread_layout(2, noise_share=0.65).streams == 1
-    assert campaign_run.thread_layout(16).streams == 12
-    assert campaign_run.thread_layout(16, device=True).streams == 1
+def test_thread_layout_gives_each_core_a_worker_on_the_host_and_explicit_values_win(tmp_path):
+    for cpus in (1, 2, 16):  # on the host: a worker per core, each running single-thread engines on its own batches
+        t = campaign_run.thread_layout(cpus)
+        assert (t.workers, t.engine_options()) == (cpus, {"threads": 1, "streams": cpus})  # streams: runs outside
+    assert campaign_run.thread_layout(16, device=True).workers == 1  # a GPU: one worker launching device noise
     assert RunOptions(noise_workers=3).workers() == 3
-    assert RunOptions().workers() == campaign_run.thread_layout().noise
+    assert RunOptions().workers() == campaign_run.thread_layout().workers
     raw = {"model": {"path": "m.onnx"}, "data": {"phantom": "nodules"}}
     options = parse_config(raw, tmp_path).models[0].options
-    assert (options["threads"], options["streams"]) == (campaign_run.thread_layout().engine, campaign_run.thread_layout().streams)
+    assert dict(options) == campaign_run.thread_layout().engine_options()
     for given in ({"threads": 3}, {"streams": 2}):  # either one given: the config's engine options stand as written
         options = parse_config({"model": {"path": "m.onnx", **given}, "data": {"phantom": "nodules"}}, tmp_path).models[0].options
         assert dict(options) == given
+
+
+@pytest.mark.parametrize("bank", [0, 8])
+def test_records_do_not_depend_on_the_workers_or_where_the_engines_run(tmp_path, planted, bank):
+    """One worker (engines on the main thread), 2 and 3 workers (each running the engines on its own batches, in
+    whatever order they finish): the same shard tables, column by column, with fresh noise and with the bank."""
+    source = ArraySource(planted_images(20, spread_hu=5.0), (SPACING, SPACING))
+    noise = NoiseSpec(kind="nps", levels=(50.0, 200.0), draws=12, seed=3, sigma_ref=30.0, bank=bank)
+    model = _open(planted)
+    tables = {}
+    for workers, batch in ((1, 16), (2, 7), (3, 5)):
+        out = tmp_path / f"w{workers}"
+        assert campaign_run.engines_in_workers([model], np, workers) == (workers > 1)
+        stats = run_campaign([model], source, noise, out, RunOptions(batch_size=batch, shard_samples=8, noise_workers=workers))
+        assert stats.noise_workers == workers and stats.inferences == 20 * 2 * 12
+        tables[workers] = {p.relative_to(out): pq.read_table(p) for p in sorted((out / "records").rglob("*.parquet"))}
+    assert len(tables[1]) == 2 * 3 + 3  # 3 blocks x 2 levels, 3 clean shards
+    for workers in (2, 3):
+        assert tables[workers].keys() == tables[1].keys()
+        for path, table in tables[1].items():
+            assert _same_table(tables[workers][path], table), (workers, path)
+    flips = sum(int(np.sum(t.column("flipped").to_numpy())) for p, t in tables[1].items() if "level-" in str(p))
+    assert flips > 0  # the comparison is not vacuous
+
+
+def test_an_engine_failing_in_a_worker_stops_the_run_and_writes_nothing_half(tmp_path, planted):
+    """The 5th engine run (a worker's) raises: the error leaves run_campaign, the workers are joined, no temporary
+    file is left, and a resume finishes with the records of an unbroken run."""
+    source = ArraySource(planted_images(16, spread_hu=5.0), (SPACING, SPACING))
+    noise = NoiseSpec(kind="nps", levels=(50.0,), draws=8, seed=3, sigma_ref=30.0)
+    model = _open(planted)
+    engine = model.engine
+    calls = {"n": 0}
+
+    class Failing(type(engine)):  # the real ONNX Runtime session; its 5th run fails as a lost device would
+        def _run(self, batch):
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise RuntimeError("engine lost on run 5")
+            return super()._run(batch)
+
+    failing = Failing.__new__(Failing)
+    failing.__dict__.update(engine.__dict__)
+    broken = AuditedModel("planted", failing, model.head, model.preprocess)
+    options = RunOptions(batch_size=8, shard_samples=8, noise_workers=2)
+    with pytest.raises(RuntimeError, match="engine lost on run 5"):
+        run_campaign([broken], source, noise, tmp_path / "out", options)
+    assert not [t for t in threading.enumerate() if t.name.startswith("audit-worker")]
+    assert not [p for p in (tmp_path / "out").rglob("*") if is_temp(p)]
+    run_campaign([model], source, noise, tmp_path / "out", options, resume=True)
+    run_campaign([model], source, noise, tmp_path / "ref", options)
+    for p in sorted((tmp_path / "ref" / "records").rglob("*.parquet")):
+        assert _same_table(pq.read_table(tmp_path / "out" / p.relative_to(tmp_path / "ref")), pq.read_table(p)), p
+
+
+def _same_table(a, b) -> bool:
+    """Equal column names and values, NaN equal to NaN (a record without a Dice holds NaN)."""
+    if a.column_names != b.column_names:
+        return False
+    for col in a.column_names:
+        x, y = a.column(col).to_numpy(zero_copy_only=False), b.column(col).to_numpy(zero_copy_only=False)
+        if x.dtype != y.dtype or not np.array_equal(x, y, equal_nan=x.dtype.kind == "f"):
+            return False
+    return True

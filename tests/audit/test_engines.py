@@ -13,6 +13,7 @@ import torch
 
 from audit.engines import BACKENDS, load_engine, threads
 from audit.engines.torch_module import TorchEngine
+from audit.engines.threads import in_one_stream, one_stream
 from audit.errors import EngineError, InputError
 from audit.serve import ServedModel, serve_in_thread
 from tests.audit.conftest import REGION, SHAPE
@@ -184,10 +185,17 @@ def test_ort_streams_run_parts_of_a_batch_concurrently_with_each_samples_own_out
         np.testing.assert_array_equal(split.run(x[:2])[name], out[name][:2])
     assert any(t.name.startswith("ort-stream") for t in threading.enumerate())  # the other parts ran on its threads
     parts = load_engine(path, threads=1, micro_batch=3)  # one thread: parts of 3 run in turn
-    assert [len(c) for c in parts._parts(x)] == [3, 3, 3, 3, 1] and parts.describe()["micro_batch"] == 3
-    sizes = [len(c) for c in split._parts(np.zeros((64, 1, 32, 32, 32), np.float32))]  # guided: shrinking to 1
+    assert [len(c) for c in parts._parts(x, 1)] == [3, 3, 3, 3, 1] and parts.describe()["micro_batch"] == 3
+    sizes = [len(c) for c in split._parts(np.zeros((64, 1, 32, 32, 32), np.float32), 3)]  # guided: shrinking to 1
     assert sum(sizes) == 64 and sizes == sorted(sizes, reverse=True) and sizes[0] == 8 and sizes[-3:] == [1, 1, 1]
-    assert len(load_engine(path, threads=2)._parts(x)) == 1  # intra-op threads need the batch whole
+    assert len(load_engine(path, threads=2)._parts(x, 1)) == 1  # intra-op threads need the batch whole
+    # a campaign worker's thread (one_stream): the batch runs on that thread alone, in micro-batches, same outputs
+    worker = load_engine(path, threads=1, streams=3)
+    with one_stream():
+        assert in_one_stream()
+        for name, value in worker.run(x).items():
+            np.testing.assert_array_equal(value, out[name])
+    assert worker._pool is None and not in_one_stream()  # no stream thread was started
     for name in split.output_names:
         np.testing.assert_array_equal(parts.run(x)[name], out[name])
     with pytest.raises(EngineError, match="streams"):
