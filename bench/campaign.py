@@ -103,7 +103,7 @@ def engine_cpu_ms(model, source, images: int, batch: int) -> float:
 
 
 def noise_cpu_ms(model, source, images: int, batch: int, bank: int = 0) -> float:
-    """CPU-ms per image of what the producer does per batch (keys, then the lean kernel's fused noise + add + window
+    """CPU-ms per image of what a worker does per batch before the engine (keys, then the lean kernel's fused noise + add + window
     + clip, or the bank's shifted copies + add + window + clip), one thread, as the campaign does it."""
     from audit.campaign.noise import NoiseBank
     from audit.campaign.run import fused_inputs, noisy_inputs

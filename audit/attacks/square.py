@@ -523,9 +523,10 @@ class Square(Attack):
         first = 0  # where on the window schedule the windows start
         if probed and self.prior == "search":
             first = int(SEARCH_SHARE * n_iters)
-            self.search(oracle, z0, lo, hi, signs, rate, best, best_margin, done, BlockSearch(roots, np.abs(dm)),
-                        int(oracle.count.max()) + first, v0.shape)
-        if probed:
+            # the sensitivity map is the windows' guide: kept up to date only where windows follow the search
+            self.search(oracle, z0, lo, hi, signs, rate if first < n_iters else None, best, best_margin, done,
+                        BlockSearch(roots, np.abs(dm)), int(oracle.count.max()) + first, v0.shape)
+        if probed and first < n_iters:
             vol = np.prod(np.meshgrid(*[np.diff(e) for e in cuts], indexing="ij"), axis=0)
             sens = cell_sums(rate, cuts) / vol[None]
         step = self.linf_step if self.norm == "linf" else self.l2_step
@@ -610,12 +611,13 @@ class Square(Attack):
         return signs, rate, roots, keys
 
     def search(self, oracle: "EngineOracle", z0: np.ndarray, lo: np.ndarray, hi: np.ndarray, signs: np.ndarray,
-               rate: np.ndarray, best: np.ndarray, best_margin: np.ndarray, done: np.ndarray, blocks: BlockSearch,
+               rate: np.ndarray | None, best: np.ndarray, best_margin: np.ndarray, done: np.ndarray, blocks: BlockSearch,
                until: int, shape: Sequence[int]) -> None:
         """The octree sign search (in place on ``signs``, ``rate``, ``best``, ``best_margin``, ``done``): each query
         flips one block of a sample's current perturbation (every pixel of it to the other vertex of the eps box)
         and keeps the flip when the margin drops; the block, keyed by the |margin change| it caused, joins the heap
-        whose top is split next (``BlockSearch``). A sample runs until its count reaches ``until`` or it flips."""
+        whose top is split next (``BlockSearch``). A sample runs until its count reaches ``until`` or it flips.
+        ``rate`` (None: no window phase follows) gets each searched block's |margin change| per unit L1 change."""
         while True:
             idx = np.nonzero(~done & (oracle.count < until))[0]
             if len(idx) == 0:
@@ -629,8 +631,9 @@ class Square(Attack):
             change = m - best_margin[idx]
             take = flipped | (change < 0)
             for j, (i, box) in enumerate(zip(idx, boxes)):
-                moved = np.abs(new[(j, *box)] - best[(i, *box)]).sum()
-                rate[(i, *box)] = abs(change[j]) / max(moved, 1e-300)
+                if rate is not None:
+                    moved = np.abs(new[(j, *box)] - best[(i, *box)]).sum()
+                    rate[(i, *box)] = abs(change[j]) / max(moved, 1e-300)
                 blocks.push(int(i), tuple((sl.start, sl.stop) for sl in box), abs(float(change[j])))
                 blocks.report(int(i), -float(change[j]) if take[j] else 0.0)
                 if take[j]:

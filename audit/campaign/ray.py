@@ -48,7 +48,7 @@ import onnx
 
 from audit.artifact import AuditedModel, ModelEntry, open_artifact
 from audit.campaign import records
-from audit.campaign.run import CampaignStats, needs_lesions, plan, run_campaign
+from audit.campaign.run import CampaignStats, needs_lesions, plan, run_campaign, thread_layout
 from audit.data import lesions_of, open_source
 from audit.engines import backend
 from audit.errors import ConfigError, InputError
@@ -69,10 +69,18 @@ def _open(config: Any):
 
 
 def _one_thread_per_task(config: Any) -> Any:
-    """A task gets one CPU: default ONNX Runtime to one intra-op thread and the campaign to one worker (not one per
-    core of the node: tasks share it) unless the config says otherwise."""
-    models = tuple(m if m.engine != "onnxruntime" or "threads" in m.options else
-                   dataclasses.replace(m, options={**dict(m.options), "threads": 1}) for m in config.models)
+    """A task gets one CPU: ONNX Runtime on one single-thread stream and the campaign on one worker (not one per
+    core of the node: tasks share it), unless the config says otherwise. ``audit run``'s config gives a model without
+    thread options the local layout's (``config.campaign_threads``: one stream per core of the driver): those are
+    taken for not given."""
+    local = thread_layout().engine_options()
+
+    def one(options: Any) -> dict[str, Any]:
+        given = {k: v for k, v in dict(options).items() if k in ("threads", "streams")}
+        return {**dict(options), "threads": 1, "streams": 1} if not given or given == local else dict(options)
+
+    models = tuple(dataclasses.replace(m, options=one(m.options)) if m.engine == "onnxruntime" else m
+                   for m in config.models)
     run = config.run if config.run.noise_workers is not None else dataclasses.replace(config.run, noise_workers=1)
     return dataclasses.replace(config, models=models, run=run)
 

@@ -128,10 +128,20 @@ def thread_layout(cpus: int | None = None, *, device: bool = False) -> ThreadLay
 
 def engines_in_workers(models: Sequence[AuditedModel], xp: Any, workers: int) -> bool:
     """Whether the campaign's workers run the engines on the batches they make (``thread_layout``): noise on the host,
-    every engine on the host (``engine.device == "cpu"``; host engines' ``run`` is safe from several threads: ONNX
-    Runtime's and torch's sessions, HTTP requests) and more than one worker. Otherwise the engines run on the main
-    thread, overlapping the workers' noise (a GPU engine, or a single worker)."""
-    return xp is np and workers > 1 and all(str(getattr(m.engine, "device", "cpu")) == "cpu" for m in models)
+    more than one worker, and every engine's runs single-thread under ``one_stream`` (``Engine.single_thread_runs``:
+    an ONNX Runtime CPU session with single-thread runs, a torch CPU module, a served model). Otherwise the engines
+    run on the main thread, overlapping the workers' noise (a GPU engine, a session on intra-op threads, one worker)."""
+    return xp is np and workers > 1 and all(getattr(m.engine, "single_thread_runs", False) for m in models)
+
+
+def default_workers(models: Sequence[AuditedModel], xp: Any) -> int:
+    """The campaign's workers where ``[run] noise_workers`` is not given: ``thread_layout``'s (one per core on the
+    host, one beside a GPU engine), but one where a host engine runs on several threads per run (an ONNX Runtime
+    session opened with intra-op threads): its runs on the main thread keep the cores busy, beside one noise worker,
+    as the layout before the workers had it."""
+    busy = any(str(getattr(m.engine, "device", "cpu")) == "cpu" and not getattr(m.engine, "single_thread_runs", False)
+               for m in models)
+    return 1 if busy else thread_layout(device=xp is not np).workers
 
 
 @dataclass(frozen=True)
@@ -149,9 +159,10 @@ class RunOptions:
             if (v is not None or key not in ("shard_records", "noise_workers")) and (not isinstance(v, int) or v < 1):
                 raise ConfigError(f"run.{key}: expected an integer >= 1, got {v!r}")
 
-    def workers(self, xp: Any = np) -> int:
-        """The workers making batches: ``noise_workers`` if given, else ``thread_layout``'s for where the noise is made."""
-        return self.noise_workers if self.noise_workers is not None else thread_layout(device=xp is not np).workers
+    def workers(self, xp: Any = np, models: Sequence[AuditedModel] = ()) -> int:
+        """The workers making batches: ``noise_workers`` if given, else ``default_workers`` for where the noise is
+        made and what the engines are."""
+        return self.noise_workers if self.noise_workers is not None else default_workers(models, xp)
 
     def draw_step(self, draws: int) -> int:
         """The length of the draw ranges shards are cut into for ``draws`` = K: K itself when a block's
@@ -359,15 +370,18 @@ def _probe_seconds(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec
     b = min(options.batch_size, noise.draws)
     hu = np.repeat(source.load([0]), b, axis=0)
     level = noise.levels[0]
+    xp = campaign_namespace(models)[0]
+    workers = options.workers(xp, models)
+    alone = engines_in_workers(models, xp, workers)  # timed as one worker runs it, then shared by all of them
     t0 = time.perf_counter()
-    keys = noise.keys(np.zeros(b, np.int64), level, np.arange(b))
-    noisy = hu + noise.sample(keys, level, hu, source.spacing, model=dose_model)
-    for m in models:  # a model with a fixed batch size gets batches of that size, as in the head probe
-        fixed = m.engine.input_spec.shape[0]
-        m.decide_batched(noisy if not isinstance(fixed, int) else np.resize(noisy, (fixed, *noisy.shape[1:])),
-                         fixed if isinstance(fixed, int) else b, source.spacing)
-    workers = options.workers()
-    per_image = (time.perf_counter() - t0) / b / (workers if engines_in_workers(models, np, workers) else 1)
+    with one_stream() if alone else contextlib.nullcontext():
+        keys = noise.keys(np.zeros(b, np.int64), level, np.arange(b))
+        noisy = hu + noise.sample(keys, level, hu, source.spacing, model=dose_model)
+        for m in models:  # a model with a fixed batch size gets batches of that size, as in the head probe
+            fixed = m.engine.input_spec.shape[0]
+            m.decide_batched(noisy if not isinstance(fixed, int) else np.resize(noisy, (fixed, *noisy.shape[1:])),
+                             fixed if isinstance(fixed, int) else b, source.spacing)
+    per_image = (time.perf_counter() - t0) / b / (workers if alone else 1)
     return per_image * len(source) * len(noise.levels) * (noise.draws + 1)
 
 
@@ -712,14 +726,15 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
         remove_stale_temps(out)  # writes cut short when the earlier run was killed
     work = plan(models, len(source), noise, out, options, draws=draws, levels=levels, blocks=blocks)
     xp, device = campaign_namespace(models)
-    workers = options.workers(xp)
+    workers = options.workers(xp, models)
     infer = engines_in_workers(models, xp, workers)
     stats = CampaignStats(shards_reused=work.reused, namespace=xp.__name__, noise_workers=workers)
     # an opt-in bank (screening runs): its fields are drawn lazily, per level, in the dispatcher thread
     bank = NoiseBank(noise, source.shape, source.spacing, dose_model, xp=xp, workers=workers) if noise.bank else None
 
     stop = threading.Event()
-    # batches in flight: ``prefetch`` made ahead of the main thread, plus one per busy worker
+    # batches alive at once: one being made per worker, up to ``prefetch`` + ``workers`` made and queued, one the
+    # dispatcher holds and one the main thread reads (finished ones hold decisions only where workers run the engines)
     q: "queue.Queue[Any]" = queue.Queue(maxsize=options.prefetch + (workers if workers > 1 else 0))
     pool = ThreadPoolExecutor(workers, thread_name_prefix="audit-worker") if workers > 1 else None
 
@@ -738,7 +753,7 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
             except queue.Full:
                 continue
 
-    def producer() -> None:
+    def dispatcher() -> None:
         try:
             with on_device(xp, device):
                 produce(put, stop.is_set, work, models, source, noise, options, dose_model, xp=xp, bank=bank,
@@ -749,7 +764,7 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
             put(_DONE)
 
     start = time.perf_counter()
-    thread = threading.Thread(target=producer, name="noise-producer", daemon=True)
+    thread = threading.Thread(target=dispatcher, name="batch-dispatcher", daemon=True)
     thread.start()
     bar = progress_bar(work.total, options.progress, "audit")
     consumer = Consumer(models, source, noise, out, options, work, stats, bar, sink)
@@ -769,7 +784,7 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
 
 
 def consume(q: "queue.Queue[Any]", consumer: Consumer) -> None:
-    """The main thread's loop: hand each item of the producer to the consumer until done; re-raise its errors."""
+    """The main thread's loop: hand each item of the dispatcher to the consumer until done; re-raise its errors."""
     while True:
         item = q.get()
         if item is _DONE:

@@ -75,6 +75,14 @@ class Engine:
         imports, NumPy otherwise. A campaign makes its noise in it (``kernels.stationary.noise_plan(..., xp=...)``)."""
         return device_namespace(self.device)
 
+    @property
+    def single_thread_runs(self) -> bool:
+        """Whether a run made inside ``audit.engines.threads.one_stream`` computes on its calling thread alone (or
+        elsewhere, as a served model does), so several campaign workers may each run this engine at once on their own
+        batches (``audit.campaign.run.engines_in_workers``). False unless a backend says so: its runs then stay on
+        the campaign's main thread."""
+        return False
+
     @classmethod
     def open(cls, path: Path, **options: Any) -> "Engine":
         """Open the artifact at ``path`` (the registry's entry point)."""

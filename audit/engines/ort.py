@@ -124,7 +124,7 @@ class OnnxRuntimeEngine(Engine):
                 raise EngineError(f"optimization: expected one of {sorted(levels)}, got {optimization!r}")
             options.graph_optimization_level = levels[optimization]
             options.log_severity_level = 3
-            # Threads that spin while waiting burn CPU the noise producer needs (the campaign runs both on the
+            # Threads that spin while waiting burn CPU the noise workers need (the campaign runs both on the
             # same cores); measured +21-54% campaign throughput on 2 cores with spinning off (issue 17).
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             try:
@@ -148,6 +148,12 @@ class OnnxRuntimeEngine(Engine):
     @property
     def providers(self) -> list[str]:
         return list(self.session.get_providers())
+
+    @property
+    def single_thread_runs(self) -> bool:
+        """A CPU session with single-thread runs (``threads = 1``, or ``streams`` > 1): under ``one_stream`` a batch
+        runs on the calling thread alone. Intra-op threads (``threads`` 0 or > 1) would compete between workers."""
+        return self.device == "cpu" and self.intra == 1
 
     def _run(self, batch: Any) -> dict[str, Any]:
         if not isinstance(batch, np.ndarray):
@@ -190,7 +196,7 @@ class OnnxRuntimeEngine(Engine):
         """The parts a host batch runs in: whole for a fixed batch size or a multi-thread run of one stream; parts of
         at most ``micro_batch`` for single-thread runs. With ``streams`` > 1 the parts shrink toward the batch's end
         (each about 1 / (2 streams) of what is left; guided self-scheduling), so the streams end the batch about one
-        sample apart however the noise producer slowed them: equal parts left one core idle for half a part per
+        sample apart however other work on the cores slowed them: equal parts left one core idle for half a part per
         batch (lock waits 13-17% of the engine's time on both reference models)."""
         n = batch.shape[0]
         if self.input_spec.shape[0] is not None or n <= 1 or self.device != "cpu":  # a GPU session takes batches whole

@@ -100,6 +100,11 @@ class RemoteEngine(Engine):
     #: No local artifact file: ``[[model]]`` takes ``url`` + ``model_name`` instead of ``path``.
     NEEDS_FILE = False
 
+    @property
+    def single_thread_runs(self) -> bool:
+        """The model computes where it is served: several campaign workers may each send their own batches."""
+        return True
+
     def __init__(self, url: str, model_name: str, *, model_version: str | None = None, max_batch: int | None = None,
                  concurrency: int = 4, timeout_s: float = 30.0, retries: int = 3, binary: bool | None = None,
                  backoff_s: float = 0.2) -> None:

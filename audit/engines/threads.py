@@ -7,11 +7,13 @@ because its OpenMP workers spin and wait on each other while one of them is
 descheduled. The rule, from the CPUs this process may use (``cpus``):
 
 - ``AUDIT_TORCH_THREADS`` set: that many (an explicit choice wins);
-- ``cpus <= 2`` with a noise producer sharing them: 1 thread (the measured
+- ``cpus <= 2`` with noise work sharing them: 1 thread (the measured
   collapse); alone (an attack's autograd, nothing else running): every CPU;
-- otherwise ``cpus - 1`` when a noise producer (or other busy thread) shares
+- otherwise ``cpus - 1`` when noise work (or another busy thread) shares
   the cores, else ``cpus``; at most 16 (past that torch's CPU kernels gain
-  little on these models).
+  little on these models);
+- a run inside ``one_stream`` (a campaign worker's: one worker per core,
+  each with batches of its own): 1 thread.
 
 This module imports nothing of the project, so engines, attacks and benches
 can all call ``pin_torch_threads`` without import cycles. The torch engine
@@ -47,7 +49,7 @@ def usable_cpus() -> int:
 def torch_threads(cpus: int | None = None, *, shared: bool = True) -> int:
     """The intra-op thread count the rule above gives for ``cpus`` (default: ``usable_cpus()``).
 
-    ``shared``: another busy thread (the campaign's noise producer, a data
+    ``shared``: another busy thread (the campaign's noise, a data
     loader) runs on the same cores.
     """
     explicit = os.environ.get(ENV, "").strip()

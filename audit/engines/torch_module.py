@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from audit.engines.base import Engine, InputSpec, cuda_device, sha256_file
-from audit.engines.threads import torch_threads_during
+from audit.engines.threads import in_one_stream, torch_threads_during
 from audit.errors import EngineError
 
 #: Name of the extra file holding the ``audit.*`` metadata inside a program file.
@@ -79,12 +79,17 @@ class TorchEngine(Engine):
             out.update(path=str(self.path), sha256=sha256_file(self.path), providers=[str(self.torch_device)])
         return out
 
+    @property
+    def single_thread_runs(self) -> bool:
+        """A CPU module: under ``one_stream`` a run pins torch to one thread (``torch_threads_during(1)``)."""
+        return self.torch_device.type == "cpu"
+
     def _run(self, batch: Any) -> dict[str, np.ndarray]:
         import torch
 
         x = torch.from_dlpack(batch) if not isinstance(batch, np.ndarray) else torch.from_numpy(np.ascontiguousarray(batch))
-        if self.torch_device.type == "cpu":
-            with torch_threads_during(), torch.inference_mode():
+        if self.torch_device.type == "cpu":  # a campaign worker's run: one thread (its siblings use the other cores)
+            with torch_threads_during(1 if in_one_stream() else None), torch.inference_mode():
                 out = self.module(x)
         else:
             with torch.inference_mode():

@@ -255,11 +255,12 @@ def _df_factor(n: int, z: float, t_quantile) -> float:
     return (z / float(t_quantile(n - 1))) ** 2 if n >= 2 else 1.0
 
 
-def _effective_two_sided(x: np.ndarray, m: np.ndarray, conf: float) -> tuple[float, float]:
-    """(deff, n_eff) for a two-sided interval at ``conf`` on checked, non-empty cluster counts (``effective_draws``)."""
+def _effective_two_sided(x: np.ndarray, m: np.ndarray, conf: float) -> tuple[float, float, float]:
+    """(deff, n_eff, factor) for a two-sided interval at ``conf`` on checked, non-empty cluster counts
+    (``effective_draws``); ``factor`` is the degrees-of-freedom factor in n_eff (``_df_factor``)."""
     deff = _cluster_design_effect(x, m)
     factor = _df_factor(x.size, _z(conf), lambda df: stats.t.ppf(0.5 + conf / 2.0, df))
-    return deff, float(float(m.sum()) / deff * factor)
+    return deff, float(float(m.sum()) / deff * factor), factor
 
 
 def _no_flip_size(m: np.ndarray, factor: float) -> float:
@@ -323,12 +324,12 @@ def cluster_rate_interval(successes, trials, confidence: float = 0.95) -> Cluste
     if x.size == 0:
         nan = float("nan")
         return ClusterRate(nan, nan, nan, nan, nan)
-    deff, n_eff = _effective_two_sided(x, m, conf)
+    deff, n_eff, factor = _effective_two_sided(x, m, conf)
     p = float(x.sum()) / float(m.sum())
     z = _z(conf)
     lo, hi = _wilson_bounds(np.float64(p), np.float64(n_eff), z)
     # No-flip floor (``cluster_design_effect``): never tighter than the interval of 0 (of all) flips.
-    n0 = _no_flip_size(m, _df_factor(x.size, z, lambda df: stats.t.ppf(0.5 + conf / 2.0, df)))
+    n0 = _no_flip_size(m, factor)
     _, hi0 = _wilson_bounds(np.float64(0.0), np.float64(n0), z)
     return ClusterRate(p, min(float(lo), 1.0 - float(hi0)), max(float(hi), float(hi0)), deff, n_eff)
 

@@ -733,6 +733,14 @@ _CRITICAL_SPEC = {"target": (False, _NUM), "dose_mAs": (False, _NUM), "bound_mAs
                   "ci_open": (False, (_list_of(lambda v: isinstance(v, bool), size=2), "[bool, bool]")),
                   "status": (False, _STR), "note": (False, _STR), "fit": (False, _TABLE)}
 _STRS = (_list_of(lambda v: isinstance(v, str)), "a list of strings")
+#: an attack's OOD AUROC (``AttackResult.ood``): what ``report.attacks.render_ood`` reads, all of it optional
+_ATTACK_OOD = {"auroc": (False, _NUM), "ci": (False, _CI), "paired": (False, _NUM), "n_in": (False, _COUNT),
+               "n_ood": (False, _COUNT), "n_clusters": (False, _COUNT), "mean_clean": (False, _NUM),
+               "mean_attacked": (False, _NUM), "note": (False, _STR),
+               "non_finite": (False, (lambda v: isinstance(v, dict) and all(_is_count(x) for x in v.values()),
+                                      "a table of counts"))}
+_ATTACK_SPEC = {"summary": (False, {"ood": (False, {**_ATTACK_OOD, "successful": (False, _ATTACK_OOD)})}),
+                "extra": (False, {"members": (False, [{"ood": (False, _ATTACK_OOD)}])})}
 _MODEL_SPEC = {
     "name": (True, (lambda v: isinstance(v, str) and bool(v), "a non-empty string")),
     "head": (True, {"task": (True, _STR), "threshold": (False, _NUM),
@@ -770,7 +778,7 @@ REPORT_SPEC = {
                                                                   "SAN_fraction_ci": (False, _CI), "SAR_ci": (False, _CI),
                                                                   "cpm": (False, _NUM), "cpm_ci": (False, _CI)},
                                                                  "non-empty"])}])}),
-    "spread": (False, _TABLE), "comparisons": (False, _TABLES), "attacks": (False, _TABLES), "scan_arm": (False, _TABLES),
+    "spread": (False, _TABLE), "comparisons": (False, _TABLES), "attacks": (False, [_ATTACK_SPEC]), "scan_arm": (False, _TABLES),
 }
 
 
@@ -788,7 +796,7 @@ def read_report(path: str | Path) -> dict[str, Any]:
 def check_report_keys(report: Any, path: Path | str) -> None:
     """``report`` (report.json of ``path``, parsed) against ``REPORT_SPEC``: the schema tag, then every key the page
     reads from the report's core (models, levels, worst cases, noise, data, summary) with its type; the optional
-    blocks (comparisons, attacks, scan arm) only as lists of tables. One ``InputError`` naming the file and key."""
+    blocks (comparisons, attacks, scan arm) as lists of tables, and of the attacks the OOD tables the page reads. One ``InputError`` naming the file and key."""
 
     def fail(where: str, what: str, got: Any = None) -> None:
         text = repr(got)

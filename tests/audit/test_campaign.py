@@ -32,8 +32,8 @@ from tests.audit.planted import region_means
 Z99 = 2.576
 
 
-def _open(path):
-    engine = load_engine(path)
+def _open(path, **options):
+    engine = load_engine(path, **options)
     return AuditedModel("planted", engine, head_from(engine.metadata), preprocess_from(engine.metadata))
 
 
@@ -322,7 +322,7 @@ def test_records_do_not_depend_on_the_workers_or_where_the_engines_run(tmp_path,
     whatever order they finish): the same shard tables, column by column, with fresh noise and with the bank."""
     source = ArraySource(planted_images(20, spread_hu=5.0), (SPACING, SPACING))
     noise = NoiseSpec(kind="nps", levels=(50.0, 200.0), draws=12, seed=3, sigma_ref=30.0, bank=bank)
-    model = _open(planted)
+    model = _open(planted, **campaign_run.thread_layout().engine_options())  # as audit run opens it
     tables = {}
     for workers, batch in ((1, 16), (2, 7), (3, 5)):
         out = tmp_path / f"w{workers}"
@@ -344,7 +344,7 @@ def test_an_engine_failing_in_a_worker_stops_the_run_and_writes_nothing_half(tmp
     file is left, and a resume finishes with the records of an unbroken run."""
     source = ArraySource(planted_images(16, spread_hu=5.0), (SPACING, SPACING))
     noise = NoiseSpec(kind="nps", levels=(50.0,), draws=8, seed=3, sigma_ref=30.0)
-    model = _open(planted)
+    model = _open(planted, **campaign_run.thread_layout().engine_options())  # as audit run opens it
     engine = model.engine
     calls = {"n": 0}
 
@@ -378,3 +378,35 @@ def _same_table(a, b) -> bool:
         if x.dtype != y.dtype or not np.array_equal(x, y, equal_nan=x.dtype.kind == "f"):
             return False
     return True
+
+
+def test_engines_run_in_the_workers_only_where_each_run_is_single_thread(planted):
+    """A session on intra-op threads (``threads = 0``: ONNX Runtime's default pool, or 2) keeps its runs on the main
+    thread beside one noise worker: several workers would each start a run over every core. Single-thread sessions
+    (``threads = 1``, or streams) and torch CPU modules run in the workers, one worker per core; a torch module's run
+    inside a worker takes one thread."""
+    import torch
+
+    from audit.engines.threads import one_stream
+    from audit.engines.torch_module import TorchEngine
+
+    cpus = campaign_run.thread_layout().cpus
+    for options, alone in (({}, False), ({"threads": 2}, False), ({"threads": 1}, True), ({"threads": 1, "streams": 2}, True)):
+        engine = load_engine(planted, **options)
+        model = AuditedModel("planted", engine, head_from(engine.metadata), preprocess_from(engine.metadata))
+        assert engine.single_thread_runs is alone, options
+        assert campaign_run.default_workers([model], np) == (cpus if alone else 1), options
+        assert campaign_run.engines_in_workers([model], np, 2) is alone, options
+
+    seen = []
+
+    class Count(torch.nn.Module):
+        def forward(self, x):
+            seen.append(torch.get_num_threads())
+            return x.mean(dim=(1, 2, 3))
+
+    engine = TorchEngine(Count(), (None, 1, *SHAPE))
+    assert engine.single_thread_runs
+    with one_stream():
+        engine.run(np.zeros((2, 1, *SHAPE), np.float32))
+    assert seen == [1]

@@ -25,7 +25,9 @@ from audit.attacks import Target, build_attack, run_attack
 from audit.attacks.blocks import attack_block
 from audit.cli import main
 from audit.engines import load_engine
+from audit.errors import InputError
 from audit.report import check_report
+from audit.report.build import read_report
 from audit.report.attacks import render_attack_html, render_ood
 from tests.audit.attacks import nets
 from tests.audit.conftest import write_config, write_manifest
@@ -243,6 +245,17 @@ def test_audit_run_puts_the_per_attack_ood_auroc_in_the_attack_block(ood_model, 
     (block,) = report["attacks"]
     o = block["summary"]["ood"]
     assert o["n_ood"] == N and o["ci"][0] <= o["auroc"] <= o["ci"][1]
+    assert read_report(tmp_path / "out" / "report.json") == report  # read back as `audit report` does
+    for where, spoil in (("auroc", "high"), ("successful.non_finite", {"clean": -1}), ("ci", [0.1])):
+        bad = json.loads(json.dumps(report))
+        *path, key = where.split(".")
+        table = bad["attacks"][0]["summary"]["ood"]
+        for part in path:
+            table = table[part]
+        table[key] = spoil
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(InputError, match=rf"attacks\[0\]\.summary\.ood\.{where}: expected"):
+            read_report(tmp_path / "bad.json")
     page = (tmp_path / "out" / "report.html").read_text()
     section = page[page.index('<section class="attack"'):]
     _check_page(section[: section.index("</section>")])
