@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from audit.metrics.detection import Lesions, candidates_from_points, froc, match_candidates
 from models import metrics
 from models.nets.fpr3d import beta_loss
+from models.phantoms.lesion_volumes import unpad
 
 
 class Task:
@@ -149,10 +150,8 @@ class DetectionTask(Task):
         """One ``ScanMatch`` per volume (``audit.metrics.detection.match_candidates``)."""
         out = []
         for c, s, les in zip(centres, scores, lesions):
-            les = np.asarray(les, np.float64).reshape(-1, 4)
-            les = les[np.all(np.isfinite(les), axis=1)]
-            out.append(match_candidates(candidates_from_points(c, s), Lesions.of(les[:, :3], les[:, 3] / 2.0),
-                                        self.spacing, min_radius_mm=self.min_radius))
+            out.append(match_candidates(candidates_from_points(c, s), Lesions.from_rows(unpad(les)), self.spacing,
+                                        min_radius_mm=self.min_radius))
         return out
 
     def evaluate(self, outputs, t):

@@ -27,6 +27,7 @@ import torch
 from audit.metrics.detection import froc
 from models.augment import AUGMENTATIONS
 from models.nets.fpr3d import beta_loss
+from models.phantoms.lesion_volumes import unpad
 from models.registry import Blueprint, Data, Recipe
 
 
@@ -114,6 +115,16 @@ def predict(net: torch.nn.Module, x: np.ndarray, batch_size: int = 64) -> list[n
     return [np.concatenate(parts) for parts in zip(*chunks)]
 
 
+def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, sched=None) -> float:
+    """One optimiser step on ``loss`` (zero_grad, backward, step, then ``sched.step()`` when given); the loss value."""
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    if sched is not None:
+        sched.step()
+    return loss.item()
+
+
 def evaluate(bp: Blueprint, net: torch.nn.Module, data: Data, idx: np.ndarray) -> dict:
     """The task's metrics of ``net`` on the samples ``idx``."""
     outputs = predict(net, data.x[idx])
@@ -145,14 +156,11 @@ def train(bp: Blueprint, recipe: Recipe, data: Data, split: Split, seed: int, *,
                 xb = torch.from_numpy(data.x[b])
                 if augment is not None:
                     xb = augment(xb, gen)
-                loss = bp.task.loss(net, xb, _targets(data, b, bp.task.targets), epoch)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += loss.item() * b.size
+                loss = _step(opt, bp.task.loss(net, xb, _targets(data, b, bp.task.targets), epoch))
+                total += loss * b.size
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss.item():.4f}")
+                    bar.set_postfix(loss=f"{loss:.4f}")
             m = evaluate(bp, net, data, split.val)
             score = bp.task.score(m)
             history.append({"epoch": epoch + 1, "train_loss": total / order.size, "val_score": score})
@@ -223,7 +231,7 @@ def heat_target(lesions: np.ndarray, size: int) -> np.ndarray:
 def _crop_origins(lesions: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """A crop origin (3,) for one volume: around a random lesion (margin 6 voxels) with probability 1/2."""
     hi = size - STAGE1_CROP
-    les = lesions[np.all(np.isfinite(lesions), axis=1)]
+    les = unpad(lesions)
     if les.shape[0] and rng.random() < 0.5:
         c = np.round(les[rng.integers(les.shape[0]), :3]).astype(int)
         lo_o, hi_o = np.clip(c - STAGE1_CROP + 7, 0, hi), np.clip(c - 6, 0, hi)
@@ -243,6 +251,32 @@ def detect(net: torch.nn.Module, x: np.ndarray, batch_size: int = 16) -> tuple[n
 
 
 @torch.no_grad()
+def _stage1_outputs(net, x: np.ndarray, batch_size: int = 64) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Stage 1 of a ``Detector3D`` on volumes ``x`` in ``predict``'s batches: per batch the volumes, candidate voxels
+    and keys (``Detector3D.candidates``), for ``_with_stage1`` while stage 1 is fixed."""
+    net.eval()
+    out = []
+    for start in range(0, x.shape[0], batch_size):
+        xb = torch.from_numpy(x[start : start + batch_size])
+        _, centres, keys = net.candidates(xb)
+        out.append((xb, centres, keys))
+    return out
+
+
+@torch.no_grad()
+def _with_stage1(net, stage1: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> list[np.ndarray]:
+    """``predict(net, x)`` of a ``Detector3D`` (``Detector3D.forward``) with stage 1's outputs on ``x`` given
+    (``_stage1_outputs``): only stage 2 runs."""
+    net.eval()
+    cs, ss = [], []
+    for xb, centres, keys in stage1:
+        p = net.score_patches(net.patches(xb, centres)).reshape(xb.shape[0], net.m)
+        cs.append(centres.to(torch.float32).numpy())
+        ss.append(torch.where(torch.isfinite(keys), p, torch.full_like(p, -torch.inf)).numpy())
+    return [np.concatenate(cs), np.concatenate(ss)]
+
+
+@torch.no_grad()
 def _stage2_patches(net, bp: Blueprint, data: Data, idx: np.ndarray, rng: np.random.Generator):
     """FPR training patches of volumes ``idx``: every stage-1 candidate (label 1 iff it lies on a lesion, the
     audit's matching) plus each lesion's centre voxel and ``STAGE2_JITTER_COPIES`` jittered copies (label 1)."""
@@ -252,8 +286,7 @@ def _stage2_patches(net, bp: Blueprint, data: Data, idx: np.ndarray, rng: np.ran
     for j, i in enumerate(idx):
         keep = np.isfinite(probs[j])
         pos = np.isin(matches[j].role, (0, 1))  # HIT or DUPLICATE: on a lesion
-        les = data.targets["lesions"][i]
-        les = les[np.all(np.isfinite(les), axis=1)]
+        les = unpad(data.targets["lesions"][i])
         extra = [np.round(les[:, :3]).astype(np.int64)]
         extra += [extra[0] + rng.integers(-1, 2, extra[0].shape) for _ in range(STAGE2_JITTER_COPIES)]
         c = np.concatenate([centres[j][keep]] + extra).clip(0, data.x.shape[-1] - 1)
@@ -286,12 +319,7 @@ def _train_stage1(net, bp: Blueprint, recipe: Recipe, data: Data, split: Split, 
             xt = torch.from_numpy(np.stack(crops))
             if augment is not None:
                 xt = augment(xt, gen, max_shift=0)
-            loss = task.heatmap_loss(net.stage1(xt[:, :1]), xt[:, 1:])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * b.size
+            total += _step(opt, task.heatmap_loss(net.stage1(xt[:, :1]), xt[:, 1:]), sched) * b.size
         net.eval()
         c, p = detect(net, data.x[split.val])
         score = froc(task.matches(c.astype(np.float64), p, data.targets["lesions"][split.val])).cpm
@@ -314,6 +342,10 @@ def _train_stage2(net, bp: Blueprint, recipe: Recipe, data: Data, split: Split, 
     px, py = _stage2_patches(net, bp, data, split.train, rng)
     opt = torch.optim.Adam(net.stage2.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs * -(-py.size // recipe.batch_size))
+    # Stage 1 is fixed here (the optimiser holds stage 2's parameters alone): its validation candidates are computed
+    # once; each epoch's evaluation runs stage 2 on them, giving what ``evaluate`` would (it draws no random numbers).
+    val_stage1 = _stage1_outputs(net, data.x[split.val])
+    val_targets = {k: v[split.val] for k, v in data.targets.items()}
     best, best_state, best_epoch, best_metrics = -np.inf, None, -1, {}
     for epoch in range(recipe.epochs):
         net.stage2.train()
@@ -325,13 +357,9 @@ def _train_stage2(net, bp: Blueprint, recipe: Recipe, data: Data, split: Split, 
             if augment is not None:
                 xb = augment(xb, gen)
             loss = beta_loss(net.stage2(xb), torch.from_numpy(py[b]), min(1.0, epoch / STAGE2_KL_ANNEAL))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * b.size
+            total += _step(opt, loss, sched) * b.size
         net.eval()
-        m = evaluate(bp, net, data, split.val)
+        m = task.evaluate(_with_stage1(net, val_stage1), val_targets)
         report(2, epoch, total / order.size, task.score(m))
         if task.score(m) > best or best_state is None:
             best, best_state, best_epoch, best_metrics = task.score(m), copy.deepcopy(net.stage2.state_dict()), \

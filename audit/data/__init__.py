@@ -101,7 +101,7 @@ def phantom_source(kind: str, n: int, seed: int) -> ArraySource:
     ``seed``. Lesion volumes carry no label (-1): a detection audit judges them by their lesions."""
     if kind == "lesions":
         v = lesion_volumes(n, seed)
-        refs = [Lesions.of(les[:, :3], les[:, 3] / 2.0) for les in v.lesions]  # (z, y, x voxel, diameter mm)
+        refs = [Lesions.from_rows(les) for les in v.lesions]
         return ArraySource(v.images, tuple(v.spacing), None, name=f"phantom lesion volumes (n={n}, seed={seed})",
                            lesions=refs)
     if kind == "nodules":

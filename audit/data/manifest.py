@@ -231,7 +231,7 @@ class ManifestSource:
         if excluded is not None and (excluded.dtype != bool or excluded.shape != (raw.shape[0],)):
             raise InputError(f"{where}: lesions_excluded: expected ({raw.shape[0]},) bool, got {excluded.dtype} "
                              f"{excluded.shape}")
-        return Lesions.of(raw[:, :3], raw[:, 3] / 2.0, excluded)
+        return Lesions.from_rows(raw, excluded)
 
     def __len__(self) -> int:
         return len(self.paths)

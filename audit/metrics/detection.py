@@ -235,6 +235,18 @@ class Lesions:
             raise InputError(f"excluded: expected shape ({c.shape[0]},), got {e.shape}")
         return cls(c, r, e)
 
+    @classmethod
+    def from_rows(cls, rows, excluded=None) -> "Lesions":
+        """Lesions from annotation rows (L, 4) of (z, y, x voxel centre, diameter mm): the phantom lesion volumes'
+        ``lesions`` and an .npz manifest row's ``lesions`` array; radius = diameter / 2. An empty array is a scan
+        without lesions; ``excluded`` as in ``of``."""
+        a = np.asarray(rows)
+        if a.size == 0:
+            a = a.reshape(0, 4)
+        if a.ndim != 2 or a.shape[1] != 4:
+            raise InputError(f"lesions: expected (L, 4) rows of (z, y, x voxel, diameter mm), got shape {a.shape}")
+        return cls.of(a[:, :3], a[:, 3] / 2.0, excluded)
+
     @property
     def n_included(self) -> int:
         return int(np.count_nonzero(~self.excluded))

@@ -90,7 +90,8 @@ class LesionVolumes:
 
 
 def unpad(rows: np.ndarray) -> np.ndarray:
-    """The (L, 4) lesions of one padded (MAX_LESIONS, 4) row (rows with a NaN dropped)."""
+    """The (L, 4) float64 lesions of one padded (MAX_LESIONS, 4) row, rows with a NaN dropped (``padded``'s inverse
+    for one volume; the training code and ``DetectionTask`` read the padded targets through it)."""
     rows = np.asarray(rows, np.float64).reshape(-1, 4)
     return rows[np.all(np.isfinite(rows), axis=1)]
 

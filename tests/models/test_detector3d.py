@@ -19,7 +19,8 @@ import torch
 
 import models
 from audit.campaign.noise import NoiseSpec
-from audit.metrics.detection import froc, froc_bootstrap, froc_paired_difference
+from audit.errors import InputError
+from audit.metrics.detection import Lesions, froc, froc_bootstrap, froc_paired_difference
 from models import export, registry, training
 from models.nets import Detector3D
 from models.phantoms import lesion_volumes as lv
@@ -93,6 +94,38 @@ def test_parity_forgives_reordered_candidates_but_not_moved_ones():
     assert net.parity_difference(x, [got[0][:, perm], got[1][:, perm]], ref) <= 1e-7
     got[0][0, 0] += 5.0  # a candidate moved 5 voxels: a different detection
     assert net.parity_difference(x, got, ref) == np.inf
+
+
+def test_padded_lesion_rows_unpad_to_the_audit_lesions():
+    v = lv.lesion_volumes(4, seed=3)
+    for les, row in zip(v.lesions, v.padded()):
+        back = lv.unpad(row)
+        assert back.dtype == np.float64
+        np.testing.assert_array_equal(back, les)
+        ref = Lesions.from_rows(back)  # (z, y, x voxel, diameter mm) rows -> centres and radii (diameter / 2)
+        np.testing.assert_array_equal(ref.centres, les[:, :3])
+        np.testing.assert_array_equal(ref.radii_mm, les[:, 3] / 2.0)
+        assert not ref.excluded.any()
+    empty = Lesions.from_rows(lv.unpad(np.full((lv.MAX_LESIONS, 4), np.nan, np.float32)))
+    assert empty.centres.shape == (0, 3) and empty.radii_mm.shape == (0,)
+    assert Lesions.from_rows(np.zeros(0), excluded=np.zeros(0, bool)).centres.shape == (0, 3)
+    assert list(Lesions.from_rows([[1, 2, 3, 4.0]], excluded=[True]).excluded) == [True]
+    with pytest.raises(InputError):
+        Lesions.from_rows(np.zeros((2, 3)))
+
+
+def test_stage2_evaluation_with_fixed_stage1_is_the_whole_forward():
+    # ``train_detector``'s stage 2 reuses stage 1's validation outputs: they must give exactly ``predict``'s outputs
+    with training.deterministic(0):
+        net = Detector3D().eval()
+    x = registry.preprocess(lv.lesion_volumes(3, seed=7).images, registry.LUNG_WINDOW)
+    for batch_size in (2, 64):
+        got = training._with_stage1(net, training._stage1_outputs(net, x, batch_size))
+        want = training.predict(net, x, batch_size)
+        assert len(got) == len(want) == 2
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype and g.shape == w.shape
+            np.testing.assert_array_equal(g, w)
 
 
 def heldout_matches(onnx_path, task, n=N_EVAL, k=K_DRAWS, mas=LOW_MAS):
