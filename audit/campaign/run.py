@@ -117,7 +117,7 @@ def thread_layout(cpus: int | None = None, *, device: bool = False) -> ThreadLay
     between noise and engine is. Measured on 2 cores (issue 17, bench/campaign.py): BodySiteNet2D, where noise
     takes more CPU than inference, 0.38 of its bare engine with a noise producer feeding 2 engine streams (the
     producer one thread: a core idles while the engine waits for it) against 0.45 this way (limit 0.47);
-    NoduleNet3D, where inference dominates, 0.88 against 0.91 (limit 0.92; medians of 5 quiet rounds).
+    NoduleNet3D, where inference dominates, 0.91 either way (limit 0.92; medians of 5 quiet rounds).
     ``device`` (noise and engine on a GPU): the host only launches work: 1 worker making the device's noise and
     the engine run on the main thread, so the two overlap. Outside the workers (the clean pass beside them
     excepted) an ONNX Runtime model runs single-thread streams, one per core. Explicit config values (``[[model]] threads`` / ``streams``, ``[run] noise_workers``) always win over this rule.
