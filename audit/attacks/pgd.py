@@ -17,6 +17,14 @@ final iterate come from the same forward pass as its loss: together 1.3-1.8x
 torchattacks' PGD on this 2-core CPU, deployed re-run included
 (``bench/attacks.py``). The loss reads the logit under a sigmoid/softmax output
 when the twin exposes it (``audit.attacks.logits``).
+
+Objectives (``audit.attacks.objectives``): ``task`` (default) and
+``output_distance`` read the head's output only; ``evade_ood``, for a model
+whose head names an ``ood_output``, flips the class while keeping the twin's
+OOD score from rising above each sample's clean score (its loss reads the
+head's output and the OOD output of the same forward pass; the penalty's unit
+is the spread of the batch's clean scores, computed once per ``perturb`` over
+the whole batch).
 """
 
 from __future__ import annotations
@@ -24,16 +32,18 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from audit.attacks.base import HU_RANGE, Attack, Candidates, Target, positive, success
-from audit.attacks.objectives import OBJECTIVES, output_distance, task_loss
+from audit.attacks.objectives import OBJECTIVES, OOD_OBJECTIVES, evade_ood, ood_scale, output_distance, task_loss
 from audit.errors import ConfigError
 from audit.artifact.heads import Decisions
 
 NORMS = ("linf", "l2")
+#: What ``objective`` may be.
+PGD_OBJECTIVES = OBJECTIVES + OOD_OBJECTIVES
 
 
 class PGD(Attack):
     """PGD: ``eps`` bound, ``alpha`` step (default eps/5), ``steps`` (100), ``norm`` linf|l2, ``random_start``,
-    ``restarts`` (1), ``space`` input|hu (input), ``objective`` task|output_distance (task)."""
+    ``restarts`` (1), ``space`` input|hu (input), ``objective`` task|output_distance|evade_ood (task)."""
 
     name = "pgd"
 
@@ -43,17 +53,29 @@ class PGD(Attack):
         super().__init__(target, space=space, hu_range=hu_range)
         if norm not in NORMS:
             raise ConfigError(f"attack.norm: expected one of {NORMS}, got {norm!r}")
-        if objective not in OBJECTIVES:
-            raise ConfigError(f"attack.objective: expected one of {OBJECTIVES}, got {objective!r}")
+        if objective not in PGD_OBJECTIVES:
+            raise ConfigError(f"attack.objective: expected one of {PGD_OBJECTIVES}, got {objective!r}")
+        if objective == "evade_ood" and target.ood_index is None:
+            why = ("names none" if target.head.ood_output is None
+                   else f"names {target.head.ood_output!r}, which the torch twin does not output")
+            raise ConfigError(f"attack.objective: 'evade_ood' keeps the OOD score down and needs a model whose head "
+                              f"names an ood_output ([head] ood_output); this model's head {why}")
         self.eps = positive("eps", eps)
         self.alpha = self.eps / 5 if alpha is None else positive("alpha", alpha)
         self.steps, self.restarts = positive("steps", steps, integer=True), positive("restarts", restarts, integer=True)
         self.norm, self.random_start, self.objective = norm, bool(random_start), objective
 
     def loss(self, raw: Any, clean_raw: Any, labels: Any) -> Any:
+        """The objective on the output the losses read (``evade_ood``: its task part; see ``evading_loss``)."""
         if self.objective == "output_distance":
             return output_distance(raw, clean_raw)
         return task_loss(self.target.loss_head, raw, clean_raw, labels)
+
+    def evading_loss(self, outs: Any, clean_raw: Any, labels: Any, ood_ref: tuple[Any, Any]) -> Any:
+        """``evade_ood`` on all twin outputs of one forward pass; ``ood_ref``: (the samples' clean OOD scores, the
+        batch's ``ood_scale``)."""
+        t = self.target
+        return evade_ood(self.loss(outs[t.loss_index], clean_raw, labels), t.ood_score(outs), *ood_ref)
 
     def origin(self, v_clean: Any, generator: Any) -> Any:
         """Where the search starts (before the random start): the clean variable; other attacks override it."""
@@ -70,6 +92,10 @@ class PGD(Attack):
             clean_outs = t.outputs(self.model_input(v_clean))
         clean_raw, clean = clean_outs[t.loss_index], t.decisions(clean_outs)
         labels = torch.from_numpy(clean.labels)
+        ood_ref = None
+        if self.objective == "evade_ood":  # clean scores and their unit, once for the whole batch
+            clean_ood = t.ood_score(clean_outs)
+            ood_ref = (clean_ood, ood_scale(clean_ood))
         v0 = self.origin(v_clean, generator).detach()
         ref = clean if v0 is v_clean else t.decide(self.model_input(v0))
         lo, hi = self.bounds(v0)
@@ -81,7 +107,8 @@ class PGD(Attack):
             idx = torch.nonzero(~done)[:, 0]
             if len(idx) == 0:
                 break
-            v, loss, flat, adv = self.ascend(v0[idx], lo[idx], hi[idx], clean_raw[idx], labels[idx], generator)
+            v, loss, flat, adv = self.ascend(v0[idx], lo[idx], hi[idx], clean_raw[idx], labels[idx], generator,
+                                             None if ood_ref is None else (ood_ref[0][idx], ood_ref[1]))
             zero_grad[idx] &= flat
             flipped = torch.from_numpy(success(t.head, self.mode, clean.take(idx.numpy()), ref.take(idx.numpy()), adv))
             better = flipped | (loss > best_loss[idx])
@@ -93,8 +120,8 @@ class PGD(Attack):
                           reference=None if v0 is v_clean else v0, mode=self.mode, twin_flips=done[:, None].numpy())
 
     def ascend(self, v0: Any, lo: Any, hi: Any, clean_raw: Any, labels: Any,
-               generator: Any) -> tuple[Any, Any, Any, Decisions]:
-        """One PGD run from (random) start.
+               generator: Any, ood_ref: tuple[Any, Any] | None = None) -> tuple[Any, Any, Any, Decisions]:
+        """One PGD run from (random) start; ``ood_ref`` (``evade_ood`` only): see ``evading_loss``.
 
         Returns the final variable, its loss, per-sample "the gradient was 0"
         (checked at the first step: a zero gradient leaves the variable where it
@@ -118,7 +145,10 @@ class PGD(Attack):
         flat = torch.ones(b, dtype=torch.bool)
         for step in range(self.steps):
             v.requires_grad_(True)
-            loss = self.loss(self.forward(v), clean_raw, labels)
+            if ood_ref is None:
+                loss = self.loss(self.forward(v), clean_raw, labels)
+            else:
+                loss = self.evading_loss(self.target.outputs(self.model_input(v)), clean_raw, labels, ood_ref)
             (g,) = torch.autograd.grad(loss.sum(), v)
             v = v.detach()
             with torch.no_grad():
@@ -137,7 +167,8 @@ class PGD(Attack):
         t = self.target
         with torch.no_grad():
             outs = t.outputs(self.model_input(v))
-            final = self.loss(outs[t.loss_index], clean_raw, labels)
+            final = (self.loss(outs[t.loss_index], clean_raw, labels) if ood_ref is None
+                     else self.evading_loss(outs, clean_raw, labels, ood_ref))
         return v, final, flat, t.decisions(outs)
 
     def describe(self) -> dict[str, Any]:

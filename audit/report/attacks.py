@@ -179,7 +179,10 @@ OOD_NOTE = ("AUROC = P(OOD score of an attacked input &gt; OOD score of the clea
             "samples of P(candidate &gt; its own clean score). 95% CI: cluster bootstrap over samples (a sample's "
             "clean score and its candidates resampled together, 2000 resamples). Units: AUROC and 'own image' are "
             "probabilities; the mean scores are in the units of the head's OOD output (higher = more OOD). "
-            "Non-finite scores are left out and counted. The attack's objective does not target the OOD score.")
+            "Non-finite scores are left out and counted. What this measures depends on the attack's objective (its "
+            "parameters above): task and output_distance ignore the OOD score (an attack blind to the detector); "
+            "evade_ood flips the class while keeping the score from rising above each sample's clean score (an attack "
+            "that targets the detector).")
 
 
 def render_ood(block: dict[str, Any]) -> str:

@@ -1,6 +1,7 @@
 """The OOD detector per attack (study 4): a real ONNX model with an OOD output, attacked; the per-attack AUROC of clean
 against attacked inputs equals a brute-force count over pairs of *different* samples, its interval a brute-force
 cluster bootstrap over samples; the block reaches attack.json, report.json and both HTML pages with its definitions.
+PGD's ``evade_ood`` objective flips the class as the task objective does while keeping the OOD score down.
 
 The model is the fragile threshold net (``nets.Fragile``) with a second output ``ood`` = mean |x - 0.5| over the
 image (x = (HU + 1000) / 2000): an attack that moves pixels away from 0 HU raises it, so the AUROC is neither 1/2
@@ -21,14 +22,15 @@ import torch
 
 from audit.artifact import AuditedModel
 from audit.artifact.heads import head_from, preprocess_from
-from audit.attacks import Target, build_attack, run_attack
+from audit.attacks import NPSAscent, Target, build_attack, run_attack
 from audit.attacks.blocks import attack_block
 from audit.cli import main
 from audit.engines import load_engine
-from audit.errors import InputError
+from audit.errors import ConfigError, InputError
 from audit.report import check_report
 from audit.report.build import read_report
 from audit.report.attacks import render_attack_html, render_ood
+import audit.attacks.objectives as objectives
 from tests.audit.attacks import nets
 from tests.audit.conftest import write_config, write_manifest
 
@@ -43,12 +45,20 @@ class FragileOod(nets.Fragile):
         return super().forward(x), (x - 0.5).abs().mean(dim=(1, 2, 3))
 
 
-def export_ood(path: Path, *, metadata_ood: bool = True) -> Path:
-    """FragileOod as ONNX (outputs ``probability``, ``ood``) with the audit metadata; ``metadata_ood``: the head's
-    ``ood_output`` in the metadata (else a config's ``[head]`` names it)."""
+class RegionOod(nets.Fragile):
+    """``FragileOod`` with the score over the class's own region only: the two gradients compete for the same
+    pixels, so the weight of ``evade_ood``'s penalty matters."""
+
+    def forward(self, x):
+        return super().forward(x), (x[:, :, nets.REGION[0], nets.REGION[1]] - 0.5).abs().mean(dim=(1, 2, 3))
+
+
+def export_ood(path: Path, *, metadata_ood: bool = True, net: torch.nn.Module | None = None) -> Path:
+    """FragileOod (or ``net``) as ONNX (outputs ``probability``, ``ood``) with the audit metadata; ``metadata_ood``:
+    the head's ``ood_output`` in the metadata (else a config's ``[head]`` names it)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(FragileOod().eval(), (torch.rand(2, 1, *nets.SHAPE),), str(path), input_names=["input"],
+        torch.onnx.export((net or FragileOod()).eval(), (torch.rand(2, 1, *nets.SHAPE),), str(path), input_names=["input"],
                           output_names=["probability", "ood"], opset_version=17, dynamo=False,
                           dynamic_axes={"input": {0: "batch"}, "probability": {0: "batch"}, "ood": {0: "batch"}})
     model = onnx.load(str(path))
@@ -211,7 +221,7 @@ def _check_page(page: str) -> None:
     assert "Out-of-distribution score: clean vs attacked" in page
     for text in ("AUROC [95% CI]", "own image", "cluster bootstrap over samples", "of <em>another</em> sample",
                  "mean OOD score: clean / attacked", "units of the head's OOD output", "all candidates",
-                 "successful candidates", "does not target the OOD score"):
+                 "successful candidates", "ignore the OOD score", "evade_ood flips the class"):
         assert text in page, text
 
 
@@ -275,3 +285,110 @@ def test_degenerate_ood_aurocs_say_why_instead_of_showing_an_interval(pgd_run):
     single = dataclasses.replace(res, clean_ood=res.clean_ood[:1], adv_ood=res.adv_ood[:1],
                                  deployed_flips=res.deployed_flips[:1]).ood()
     assert single["auroc"] is None and "different samples" in single["note"]
+
+
+def _evade(model, hu: np.ndarray):
+    """``evade_ood`` at the settings of ``pgd_run`` (the task objective): eps, steps, space, seed."""
+    return run_attack(build_attack("pgd", Target.from_model(model), eps=EPS, steps=10, space="hu",
+                                   objective="evade_ood"), model, hu, seed=0)
+
+
+def test_evade_ood_flips_as_the_task_objective_does_with_the_ood_score_kept_down(pgd_run):
+    """Same images, eps, steps and seed. Measured: task 8 of 10 samples flipped on the deployed model, AUROC of its
+    successful candidates 0.50 [0.34, 0.64], own image (P(candidate > its clean score)) 0.90; evade_ood 8 of 10,
+    0.26 [0.10, 0.40], 0.00 (the same at OOD_PENALTY 0.001 to 100: the score's gradient reaches the pixels outside
+    the class's region, which the task loss leaves free). Asserted: at least half the task's successes (the penalty
+    is zero once the score is at or below the clean one, so it should cost few flips), an AUROC at least 0.15 below
+    the task's (measured gap 0.24) and below chance, and almost no candidate above its own clean score."""
+    _, model, hu, task = pgd_run
+    evade = _evade(model, hu)
+    assert (task.attack["objective"], evade.attack["objective"]) == ("task", "evade_ood")
+    s_task, s_evade = int(task.deployed_flips.sum()), int(evade.deployed_flips.sum())
+    assert s_task >= 5 and 2 * s_evade >= s_task, (s_task, s_evade)
+    o_task, o_evade = task.ood(), evade.ood()
+    a_task, a_evade = o_task["successful"]["auroc"], o_evade["successful"]["auroc"]
+    assert a_evade <= a_task - 0.15 and a_evade < 0.45, (a_task, a_evade)
+    assert o_task["paired"] >= 0.7 and o_evade["paired"] <= 0.1, (o_task["paired"], o_evade["paired"])
+    clean, adv = evade.clean_ood.astype(np.float64), evade.adv_ood.astype(np.float64)
+    assert o_evade["successful"]["auroc"] == pytest.approx(_brute_auroc(adv, clean, evade.deployed_flips), abs=1e-12)
+
+
+def test_evade_ood_on_a_model_without_an_ood_output_is_refused_in_one_line(fragile, ood_model):
+    """The refusal names attack.objective; the NPS ascent, whose loss reads the head's output only, refuses it too."""
+    with pytest.raises(ConfigError) as exc:
+        build_attack("pgd", Target.from_model(fragile), eps=EPS, objective="evade_ood")
+    msg = str(exc.value)
+    assert msg.startswith("attack.objective: 'evade_ood'") and "ood_output" in msg and "names none" in msg
+    assert "\n" not in msg
+    with pytest.raises(ConfigError, match=r"^attack\.objective: expected one of"):
+        NPSAscent(Target.from_model(ood_model[1]), nps=None, spacing=(1.0, 1.0), objective="evade_ood")
+
+
+def test_audit_attack_cli_records_the_objective_beside_the_ood_auroc(tmp_path, capsys):
+    """``[attack] objective = "evade_ood"`` from a config: attack.json's run holds the objective with the OOD block
+    it produced, and the page names it beside the OOD table; without an OOD output the CLI exits 2 naming the key."""
+    path = export_ood(tmp_path / "m.onnx", metadata_ood=False)
+    manifest = write_manifest(tmp_path / "data", nets.images(N, spread_hu=8.0, seed=3), np.zeros(N, int))
+    attack = f'[attack]\nname = "pgd"\neps = {EPS}\nsteps = 10\nspace = "hu"\nexplain = false\nobjective = "evade_ood"\n'
+    body = f'[model]\npath = "{path}"\n\n[data]\nmanifest = "{manifest}"\n\n'
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(body + attack)
+    assert main(["attack", str(cfg), "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert "attack.objective: 'evade_ood'" in err and "Traceback" not in err
+    cfg.write_text(body.replace("[data]", '[head]\nood_output = "ood"\n\n[data]') + attack)
+    assert main(["attack", str(cfg), "--out", str(tmp_path / "out")]) == 0
+    (run,) = json.loads((tmp_path / "out" / "attack.json").read_text())["runs"]
+    assert run["attack"]["objective"] == "evade_ood" and run["summary"]["ood"]["paired"] <= 0.1
+    page = (tmp_path / "out" / "attack.html").read_text()
+    assert "objective=evade_ood" in page
+    _check_page(page)
+
+
+def test_audit_run_records_the_objective_in_the_attack_block(ood_model, tmp_path):
+    """``audit run`` with ``[attack] objective = "evade_ood"``: report.json's attack block names the objective."""
+    path, _ = ood_model
+    manifest = write_manifest(tmp_path / "data", nets.images(N, spread_hu=8.0, seed=3), np.zeros(N, int))
+    cfg = write_config(tmp_path / "a.toml", path, manifest, noise='kind = "gaussian"\nlevels = [10]\ndraws = 1\nseed = 1')
+    cfg.write_text(cfg.read_text() + f'\n[attack]\nname = "pgd"\neps = {EPS}\nsteps = 10\nspace = "hu"\nkeep = 0\n'
+                   'objective = "evade_ood"\n')
+    assert main(["run", str(cfg), "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    check_report(report)
+    (block,) = report["attacks"]
+    assert block["attack"]["objective"] == "evade_ood" and block["summary"]["ood"]["paired"] <= 0.1
+    page = (tmp_path / "out" / "report.html").read_text()
+    section = page[page.index('<section class="attack"'):]
+    assert "objective=evade_ood" in section[: section.index("</section>")]
+
+
+def test_the_penalty_weight_bites_where_the_score_and_the_class_share_pixels(tmp_path, monkeypatch):
+    """RegionOod, 30 images. Measured (successes, own image): task 17/30, 0.17; OOD_PENALTY 0.01 or 0.1: 17/30,
+    0.17 (the penalty loses to the task gradient on every shared pixel); 1, 10, 100: 17/30, 0.03. The module's
+    weight (10) is past that crossover and costs no success."""
+    path = export_ood(tmp_path / "region.onnx", net=RegionOod())
+    engine = load_engine(path)
+    model = AuditedModel("region_ood", engine, head_from(engine.metadata), preprocess_from(engine.metadata))
+    hu = nets.images(30, spread_hu=8.0, seed=5)
+
+    def attack(objective: str):
+        return run_attack(build_attack("pgd", Target.from_model(model), eps=EPS, steps=10, space="hu",
+                                       objective=objective), model, hu, seed=0)
+
+    task, evade = attack("task"), attack("evade_ood")
+    with monkeypatch.context() as m:
+        m.setattr(objectives, "OOD_PENALTY", 0.1)
+        weak = attack("evade_ood")
+    assert objectives.OOD_PENALTY == 10.0
+    assert weak.ood()["paired"] >= task.ood()["paired"] - 0.02  # too weak a weight: the task objective's result
+    assert evade.ood()["paired"] <= weak.ood()["paired"] - 0.1, (evade.ood()["paired"], weak.ood()["paired"])
+    assert evade.deployed_flips.sum() >= task.deployed_flips.sum() - 2
+
+
+def test_ood_scale_is_the_clean_spread_floored():
+    """The standard deviation of the batch's clean scores; a batch of one sample or of equal scores falls back on 1%
+    of their mean magnitude, all zeros on 1e-12."""
+    assert float(objectives.ood_scale(torch.tensor([1.0, 2.0, 3.0]))) == pytest.approx(np.std([1.0, 2.0, 3.0]))
+    assert float(objectives.ood_scale(torch.tensor([0.5]))) == pytest.approx(0.005)
+    assert float(objectives.ood_scale(torch.tensor([2.0, 2.0]))) == pytest.approx(0.02)
+    assert float(objectives.ood_scale(torch.zeros(3))) == pytest.approx(1e-12)
