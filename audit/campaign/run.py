@@ -47,6 +47,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import queue
 import re
 import threading
@@ -83,6 +84,11 @@ RECORD_BYTES = 16
 #: more on a 2-core CPU) and write up to 1.6 GB of records: a typo in ``draws`` or ``levels`` should not start
 #: that unasked.
 MAX_RUN_INFERENCES = 10**8
+#: Memory the batches of the campaign's workers may take together (``default_workers``): about two float32 input
+#: batches per worker are alive at once (one being made and run, one made and queued; a sliding-window model adds a
+#: dense map of one volume). 256^2 slices or 32^3 cubes in batches of 64 (8-16 MiB) never meet it; whole CT volumes
+#: do (512 x 512 x 300 voxels: 315 MB each), and then fewer workers start rather than memory growing with the cores.
+WORKER_MEMORY_BYTES = 2 * 2**30
 
 
 #: The cores this process may run on (its affinity mask, e.g. a container's cpuset): the engines' one rule.
@@ -134,14 +140,22 @@ def engines_in_workers(models: Sequence[AuditedModel], xp: Any, workers: int) ->
     return xp is np and workers > 1 and all(getattr(m.engine, "single_thread_runs", False) for m in models)
 
 
-def default_workers(models: Sequence[AuditedModel], xp: Any) -> int:
+def default_workers(models: Sequence[AuditedModel], xp: Any, per_batch: int = 0) -> int:
     """The campaign's workers where ``[run] noise_workers`` is not given: ``thread_layout``'s (one per core on the
     host, one beside a GPU engine), but one where a host engine runs on several threads per run (an ONNX Runtime
     session opened with intra-op threads): its runs on the main thread keep the cores busy, beside one noise worker,
-    as the layout before the workers had it."""
+    as the layout before the workers had it. ``per_batch`` (bytes of one float32 input batch, ``batch_bytes``): at
+    most as many workers as ``WORKER_MEMORY_BYTES`` holds two such batches each for (at least 1)."""
     busy = any(str(getattr(m.engine, "device", "cpu")) == "cpu" and not getattr(m.engine, "single_thread_runs", False)
                for m in models)
-    return 1 if busy else thread_layout(device=xp is not np).workers
+    n = 1 if busy else thread_layout(device=xp is not np).workers
+    return max(1, min(n, WORKER_MEMORY_BYTES // (2 * per_batch))) if per_batch > 0 else n
+
+
+def batch_bytes(options: "RunOptions", source: Any) -> int:
+    """Bytes of one float32 input batch of ``source``'s images (``options.batch_size`` of them; 0: shape unknown)."""
+    shape = getattr(source, "shape", None)
+    return int(options.batch_size) * math.prod(int(v) for v in shape) * 4 if shape else 0
 
 
 @dataclass(frozen=True)
@@ -159,10 +173,12 @@ class RunOptions:
             if (v is not None or key not in ("shard_records", "noise_workers")) and (not isinstance(v, int) or v < 1):
                 raise ConfigError(f"run.{key}: expected an integer >= 1, got {v!r}")
 
-    def workers(self, xp: Any = np, models: Sequence[AuditedModel] = ()) -> int:
+    def workers(self, xp: Any = np, models: Sequence[AuditedModel] = (), source: Any = None) -> int:
         """The workers making batches: ``noise_workers`` if given, else ``default_workers`` for where the noise is
-        made and what the engines are."""
-        return self.noise_workers if self.noise_workers is not None else default_workers(models, xp)
+        made, what the engines are and how large a batch of ``source``'s images is."""
+        if self.noise_workers is not None:
+            return self.noise_workers
+        return default_workers(models, xp, batch_bytes(self, source) if source is not None else 0)
 
     def draw_step(self, draws: int) -> int:
         """The length of the draw ranges shards are cut into for ``draws`` = K: K itself when a block's
@@ -371,7 +387,7 @@ def _probe_seconds(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec
     hu = np.repeat(source.load([0]), b, axis=0)
     level = noise.levels[0]
     xp = campaign_namespace(models)[0]
-    workers = options.workers(xp, models)
+    workers = options.workers(xp, models, source)
     alone = engines_in_workers(models, xp, workers)  # timed as one worker runs it, then shared by all of them
     t0 = time.perf_counter()
     with one_stream() if alone else contextlib.nullcontext():
@@ -726,7 +742,7 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
         remove_stale_temps(out)  # writes cut short when the earlier run was killed
     work = plan(models, len(source), noise, out, options, draws=draws, levels=levels, blocks=blocks)
     xp, device = campaign_namespace(models)
-    workers = options.workers(xp, models)
+    workers = options.workers(xp, models, source)
     infer = engines_in_workers(models, xp, workers)
     stats = CampaignStats(shards_reused=work.reused, namespace=xp.__name__, noise_workers=workers)
     # an opt-in bank (screening runs): its fields are drawn lazily, per level, in the dispatcher thread

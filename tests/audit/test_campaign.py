@@ -308,6 +308,14 @@ def test_thread_layout_gives_each_core_a_worker_on_the_host_and_explicit_values_
     assert campaign_run.thread_layout(16, device=True).workers == 1  # a GPU: one worker launching device noise
     assert RunOptions(noise_workers=3).workers() == 3
     assert RunOptions().workers() == campaign_run.thread_layout().workers
+    # memory: whole CT volumes (512 x 512 x 300, 315 MB) in batches of 4 leave room for one worker, slices for all
+    volumes = type("Volumes", (), {"shape": (300, 512, 512)})()  # only its shape is read
+    big = campaign_run.batch_bytes(RunOptions(batch_size=4), volumes)
+    assert big == 4 * 300 * 512 * 512 * 4
+    assert campaign_run.default_workers([], np, big) == 1
+    assert campaign_run.default_workers([], np, 2**20) == campaign_run.thread_layout().workers
+    assert campaign_run.default_workers([], np, campaign_run.WORKER_MEMORY_BYTES // 6) == min(3, campaign_run.thread_layout().workers)
+    assert RunOptions().workers(np, (), volumes) == 1 and RunOptions(noise_workers=4).workers(np, (), volumes) == 4
     raw = {"model": {"path": "m.onnx"}, "data": {"phantom": "nodules"}}
     options = parse_config(raw, tmp_path).models[0].options
     assert dict(options) == campaign_run.thread_layout().engine_options()
