@@ -23,7 +23,7 @@ runs in cache-sized parts and concurrent streams make the engine's cores do more
 than one thread's CPU time per image suggests (BodySiteNet2D: 0.23 CPU-ms per
 slice on one thread, 2 / E = 0.30 core-ms at 2 streams). It is an estimate, not a
 bound: where the engine scales worse than linearly with cores, the campaign's
-engine (on fewer cores beside the producer) is more efficient than C / E says.
+engine (single-thread runs in the workers) is more efficient than C / E says.
 Then peak RSS of the campaign for N = 200 vs N = 2000 samples (child processes).
 Last line: one JSON object with the ratios, their limits, the CPU-ms per image
 and the RSS growth. The variants run alternately in ``--rounds`` rounds (default 3) and each ratio is the
@@ -119,7 +119,7 @@ def noise_cpu_ms(model, source, images: int, batch: int, bank: int = 0) -> float
     while done < images:
         keys = spec.keys(np.arange(hu.shape[0]), 50.0, np.full(hu.shape[0], k))
         if plan is not None:
-            fused_inputs([model], plan, hu, keys, 1)
+            fused_inputs([model], plan, hu, keys)
         else:
             noisy_inputs([model], hu, nb.sample(keys, 50.0))
         done, k = done + hu.shape[0], k + 1
@@ -202,9 +202,7 @@ def main() -> None:
         layout = thread_layout()
         print(f"{name:12} CPU-ms per image: engine {t_e:.3f}, fresh noise + preprocessing {t_n:.3f}, bank {t_b:.3f}; "
               f"layout {layout.workers} workers, engine {layout.engine_options()}")
-        models = {(1, 1): one, (cpus, 1): full, (1, cpus): streamed}
-        key = (layout.engine_threads, layout.streams)
-        model = models[key] if key in models else setup(name, n, *key)[0]
+        model = streamed  # the layout's engine options: single-thread runs, one stream per core
         draws = max(1, args.images // n)
         per_round = []  # the variants alternate within each round, so a slow spell of the machine hits all of them
         for _ in range(args.rounds):

@@ -265,14 +265,14 @@ def _stage1_outputs(net, x: np.ndarray, batch_size: int = 64) -> list[tuple[torc
 
 @torch.no_grad()
 def _with_stage1(net, stage1: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> list[np.ndarray]:
-    """``predict(net, x)`` of a ``Detector3D`` (``Detector3D.forward``) with stage 1's outputs on ``x`` given
-    (``_stage1_outputs``): only stage 2 runs."""
+    """``predict(net, x)`` of a ``Detector3D`` with stage 1's outputs on ``x`` given (``_stage1_outputs``): only
+    stage 2 runs (``Detector3D.scored``, what ``forward`` runs after ``candidates``)."""
     net.eval()
     cs, ss = [], []
     for xb, centres, keys in stage1:
-        p = net.score_patches(net.patches(xb, centres)).reshape(xb.shape[0], net.m)
-        cs.append(centres.to(torch.float32).numpy())
-        ss.append(torch.where(torch.isfinite(keys), p, torch.full_like(p, -torch.inf)).numpy())
+        c, scores = net.scored(xb, centres, keys)
+        cs.append(c.numpy())
+        ss.append(scores.numpy())
     return [np.concatenate(cs), np.concatenate(ss)]
 
 

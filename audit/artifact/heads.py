@@ -52,7 +52,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -184,13 +184,19 @@ class Head:
         return dec
 
     def _ood(self, outputs: Mapping[str, np.ndarray], source: str, b: int) -> np.ndarray:
-        if self.ood_output == OOD_UNCERTAINTY:  # evidential (alpha, beta): total evidence + 2 is the Dirichlet strength
-            ab = np.asarray(pick_output(outputs, self.output, source), dtype=np.float64).reshape(b, -1)
-            return (2.0 / (ab[:, 0] + ab[:, 1])).astype(np.float32)
-        v = np.asarray(pick_output(outputs, self.ood_output, source), dtype=np.float64).reshape(b, -1)
+        return self.ood_of(outputs, source, b, lambda a: np.asarray(a, dtype=np.float64)).astype(np.float32)
+
+    def ood_of(self, outputs: Mapping[str, Any], source: str, b: int, cast: Callable[[Any], Any] = lambda a: a) -> Any:
+        """(b,) OOD score from raw outputs of any array library (NumPy here, torch tensors for an attack's twin,
+        differentiable): the ``ood_output`` (one value per item), or 2 / (alpha + beta) for ``"uncertainty"``
+        (evidential: total evidence + 2 is the Dirichlet strength). ``cast``: applied to the output read first."""
+        if self.ood_output == OOD_UNCERTAINTY:
+            ab = cast(pick_output(outputs, self.output, source)).reshape(b, -1)
+            return 2.0 / (ab[:, 0] + ab[:, 1])
+        v = cast(pick_output(outputs, self.ood_output, source)).reshape(b, -1)
         if v.shape[1] != 1:
             raise InputError(f"{source}: ood_output '{self.ood_output}' has {v.shape[1]} values per item; expected one")
-        return v[:, 0].astype(np.float32)
+        return v[:, 0]
 
     def item_candidates(self, one: Mapping[str, np.ndarray], source: str = "model", spacing: Any = None) -> Candidates:
         """All candidates of one item from its outputs (batch axis removed), in its voxel grid (module notes)."""

@@ -37,7 +37,7 @@ it under ``ood``. The task and output-distance objectives
 (``audit.attacks.objectives``) read the head's output only: their AUROCs are
 those of attacks blind to the detector. PGD's ``evade_ood`` objective flips the
 class while keeping the score from rising above the clean one (it reads the
-twin's output the head's ``ood_output`` names, ``Target.ood_index``): its AUROC
+twin's outputs as the head reads the engine's, ``Target.ood_score``): its AUROC
 is that of an attack that targets the detector. The attack's ``objective`` is
 in ``AttackResult.attack``.
 """
@@ -81,9 +81,8 @@ class Target:
 
     ``input_rank`` is the rank of the engine input with the batch axis (e.g. 5
     for (B, 1, D, H, W)); ``output_index`` which twin output the head reads.
-    ``ood_index`` (set from the twin's output names): which twin output the
-    head's ``ood_output`` names (for ``"uncertainty"``, the head's output), None
-    when the head names none or the twin lacks it; ``ood_score`` reads it.
+    ``has_ood``: whether the twin outputs what the head's ``ood_output`` reads;
+    ``ood_score`` reads it by the head's own rule (``Head.ood_of``).
     ``model``: the deployed artifact, which black-box attacks query; ``twin`` is
     None for a target of black-box attacks only (``Target.deployed``).
     """
@@ -124,15 +123,9 @@ class Target:
 
         # what the losses read: the head's output, or the pre-activation of its sigmoid/softmax (audit.attacks.logits)
         self.loss_index, self.loss_head, self.loss_on = self.output_index, self.head, "output"
-        self.ood_index: int | None = None
         if self.twin is None:
             self.loss_on = "deployed engine outputs (no twin)"
             return
-        ood = self.head.ood_output
-        if ood is not None and ood in self.twin.output_names:  # an exposed logit is appended: indices stay
-            self.ood_index = self.twin.output_names.index(ood)
-        elif ood == OOD_UNCERTAINTY:
-            self.ood_index = self.output_index
         if self.attack_logits and self.head.task in ("binary", "multiclass"):
             found = expose_logit(self.twin.module, self.output_index)
             if found is not None:
@@ -166,20 +159,19 @@ class Target:
         """The output the losses read (``loss_index``: the head's output or its logit), for model input ``x``."""
         return self.outputs(x)[self.loss_index]
 
+    @property
+    def has_ood(self) -> bool:
+        """Whether the twin outputs what the head reads its OOD score from (its ``ood_output``, or for
+        ``"uncertainty"`` the head's own output)."""
+        ood = self.head.ood_output
+        return self.twin is not None and ood is not None and (ood == OOD_UNCERTAINTY or ood in self.twin.output_names)
+
     def ood_score(self, outs: Sequence[Any]) -> Any:
-        """(B,) OOD score, differentiable, from all twin outputs of one forward pass, as the head reads it from the
-        engine's (``Head._ood``): the ``ood_output`` (one value per item), or 2 / (alpha + beta) for
-        ``"uncertainty"``."""
-        if self.ood_index is None:
+        """(B,) OOD score, differentiable, from all twin outputs of one forward pass, read as the head reads the
+        engine's (``Head.ood_of``; an exposed logit, appended last, is not among the named outputs)."""
+        if not self.has_ood:
             raise ConfigError("this target has no OOD output (the head names no ood_output, or the twin lacks it)")
-        v = outs[self.ood_index]
-        v = v.reshape(v.shape[0], -1)
-        if self.head.ood_output == OOD_UNCERTAINTY:
-            return 2.0 / (v[:, 0] + v[:, 1])
-        if v.shape[1] != 1:
-            raise InputError(f"twin: ood_output '{self.head.ood_output}' has {v.shape[1]} values per item; "
-                             f"expected one")
-        return v[:, 0]
+        return self.head.ood_of(dict(zip(self.twin.output_names, outs)), "twin", outs[0].shape[0])
 
     def decide(self, x: Any) -> Decisions:
         """Decisions of the twin (NumPy), read by the same head as the deployed engine."""

@@ -55,7 +55,7 @@ class PGD(Attack):
             raise ConfigError(f"attack.norm: expected one of {NORMS}, got {norm!r}")
         if objective not in PGD_OBJECTIVES:
             raise ConfigError(f"attack.objective: expected one of {PGD_OBJECTIVES}, got {objective!r}")
-        if objective == "evade_ood" and target.ood_index is None:
+        if objective == "evade_ood" and not target.has_ood:
             why = ("names none" if target.head.ood_output is None
                    else f"names {target.head.ood_output!r}, which the torch twin does not output")
             raise ConfigError(f"attack.objective: 'evade_ood' keeps the OOD score down and needs a model whose head "
@@ -66,16 +66,17 @@ class PGD(Attack):
         self.norm, self.random_start, self.objective = norm, bool(random_start), objective
 
     def loss(self, raw: Any, clean_raw: Any, labels: Any) -> Any:
-        """The objective on the output the losses read (``evade_ood``: its task part; see ``evading_loss``)."""
+        """The task part of the objective, on the output the losses read (see ``objective_loss``)."""
         if self.objective == "output_distance":
             return output_distance(raw, clean_raw)
         return task_loss(self.target.loss_head, raw, clean_raw, labels)
 
-    def evading_loss(self, outs: Any, clean_raw: Any, labels: Any, ood_ref: tuple[Any, Any]) -> Any:
-        """``evade_ood`` on all twin outputs of one forward pass; ``ood_ref``: (the samples' clean OOD scores, the
-        batch's ``ood_scale``)."""
+    def objective_loss(self, outs: Any, clean_raw: Any, labels: Any, ood_ref: tuple[Any, Any] | None) -> Any:
+        """The objective on all twin outputs of one forward pass: ``loss`` on the output the losses read, and for
+        ``evade_ood`` (``ood_ref``: the samples' clean OOD scores, the batch's ``ood_scale``) less the score's rise."""
         t = self.target
-        return evade_ood(self.loss(outs[t.loss_index], clean_raw, labels), t.ood_score(outs), *ood_ref)
+        task = self.loss(outs[t.loss_index], clean_raw, labels)
+        return task if ood_ref is None else evade_ood(task, t.ood_score(outs), *ood_ref)
 
     def origin(self, v_clean: Any, generator: Any) -> Any:
         """Where the search starts (before the random start): the clean variable; other attacks override it."""
@@ -121,7 +122,7 @@ class PGD(Attack):
 
     def ascend(self, v0: Any, lo: Any, hi: Any, clean_raw: Any, labels: Any,
                generator: Any, ood_ref: tuple[Any, Any] | None = None) -> tuple[Any, Any, Any, Decisions]:
-        """One PGD run from (random) start; ``ood_ref`` (``evade_ood`` only): see ``evading_loss``.
+        """One PGD run from (random) start; ``ood_ref`` (``evade_ood`` only): see ``objective_loss``.
 
         Returns the final variable, its loss, per-sample "the gradient was 0"
         (checked at the first step: a zero gradient leaves the variable where it
@@ -145,10 +146,7 @@ class PGD(Attack):
         flat = torch.ones(b, dtype=torch.bool)
         for step in range(self.steps):
             v.requires_grad_(True)
-            if ood_ref is None:
-                loss = self.loss(self.forward(v), clean_raw, labels)
-            else:
-                loss = self.evading_loss(self.target.outputs(self.model_input(v)), clean_raw, labels, ood_ref)
+            loss = self.objective_loss(self.target.outputs(self.model_input(v)), clean_raw, labels, ood_ref)
             (g,) = torch.autograd.grad(loss.sum(), v)
             v = v.detach()
             with torch.no_grad():
@@ -167,8 +165,7 @@ class PGD(Attack):
         t = self.target
         with torch.no_grad():
             outs = t.outputs(self.model_input(v))
-            final = (self.loss(outs[t.loss_index], clean_raw, labels) if ood_ref is None
-                     else self.evading_loss(outs, clean_raw, labels, ood_ref))
+            final = self.objective_loss(outs, clean_raw, labels, ood_ref)
         return v, final, flat, t.decisions(outs)
 
     def describe(self) -> dict[str, Any]:

@@ -513,7 +513,7 @@ class Square(Attack):
         guided = self.prior != "uniform" and self.norm == "linf"
         probed = guided and min(PROBE_BLOCKS, min(spatial)) ** nd <= PROBE_SHARE * self.queries
         if probed:
-            signs, rate, roots, dm = self.probe(oracle, z0, lo, hi, rng, spatial, v0.shape)
+            signs, rate, roots, moved_most = self.probe(oracle, z0, lo, hi, rng, spatial, v0.shape)
             best = np.clip(z0 + self.eps * signs[..., None], lo, hi)
         else:  # no probe within the budget: the stripes, and a map (guided) the windows' own queries learn
             best = self.initial(z0, lo, hi, rng, spatial)
@@ -525,7 +525,7 @@ class Square(Attack):
             first = int(SEARCH_SHARE * n_iters)
             # the sensitivity map is the windows' guide: kept up to date only where windows follow the search
             self.search(oracle, z0, lo, hi, signs, rate if first < n_iters else None, best, best_margin, done,
-                        BlockSearch(roots, np.abs(dm)), int(oracle.count.max()) + first, v0.shape)
+                        BlockSearch(roots, moved_most), int(oracle.count.max()) + first, v0.shape)
         if probed and first < n_iters:
             vol = np.prod(np.meshgrid(*[np.diff(e) for e in cuts], indexing="ij"), axis=0)
             sens = cell_sums(rate, cuts) / vol[None]

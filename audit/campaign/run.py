@@ -63,7 +63,7 @@ from audit.artifact import AuditedModel, Decisions
 from audit.campaign import records
 from audit.campaign.noise import NoiseBank, NoiseSpec
 from audit.data import data_fingerprint, lesions_of
-from audit.engines.threads import one_stream, usable_cpus
+from audit.engines.threads import one_stream, torch_threads_during, usable_cpus
 from audit.errors import ConfigError, InputError
 from audit.io import atomic_path, is_temp, progress_bar, remove_stale_temps
 from kernels._xp import namespace
@@ -84,9 +84,10 @@ RECORD_BYTES = 16
 #: more on a 2-core CPU) and write up to 1.6 GB of records: a typo in ``draws`` or ``levels`` should not start
 #: that unasked.
 MAX_RUN_INFERENCES = 10**8
-#: Memory the batches of the campaign's workers may take together (``default_workers``): about two float32 input
-#: batches per worker are alive at once (one being made and run, one made and queued; a sliding-window model adds a
-#: dense map of one volume). 256^2 slices or 32^3 cubes in batches of 64 (8-16 MiB) never meet it; whole CT volumes
+#: Memory the batches of the campaign's workers may take together (``campaign_workers``): counted as two float32
+#: input batches per worker (the one it makes, and its temporaries or a sliding-window model's dense map of one
+#: volume; an upper estimate where finished batches hold decisions only; the block's images, ``shard_samples`` of
+#: them, come on top). 256^2 slices or 32^3 cubes in batches of 64 (8-16 MiB) never meet it; whole CT volumes
 #: do (512 x 512 x 300 voxels: 315 MB each), and then fewer workers start rather than memory growing with the cores.
 WORKER_MEMORY_BYTES = 2 * 2**30
 
@@ -97,27 +98,24 @@ available_cpus = usable_cpus
 
 @dataclass(frozen=True)
 class ThreadLayout:
-    """How a campaign splits the cores: ``workers`` threads each making whole batches (noise, add, window, clip) and,
-    where the engines run on the host, also running the engines on the batch it made (``engines_in_workers``), there
-    unsplit on the worker's thread (``one_stream``). ``engine_threads`` / ``streams``: the ONNX Runtime options a CPU
-    model gets for runs outside the workers (the clean pass, attacks' queries): single-thread runs, one stream per
-    core (``audit.engines.ort``)."""
+    """How a campaign splits the ``cpus`` cores: ``workers`` threads each making whole batches (noise, add, window,
+    clip) and, where the engines run on the host, also running the engines on the batch it made
+    (``engines_in_workers``), there unsplit on the worker's thread (``one_stream``)."""
 
     cpus: int
     workers: int
-    engine_threads: int = 1
-    streams: int = 1
 
     def engine_options(self) -> dict[str, int]:
-        """The ONNX Runtime engine options this layout gives a CPU model (``[[model]] threads`` / ``streams``)."""
-        return {"threads": self.engine_threads, "streams": self.streams}
+        """The ONNX Runtime options a CPU model gets (``[[model]] threads`` / ``streams``): single-thread runs, one
+        stream per core for runs outside the workers (an attack's queries; ``audit.engines.ort``)."""
+        return {"threads": 1, "streams": self.cpus}
 
 
 def thread_layout(cpus: int | None = None, *, device: bool = False) -> ThreadLayout:
     """The thread layout for ``cpus`` cores (default: ``available_cpus()``).
 
     On the host: one worker per core, each taking whole batches in turn and doing all of a batch's work on its
-    core (keys, noise, add, window, clip, then every model's single-thread engine run; ``engines_in_workers``),
+    core (noise, add, window, clip, then every model's single-thread engine run; ``engines_in_workers``),
     the main thread only ordering their results and writing shards. No core waits for another and no thread
     preempts another: the work per image (noise + engine CPU time) is spread over every core, whatever the split
     between noise and engine is. Measured on 2 cores (issue 17, bench/campaign.py): BodySiteNet2D, where noise
@@ -125,11 +123,11 @@ def thread_layout(cpus: int | None = None, *, device: bool = False) -> ThreadLay
     producer one thread: a core idles while the engine waits for it) against 0.45 this way (limit 0.47);
     NoduleNet3D, where inference dominates, 0.91 either way (limit 0.92; medians of 5 quiet rounds).
     ``device`` (noise and engine on a GPU): the host only launches work: 1 worker making the device's noise and
-    the engine run on the main thread, so the two overlap. Outside the workers (the clean pass beside them
-    excepted) an ONNX Runtime model runs single-thread streams, one per core. Explicit config values (``[[model]] threads`` / ``streams``, ``[run] noise_workers``) always win over this rule.
+    the engine run on the main thread, so the two overlap. Explicit config values (``[[model]] threads`` /
+    ``streams``, ``[run] noise_workers``) always win over this rule.
     """
     cpus = available_cpus() if cpus is None else max(1, int(cpus))
-    return ThreadLayout(cpus, 1 if device else cpus, 1, cpus)
+    return ThreadLayout(cpus, 1 if device else cpus)
 
 
 def engines_in_workers(models: Sequence[AuditedModel], xp: Any, workers: int) -> bool:
@@ -140,7 +138,7 @@ def engines_in_workers(models: Sequence[AuditedModel], xp: Any, workers: int) ->
     return xp is np and workers > 1 and all(getattr(m.engine, "single_thread_runs", False) for m in models)
 
 
-def default_workers(models: Sequence[AuditedModel], xp: Any, per_batch: int = 0) -> int:
+def campaign_workers(models: Sequence[AuditedModel], xp: Any, per_batch: int = 0) -> int:
     """The campaign's workers where ``[run] noise_workers`` is not given: ``thread_layout``'s (one per core on the
     host, one beside a GPU engine), but one where a host engine runs on several threads per run (an ONNX Runtime
     session opened with intra-op threads): its runs on the main thread keep the cores busy, beside one noise worker,
@@ -174,11 +172,11 @@ class RunOptions:
                 raise ConfigError(f"run.{key}: expected an integer >= 1, got {v!r}")
 
     def workers(self, xp: Any = np, models: Sequence[AuditedModel] = (), source: Any = None) -> int:
-        """The workers making batches: ``noise_workers`` if given, else ``default_workers`` for where the noise is
+        """The workers making batches: ``noise_workers`` if given, else ``campaign_workers`` for where the noise is
         made, what the engines are and how large a batch of ``source``'s images is."""
         if self.noise_workers is not None:
             return self.noise_workers
-        return default_workers(models, xp, batch_bytes(self, source) if source is not None else 0)
+        return campaign_workers(models, xp, batch_bytes(self, source) if source is not None else 0)
 
     def draw_step(self, draws: int) -> int:
         """The length of the draw ranges shards are cut into for ``draws`` = K: K itself when a block's
@@ -256,7 +254,7 @@ class CampaignStats:
     clean_inferences: int = 0
     clean_seconds: float = 0.0
     namespace: str = "numpy"  # where the noise was made (``campaign_namespace``)
-    noise_workers: int = 1
+    noise_workers: int = 1  # the campaign's workers (``RunOptions.workers``); the report key keeps its name
 
     @property
     def images_per_second(self) -> float:
@@ -512,7 +510,7 @@ def noisy_inputs(models: Sequence[AuditedModel], hu: Any, noise: Any) -> dict[An
     return inputs
 
 
-def fused_inputs(models: Sequence[AuditedModel], plan: Any, hu: Any, keys: np.ndarray, workers: int) -> dict[Any, Any]:
+def fused_inputs(models: Sequence[AuditedModel], plan: Any, hu: Any, keys: np.ndarray) -> dict[Any, Any]:
     """The engines' inputs made by the lean kernel in one pass (noise, add, window, clip, in place in the engine's
     input buffer): the bits of ``noisy_inputs(models, hu, noise.sample(...))``. Only when every model shares one
     preprocessing (else empty: the noise is then drawn once and each preprocessing applied to it)."""
@@ -522,7 +520,7 @@ def fused_inputs(models: Sequence[AuditedModel], plan: Any, hu: Any, keys: np.nd
     (prep, rank), = preps
     xp = plan.xp
     out = xp.empty((hu.shape[0], *(1,) * max(0, rank - hu.ndim), *hu.shape[1:]), xp.float32)
-    plan.noisy_into(out, hu, keys, window=tuple(prep.window), clip=bool(prep.clip), workers=workers)
+    plan.noisy_into(out, hu, keys, window=tuple(prep.window), clip=bool(prep.clip))
     return {(prep, rank): out}
 
 
@@ -545,11 +543,11 @@ def make_batch(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, hu
     t0 = time.perf_counter()
     images = hu[xp.asarray(rows)]
     # Preprocess here, off the main thread; models sharing a preprocessing share the input.
-    inputs = fused_inputs(models, plan, images, keys, 1) if plan is not None else {}
+    inputs = fused_inputs(models, plan, images, keys) if plan is not None else {}
     if not inputs:
         drawn = (bank.sample(keys, level) if bank is not None else
-                 plan.noise(keys, workers=1) if plan is not None else
-                 noise.sample(keys, level, images, source.spacing, workers=1, model=dose_model, xp=xp))
+                 plan.noise(keys) if plan is not None else
+                 noise.sample(keys, level, images, source.spacing, model=dose_model, xp=xp))
         inputs = noisy_inputs(models, images, drawn)
     if xp is not np:  # device work is queued, not done: wait, so the time is the noise's and the
         xp.cuda.get_current_stream().synchronize()  # engine's stream never reads a batch half made
@@ -563,10 +561,10 @@ def make_batch(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, hu
 
 def produce(put: Any, stopped: Any, work: Plan, models: Sequence[AuditedModel], source: Any, noise: NoiseSpec,
             options: RunOptions, dose_model: Any, *, xp: Any = np, bank: NoiseBank | None = None,
-            submit: Callable[[Callable[[], Made]], Any] | None = None, infer: bool = False) -> None:
+            submit: Callable[[Callable[[], Made]], Future], infer: bool = False) -> None:
     """The dispatcher: for each block, its images, then per level and shard (draw range) one job per batch
     (``make_batch``: noisy, preprocessed inputs in ``xp``, ``campaign_namespace``; with ``infer`` the decisions too),
-    handed to ``submit`` (the workers' pool; None: made here) and put in order as futures. ``dose_model``:
+    handed to ``submit`` (the workers' pool) and put in order as futures. ``dose_model``:
     ``noise.noise_model(source)`` (the whole noise of a dose, or what a lower dose adds); ``bank``: draws taken from a
     ``NoiseBank`` instead of fresh."""
     plans: dict[float, Any] = {}  # the lean kernel per level (None where only ``NoiseSpec.sample`` applies)
@@ -588,15 +586,8 @@ def produce(put: Any, stopped: Any, work: Plan, models: Sequence[AuditedModel], 
                     rows, ks = flat // k, k0 + flat % k
                     job = functools.partial(make_batch, models, source, noise, hu, rows, noise.keys(idx[rows], level, ks),
                                             level, plans.get(level), bank, dose_model, xp, infer)
-                    put(("batch", level, rows, ks, submit(job) if submit is not None else _done(job())))
+                    put(("batch", level, rows, ks, submit(job)))
                 put(("shard_end", level, k0, k1))
-
-
-def _done(value: Any) -> Future:
-    """A future already holding ``value``: a batch made by the dispatcher itself."""
-    f: Future = Future()
-    f.set_result(value)
-    return f
 
 
 class Consumer:
@@ -751,14 +742,13 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
     stop = threading.Event()
     # batches alive at once: one being made per worker, up to ``prefetch`` + ``workers`` made and queued, one the
     # dispatcher holds and one the main thread reads (finished ones hold decisions only where workers run the engines)
-    q: "queue.Queue[Any]" = queue.Queue(maxsize=options.prefetch + (workers if workers > 1 else 0))
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="audit-worker") if workers > 1 else None
+    q: "queue.Queue[Any]" = queue.Queue(maxsize=options.prefetch + workers)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="audit-worker")
 
     def submit(job: Callable[[], Made]) -> Future:
         def worker_job() -> Made:  # CuPy's current device is per thread; a worker's engine runs stay on its thread
             with on_device(xp, device), one_stream():
                 return job()
-        assert pool is not None
         return pool.submit(worker_job)
 
     def put(item: Any) -> None:
@@ -773,7 +763,7 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
         try:
             with on_device(xp, device):
                 produce(put, stop.is_set, work, models, source, noise, options, dose_model, xp=xp, bank=bank,
-                        submit=submit if pool is not None else None, infer=infer)
+                        submit=submit, infer=infer)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
             put(("error", exc))
         finally:
@@ -785,16 +775,17 @@ def run_campaign(models: Sequence[AuditedModel], source: Any, noise: NoiseSpec, 
     bar = progress_bar(work.total, options.progress, "audit")
     consumer = Consumer(models, source, noise, out, options, work, stats, bar, sink)
     try:
-        # CuPy's current device is per thread: the clean pass preprocesses here too; beside workers that run the
-        # engines (and so keep every core busy) the clean pass runs unsplit on this thread as well
-        with on_device(xp, device), (one_stream() if infer else contextlib.nullcontext()):
+        # CuPy's current device is per thread: the clean pass preprocesses here too. Beside workers that run the
+        # engines (and so keep every core busy) the clean pass runs unsplit on this thread as well, and torch's
+        # thread count (one per process) stays 1 while the workers run: a torch engine's runs leave it alone there
+        with on_device(xp, device), (one_stream() if infer else contextlib.nullcontext()), \
+                (torch_threads_during(1) if infer else contextlib.nullcontext()):
             consume(q, consumer)
     finally:
         stop.set()
         bar.close()
         thread.join(timeout=10)
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)
     stats.seconds = time.perf_counter() - start
     return stats
 

@@ -23,7 +23,8 @@ engine against 0.83 with 2 intra-op threads (issue 17). A campaign on the
 host runs its engine inside workers that each take whole batches
 (``audit.campaign.run.thread_layout``): there a batch runs unsplit on its
 worker's thread (``audit.engines.threads.one_stream``); streams serve the
-engine used alone (the clean pass, attacks' queries, a bare benchmark).
+engine used alone (attacks' queries, a bare benchmark, a campaign's clean
+pass where the engine is not run by its workers).
 The outputs are each
 sample's own, as in one run.
 

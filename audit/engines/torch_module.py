@@ -9,6 +9,7 @@ does in an ONNX artifact's metadata.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -16,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from audit.engines.base import Engine, InputSpec, cuda_device, sha256_file
-from audit.engines.threads import in_one_stream, torch_threads_during
+from audit.engines.threads import in_one_stream, pin_torch_threads, torch_threads_during
 from audit.errors import EngineError
 
 #: Name of the extra file holding the ``audit.*`` metadata inside a program file.
@@ -81,15 +82,19 @@ class TorchEngine(Engine):
 
     @property
     def single_thread_runs(self) -> bool:
-        """A CPU module: under ``one_stream`` a run pins torch to one thread (``torch_threads_during(1)``)."""
+        """A CPU module: a run inside a campaign worker (``one_stream``) uses one torch thread."""
         return self.torch_device.type == "cpu"
 
     def _run(self, batch: Any) -> dict[str, np.ndarray]:
         import torch
 
         x = torch.from_dlpack(batch) if not isinstance(batch, np.ndarray) else torch.from_numpy(np.ascontiguousarray(batch))
-        if self.torch_device.type == "cpu":  # a campaign worker's run: one thread (its siblings use the other cores)
-            with torch_threads_during(1 if in_one_stream() else None), torch.inference_mode():
+        if self.torch_device.type == "cpu":
+            # torch's thread count is one per process: a campaign worker's run (one_stream) pins it to 1 and leaves it
+            # there (idempotent, so workers agree; the campaign restores it when its workers stop), where saving and
+            # restoring it per run would race between workers
+            with (contextlib.nullcontext(pin_torch_threads(1)) if in_one_stream() else torch_threads_during()), \
+                    torch.inference_mode():
                 out = self.module(x)
         else:
             with torch.inference_mode():

@@ -203,10 +203,11 @@ def render_ood(block: dict[str, Any]) -> str:
                                                      f"{cell(ci[1])}]</span>")
         rows.append("<tr>" + "".join(f"<td{' class=l' if i == 0 else ''}>{c}</td>" for i, c in enumerate((
             html.escape(label), auroc, cell(d.get("paired")), cell(d.get("n_in")), cell(d.get("n_ood")),
-            cell(d.get("n_clusters")), f"{cell(d.get('mean_clean'))} / {cell(d.get('mean_attacked'))}",
+            f"{cell(d.get('samples_attacked'))} of {cell(d.get('n_clusters'))}",
+            f"{cell(d.get('mean_clean'))} / {cell(d.get('mean_attacked'))}",
             sum((d.get("non_finite") or {}).values()), html.escape(str(d.get("note", "")))))) + "</tr>")
     head = ("attacked inputs", "AUROC [95% CI]", "own image", "clean inputs (n)", "attacked inputs (n)",
-            "samples (clusters)", "mean OOD score: clean / attacked", "non-finite", "note")
+            "samples attacked (of clusters)", "mean OOD score: clean / attacked", "non-finite", "note")
     return ("<div class='ood'><h4>Out-of-distribution score: clean vs attacked</h4>"
             f"<p class='small'>{OOD_NOTE}</p><div class='tw'><table class='ood'><tr>"
             + "".join(f"<th{' class=l' if i == 0 else ''}>{html.escape(h)}</th>" for i, h in enumerate(head)) + "</tr>"

@@ -735,7 +735,8 @@ _CRITICAL_SPEC = {"target": (False, _NUM), "dose_mAs": (False, _NUM), "bound_mAs
 _STRS = (_list_of(lambda v: isinstance(v, str)), "a list of strings")
 #: an attack's OOD AUROC (``AttackResult.ood``): what ``report.attacks.render_ood`` reads, all of it optional
 _ATTACK_OOD = {"auroc": (False, _NUM), "ci": (False, _CI), "paired": (False, _NUM), "n_in": (False, _COUNT),
-               "n_ood": (False, _COUNT), "n_clusters": (False, _COUNT), "mean_clean": (False, _NUM),
+               "n_ood": (False, _COUNT), "n_clusters": (False, _COUNT), "samples_attacked": (False, _COUNT),
+               "mean_clean": (False, _NUM),
                "mean_attacked": (False, _NUM), "note": (False, _STR),
                "non_finite": (False, (lambda v: isinstance(v, dict) and all(_is_count(x) for x in v.values()),
                                       "a table of counts"))}

@@ -118,6 +118,11 @@ class Detector3D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _, centres, keys = self.candidates(x)
+        return self.scored(x, centres, keys)
+
+    def scored(self, x: torch.Tensor, centres: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 2 on stage 1's candidates (``candidates``): the outputs, centres (B, M, 3) float32 and scores (B, M),
+        -inf for a padding slot. Training calls it with stage 1's outputs kept from a frozen stage 1."""
         p = self.score_patches(self.patches(x, centres)).reshape(x.shape[0], self.m)
         scores = torch.where(torch.isfinite(keys), p, torch.full_like(p, -torch.inf))
         return centres.to(torch.float32), scores

@@ -312,9 +312,9 @@ def test_thread_layout_gives_each_core_a_worker_on_the_host_and_explicit_values_
     volumes = type("Volumes", (), {"shape": (300, 512, 512)})()  # only its shape is read
     big = campaign_run.batch_bytes(RunOptions(batch_size=4), volumes)
     assert big == 4 * 300 * 512 * 512 * 4
-    assert campaign_run.default_workers([], np, big) == 1
-    assert campaign_run.default_workers([], np, 2**20) == campaign_run.thread_layout().workers
-    assert campaign_run.default_workers([], np, campaign_run.WORKER_MEMORY_BYTES // 6) == min(3, campaign_run.thread_layout().workers)
+    assert campaign_run.campaign_workers([], np, big) == 1
+    assert campaign_run.campaign_workers([], np, 2**20) == campaign_run.thread_layout().workers
+    assert campaign_run.campaign_workers([], np, campaign_run.WORKER_MEMORY_BYTES // 6) == min(3, campaign_run.thread_layout().workers)
     assert RunOptions().workers(np, (), volumes) == 1 and RunOptions(noise_workers=4).workers(np, (), volumes) == 4
     raw = {"model": {"path": "m.onnx"}, "data": {"phantom": "nodules"}}
     options = parse_config(raw, tmp_path).models[0].options
@@ -388,14 +388,14 @@ def _same_table(a, b) -> bool:
     return True
 
 
-def test_engines_run_in_the_workers_only_where_each_run_is_single_thread(planted):
+def test_engines_run_in_the_workers_only_where_each_run_is_single_thread(planted, tmp_path):
     """A session on intra-op threads (``threads = 0``: ONNX Runtime's default pool, or 2) keeps its runs on the main
     thread beside one noise worker: several workers would each start a run over every core. Single-thread sessions
     (``threads = 1``, or streams) and torch CPU modules run in the workers, one worker per core; a torch module's run
     inside a worker takes one thread."""
     import torch
 
-    from audit.engines.threads import one_stream
+    from audit.engines.threads import one_stream, torch_threads_during
     from audit.engines.torch_module import TorchEngine
 
     cpus = campaign_run.thread_layout().cpus
@@ -403,7 +403,7 @@ def test_engines_run_in_the_workers_only_where_each_run_is_single_thread(planted
         engine = load_engine(planted, **options)
         model = AuditedModel("planted", engine, head_from(engine.metadata), preprocess_from(engine.metadata))
         assert engine.single_thread_runs is alone, options
-        assert campaign_run.default_workers([model], np) == (cpus if alone else 1), options
+        assert campaign_run.campaign_workers([model], np) == (cpus if alone else 1), options
         assert campaign_run.engines_in_workers([model], np, 2) is alone, options
 
     seen = []
@@ -415,6 +415,14 @@ def test_engines_run_in_the_workers_only_where_each_run_is_single_thread(planted
 
     engine = TorchEngine(Count(), (None, 1, *SHAPE))
     assert engine.single_thread_runs
-    with one_stream():
+    before = torch.get_num_threads()
+    with torch_threads_during(before), one_stream():  # a worker pins torch's (process-wide) count; restored after
         engine.run(np.zeros((2, 1, *SHAPE), np.float32))
-    assert seen == [1]
+    assert seen == [1] and torch.get_num_threads() == before
+    # a campaign whose workers run a torch module: one thread in every run, torch's count restored when they stop
+    images = planted_images(6, spread_hu=5.0)
+    planted_meta = load_engine(planted).metadata
+    twin = AuditedModel("count", engine, head_from({"audit.task": "regression"}), preprocess_from(planted_meta))
+    run_campaign([twin], ArraySource(images, (SPACING, SPACING)), NoiseSpec(kind="gaussian", levels=(20.0,), draws=4, seed=0),
+                 tmp_path / "torch", RunOptions(batch_size=4, shard_samples=8, noise_workers=2))
+    assert set(seen[1:]) == {1} and len(seen) > 3 and torch.get_num_threads() == before
